@@ -94,12 +94,14 @@ def make_quick(c: ml_collections.ConfigDict) -> None:
   c.batch_size = 8
   c.data.val_max_slices = 4
   c.loss.allow_random_vgg = True
-  c.stages.pretrain.epochs = 40
-  c.stages.pretrain.schedule_epochs = 20
-  c.stages.finetune.epochs = 10
-  c.stages.gan.epochs = 10
-  c.stages.gan.schedule_epochs = 5
-  c.log_every_steps = 10
-  c.image_every_steps = 100
-  c.eval_every_steps = 100
-  c.checkpoint_every_steps = 100
+  # Random VGG features carry ~1e-4 of the perceptual signal ImageNet features do, so the seed's
+  # balance (content held by the perceptual term) does not hold: L1 holds the content instead.
+  c.loss.update(dict(pixel_weight=1.0, adversarial_weight=1e-3))
+  # A 0.3M-parameter model on 36 slices: a larger step size than the seed's 1e-4, same stages.
+  c.stages.pretrain.update(dict(epochs=200, lr_g=1e-3, schedule_epochs=60))
+  c.stages.finetune.update(dict(epochs=25, lr_g=2.5e-4, schedule_epochs=25))
+  c.stages.gan.update(dict(epochs=15, lr_g=1e-4, lr_d=1e-4, schedule_epochs=15))
+  c.log_every_steps = 50
+  c.image_every_steps = 200
+  c.eval_every_steps = 200
+  c.checkpoint_every_steps = 200

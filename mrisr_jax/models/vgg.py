@@ -123,14 +123,23 @@ class VGGFeatures(nn.Module):
 
 
 def init_vgg_params(rng: jax.Array, arch: str = 'vgg19', last_layer: int = 16) -> dict:
-  """RANDOM VGG weights (PyTorch default init), for quick configs and tests only.
+  """RANDOM VGG weights with torchvision's VGG init, for quick configs and tests only.
 
-  Features of a randomly initialised VGG are not a perceptual metric; use `load_vgg_params` with
-  ImageNet weights for real training.
+  torchvision initialises VGG convs with kaiming_normal_(mode='fan_out', nonlinearity='relu') and
+  zero biases, which keeps activations at unit scale through the ReLUs; with PyTorch's default
+  uniform init the features (and so the perceptual loss) shrink by orders of magnitude per layer.
+  Random features are still no ImageNet perceptual metric: use `load_vgg_params` for real training.
   """
-  _check_last_layer(arch, last_layer)
-  variables = VGGFeatures(arch, last_layer).init(rng, jnp.zeros((1, 32, 32, 3), jnp.float32))
-  return dict(variables['params'])
+  layers = _check_last_layer(arch, last_layer)
+  params = {}
+  for i, layer in enumerate(layers):
+    if layer[0] == 'conv':
+      rng, key = jax.random.split(rng)
+      in_ch, out_ch = layer[1], layer[2]
+      std = (2.0 / (out_ch * 9)) ** 0.5
+      params[f'features_{i}'] = {'kernel': std * jax.random.normal(key, (3, 3, in_ch, out_ch), jnp.float32),
+                                 'bias': jnp.zeros((out_ch,), jnp.float32)}
+  return params
 
 
 def _read_state_dict(path: str) -> dict[str, np.ndarray]:
