@@ -53,6 +53,10 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     return out['state'], out['meta']
 
+  def restore_unsharded(self, step: int) -> dict:
+    """The saved train state as a plain dict of host arrays (inspection, export, tests)."""
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

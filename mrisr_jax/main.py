@@ -54,14 +54,38 @@ def main(argv):
   logging.info('JAX %s on %s: %d processes, %d devices (%d local)', jax.__version__, jax.default_backend(),
                jax.process_count(), jax.device_count(), jax.local_device_count())
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.get('name')  # the file loads lazily: a missing or broken config file fails here
+  except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    _config_error(str(e))
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
   except errors.USER_ERRORS as e:
     errors.exit_with(e)
 
 
+def _parse_flags(argv):
+  """absl's parser, but a bad --config override (mistyped key, wrong type) is one line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = str(e).strip("'\"")
+  _config_error(message)
+
+
+def _config_error(message: str) -> None:
+  message = message.replace('\\n', '\n').replace("\\'", "'")
+  if 'Traceback' in message or 'Attempted' in message:  # keep the line that says what failed
+    message = [line for line in message.splitlines() if line.strip()][-1]
+  print(f'mrisr_jax: error: bad config: {" ".join(message.split())}', file=sys.stderr)
+  sys.exit(2)
+
+
 def run():
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:
     sys.exit(130)
 

@@ -29,7 +29,7 @@ def generator_step(state: TrainState, batch: dict, *, g_model: nn.Module,
   updates, g_opt_state = g_tx.update(grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   new_state = state.replace(step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state)
-  return new_state, {'loss_g': loss, 'pixel': loss, 'grad_norm_g': optax.global_norm(grads)}
+  return new_state, {'loss_g': loss, 'pixel': loss, 'grad_norm_g': optax.tree.norm(grads)}
 
 
 def gan_step(state: TrainState, batch: dict, vgg_params: Any, *, g_model: nn.Module, d_model: nn.Module,
@@ -80,7 +80,7 @@ def gan_step(state: TrainState, batch: dict, vgg_params: Any, *, g_model: nn.Mod
   new_state = state.replace(step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
                             d_params=d_params, d_opt_state=d_opt_state, d_batch_stats=batch_stats)
   metrics = {'loss_g': loss_g, 'loss_d': loss_d, **g_terms, **d_terms,
-             'grad_norm_g': optax.global_norm(g_grads), 'grad_norm_d': optax.global_norm(d_grads)}
+             'grad_norm_g': optax.tree.norm(g_grads), 'grad_norm_d': optax.tree.norm(d_grads)}
   return new_state, metrics
 
 
