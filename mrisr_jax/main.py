@@ -30,8 +30,8 @@ def _init_distributed() -> None:
   cluster = any(k in os.environ for k in ('SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS'))
   if mode == 'off' or (mode == 'auto' and not _COORDINATOR.value and not cluster):
     return
-  if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # CPU devices need gloo for cross-process collectives; the option does not touch GPU/TPU clients.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                              process_id=_PROCESS_ID.value)
 

@@ -1,0 +1,100 @@
+"""The entry point as users run it: the quick job end to end, and one-line errors for bad input."""
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.helpers import error_line, run_main
+
+# The quick recipe, shortened: 2 AFEBs and a few steps per stage.
+SHORT = ['--config.model.depth=2', '--config.model.scan_unroll=2', '--config.stages.pretrain.epochs=3',
+         '--config.stages.finetune.epochs=1', '--config.stages.gan.epochs=1', '--config.log_every_steps=4',
+         '--config.image_every_steps=8', '--config.eval_every_steps=8', '--config.checkpoint_every_steps=8',
+         '--config.data.val_max_slices=2']
+
+
+def test_quick_job_writes_checkpoint_events_images_and_report(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir), *SHORT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert 'using the embedded sample data' in proc.stderr
+  assert 'RANDOMLY INITIALISED' in proc.stderr
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps and steps[-1] == 5 * 4  # (3 + 1 + 1) epochs x 4 steps
+  assert list(workdir.glob('events.out.tfevents.*'))
+  assert list((workdir / 'images').glob('grid_*.png'))
+  for name in ('report.md', 'report.html', 'metrics.json'):
+    assert (workdir / 'report' / name).stat().st_size > 0
+  assert 'bicubic' in (workdir / 'report' / 'report.md').read_text()
+
+  again = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir), *SHORT)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert 'resumed from' in again.stderr
+
+
+def _h5(path, **datasets):
+  with h5py.File(path, 'w') as f:
+    for key, value in datasets.items():
+      f.create_dataset(key, data=value)
+
+
+def _data_root(tmp_path, train_file_maker):
+  root = tmp_path / 'data'
+  (root / 'train').mkdir(parents=True)
+  (root / 'val').mkdir()
+  good = np.random.default_rng(0).uniform(0.1, 1, (3, 96, 96)).astype(np.float32)
+  _h5(root / 'val' / 'v.h5', reconstruction_rss=good)
+  train_file_maker(root / 'train' / 'bad.h5', good)
+  return root
+
+
+BAD_FILES = {
+    'missing keys': (lambda p, g: _h5(p, something_else=g), 'reconstruction_rss'),
+    'wrong rank': (lambda p, g: _h5(p, reconstruction_rss=g[0]), 'rank'),
+    'non-finite': (lambda p, g: _h5(p, reconstruction_rss=np.where(g > 0.9, np.nan, g)), 'non-finite'),
+    'not hdf5': (lambda p, g: p.write_bytes(b'this is not an hdf5 file'), 'bad.h5'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_FILES))
+def test_bad_data_files_stop_with_one_line_naming_the_file(tmp_path, case):
+  maker, expected = BAD_FILES[case]
+  root = _data_root(tmp_path, maker)
+  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'),
+                  f'--config.data.root={root}')
+  assert proc.returncode != 0
+  line = error_line(proc)
+  assert 'bad.h5' in line and expected.lower() in line.lower(), line
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config.data.root=/no/such/dir'], '/no/such/dir'),
+    (['--config.data.hr_patch_size=480'], 'hr_patch_size=480'),
+    (['--config.model.scale=5'], 'config.model.scale=5'),
+    (['--config.model.name=esrgan'], "'esrgan'"),
+    (['--config.model.sacle=4'], 'sacle'),
+    (['--config.stages.gan.schedule=cosine'], 'cosine'),
+    (['--config.batch_size=0'], 'batch_size=0'),
+])
+def test_bad_config_values_stop_with_one_line_naming_them(tmp_path, args, expected):
+  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'), *args)
+  assert proc.returncode != 0
+  assert expected in error_line(proc)
+
+
+def test_empty_data_directory_is_named(tmp_path):
+  root = tmp_path / 'empty'
+  (root / 'train').mkdir(parents=True)
+  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'),
+                  f'--config.data.root={root}')
+  assert proc.returncode != 0
+  assert 'train' in error_line(proc)
+
+
+def test_seed_recipe_without_vgg_weights_says_how_to_provide_them(tmp_path):
+  proc = run_main('--config', 'configs/casrgan_x4.py', '--workdir', str(tmp_path / 'w'),
+                  '--config.stage_order=("gan",)', '--config.batch_size=2')
+  assert proc.returncode != 0
+  line = error_line(proc)
+  assert 'vgg_weights' in line and 'vgg19' in line
