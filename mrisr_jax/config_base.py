@@ -40,7 +40,9 @@ def casrgan_config(scale: int = 4) -> ml_collections.ConfigDict:
       deepnorm=True, norm_before=False,
       reference_compat=False,  # True reproduces the reference's 3 attention deviations
       remat=False,  # recompute AFEB activations in the backward pass
-      scan_unroll=1,  # AFEBs per scan iteration; 1 = flat compile time. XLA:CPU runs scans slowly: unroll there
+      # AFEBs per scan iteration. 1 keeps compile time flat in depth (GPU/TPU); XLA:CPU runs scans
+      # ~20x slower than straight-line code (docs/benchmarks.md), so 0 = auto: unrolled on CPU, 1 elsewhere.
+      scan_unroll=0,
       dtype='float32',  # computation dtype: float32 | bfloat16 (params stay float32)
   ))
   c.discriminator = ml_collections.ConfigDict(dict(name='casrgan_d'))
@@ -90,7 +92,7 @@ def make_quick(c: ml_collections.ConfigDict) -> None:
   """Scale the recipe down so it runs to completion on 2 CPU cores in minutes."""
   c.name = c.name + '_quick'
   c.model.update(dict(growth_rate0=32, depth=4, growth_rate=16, rdb_depth=4, embed_dim=48,
-                      patch_size=3, num_heads=3, window_size=4, scan_unroll=4))
+                      patch_size=3, num_heads=3, window_size=4))
   c.batch_size = 8
   c.data.val_max_slices = 4
   c.loss.allow_random_vgg = True

@@ -14,8 +14,7 @@ def tiny_config():
   sys.path.insert(0, str(REPO))
   from configs.casrgan_x4 import get_config
   c = get_config('quick')
-  c.model.update(dict(growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, num_heads=2,
-                      scan_unroll=2))
+  c.model.update(dict(growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, num_heads=2))
   c.batch_size = 4
   c.data.hr_patch_size = 48
   c.data.val_max_slices = 2

@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import error_line, run_main
 
 # The quick recipe, shortened: 2 AFEBs and a few steps per stage.
-SHORT = ['--config.model.depth=2', '--config.model.scan_unroll=2', '--config.stages.pretrain.epochs=3',
+SHORT = ['--config.model.depth=2', '--config.stages.pretrain.epochs=3',
          '--config.stages.finetune.epochs=1', '--config.stages.gan.epochs=1', '--config.log_every_steps=4',
          '--config.image_every_steps=8', '--config.eval_every_steps=8', '--config.checkpoint_every_steps=8',
          '--config.data.val_max_slices=2']

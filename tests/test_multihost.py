@@ -9,7 +9,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
   workdir = tmp_path / 'mh'
   args = ['bash', str(REPO / 'launch/local_multihost.sh'), '2', '2', '--', '--config',
           'configs/casrgan_x4.py:quick', '--workdir', str(workdir), '--config.model.depth=2',
-          '--config.model.scan_unroll=2', '--config.data.val_max_slices=1', '--config.log_every_steps=2',
+          '--config.data.val_max_slices=1', '--config.log_every_steps=2',
           '--config.eval_every_steps=4', '--config.image_every_steps=4', '--config.checkpoint_every_steps=2']
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   first = subprocess.run(args + ['--config.stop_after_steps=4'], cwd=REPO, env=env, capture_output=True,

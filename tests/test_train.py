@@ -97,7 +97,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
   quick = ['--config', 'configs/casrgan_x4.py:quick', '--workdir', workdir,
-           '--config.model.depth=2', '--config.model.scan_unroll=2', '--config.data.val_max_slices=1',
+           '--config.model.depth=2', '--config.data.val_max_slices=1',
            '--config.log_every_steps=1', '--config.checkpoint_every_steps=2', '--config.eval_every_steps=100',
            '--config.image_every_steps=100']
   proc = run_main(*quick, '--config.stop_after_steps=2')

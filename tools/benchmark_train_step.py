@@ -1,0 +1,123 @@
+"""Compile time and step time of a config's train steps, with a baseline in the same run.
+
+  python tools/benchmark_train_step.py --config configs/casrgan_x4.py --batch 16 --steps 3 \
+      --write docs/benchmarks.md
+
+For the generator (L1) step and, with --gan, the GAN step, it times `jit(...).lower().compile()`
+and the mean of --steps executed steps, once with the AFEBs under `nn.scan` and once fully unrolled (the
+baseline), and reports the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import pathlib
+import platform
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrisr_jax import losses, registry, steps, train
+from mrisr_jax.train_state import TrainState
+
+BEGIN, END = '<!-- train-step:begin -->', '<!-- train-step:end -->'
+
+
+def load_config(spec: str):
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int) -> dict:
+  config = config.copy_and_resolve_references()
+  config.model.scan_unroll = unroll
+  stage = next(s for s in train.stage_plan(config, 1) if s.name == stage_name)
+  g = train.stage_generator(config, stage)
+  g_tx, d_tx = train.make_optimizers(stage, 1)
+  s = config.model.scale
+  lr_side = config.data.hr_patch_size // s
+  rng = np.random.default_rng(0)
+  data = {'lr': jnp.asarray(rng.uniform(size=(batch, lr_side, lr_side, 1)), jnp.float32),
+          'hr': jnp.asarray(rng.uniform(size=(batch, lr_side * s, lr_side * s, 1)), jnp.float32)}
+  gp = g.init(jax.random.PRNGKey(0), data['lr'][:1])['params']
+  d = registry.build_discriminator(config)
+  dv = d.init(jax.random.PRNGKey(1), data['hr'][:1], train=False)
+  state = TrainState(jnp.zeros((), jnp.int32), gp, dv['params'], dv['batch_stats'], g_tx.init(gp),
+                     d_tx.init(dv['params']), jax.random.PRNGKey(2))
+  if stage.cfg.kind == 'gan':
+    config.loss.allow_random_vgg = True
+    vgg_model, vgg_params = train.load_perceptual(config.loss)
+    fn = functools.partial(steps.gan_step, g_model=g, d_model=d,
+                           vgg=functools.partial(train._apply_vgg, vgg_model), g_tx=g_tx, d_tx=d_tx,
+                           loss_cfg=config.loss)
+    args = (state, data, vgg_params)
+  else:
+    fn = functools.partial(steps.generator_step, g_model=g, g_tx=g_tx, pixel_loss=losses.l1)
+    args = (state, data)
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  state, m = compiled(*args)  # warm-up
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(n_steps):
+    state, m = compiled(state, *args[1:])
+  jax.block_until_ready(m)
+  return {'compile_s': compile_s, 'step_s': (time.perf_counter() - t0) / n_steps}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default='configs/casrgan_x4.py')
+  parser.add_argument('--batch', type=int, default=16, help='global batch (HR crops of config.data.hr_patch_size)')
+  parser.add_argument('--steps', type=int, default=3, help='timed steps after one warm-up step')
+  parser.add_argument('--gan', action='store_true', help='also time the GAN step (G + D + VGG)')
+  parser.add_argument('--write', default='', help='replace the train-step section of this markdown file')
+  a = parser.parse_args()
+  config = load_config(a.config)
+  unrolls = [('nn.scan (scan_unroll=1)', 1), (f'unrolled ({config.model.depth} AFEBs)', config.model.depth)]
+  stages = ['pretrain'] + (['gan'] if a.gan else [])
+  rows = []
+  for stage in stages:
+    results = {label: time_step(config, stage, a.batch, a.steps, u) for label, u in unrolls}
+    (l0, r0), (l1, r1) = results.items()
+    rows.append(f'| {stage} | {l0} | {r0["compile_s"]:.1f} | {r0["step_s"]:.2f} | {l1} | {r1["compile_s"]:.1f} | '
+                f'{r1["step_s"]:.2f} | {r0["compile_s"] / r1["compile_s"]:.2f} | {r0["step_s"] / r1["step_s"]:.2f} |')
+    print(rows[-1], flush=True)
+  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+      lambda: registry.build_generator(config.model).init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 1))))['params']))
+  section = '\n'.join([
+      BEGIN,
+      f'Config `{a.config}` ({config.model.name} x{config.model.scale}, {n_params:,} generator parameters), '
+      f'global batch {a.batch}, HR crop {config.data.hr_patch_size}, float32.',
+      f'Machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind} '
+      f'({jax.default_backend()}), {len(__import__("os").sched_getaffinity(0))} cores; jax {jax.__version__}, '
+      f'flax {__import__("flax").__version__}, Python {platform.python_version()}.',
+      f'Command: `python tools/benchmark_train_step.py --config {a.config} --batch {a.batch} --steps {a.steps}'
+      f'{" --gan" if a.gan else ""} --write {a.write or "FILE"}`',
+      '',
+      '| step | variant | compile (s) | step (s) | baseline | compile (s) | step (s) | compile ratio | step ratio |',
+      '|---|---|---|---|---|---|---|---|---|',
+      *rows,
+      END])
+  print(section)
+  if a.write:
+    path = pathlib.Path(a.write)
+    text = path.read_text() if path.exists() else ''
+    if BEGIN in text:
+      text = re.sub(re.escape(BEGIN) + '.*?' + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+      text = text.rstrip() + '\n\n## Train step: compile and step time\n\n' + section + '\n'
+    path.write_text(text)
+
+
+if __name__ == '__main__':
+  main()
