@@ -11,7 +11,7 @@ Steps (deterministic):
   2. axial slice z (RAS voxel index) -> image rows = anterior -> posterior (y descending),
      columns = x ascending (subject left -> right, neurological view), cropped to a fixed
      192 x 168 (H x W) window centred on the head (every dimension divisible by 2, 3, 4, 8);
-  3. three disjoint axial slabs, every 2nd slice, with gaps of >= 9 unused slices between
+  3. three disjoint axial slabs, every 2nd slice, with gaps of >= 5 unused slices between
      them: inferior -> train, middle -> val, superior -> train;
   4. per slab one HDF5 file in the fastMRI schema:
        reconstruction_rss float32 (S, H, W)
@@ -52,11 +52,11 @@ EXPECTED_SHAPE = (197, 233, 189)
 CROP_H, CROP_W = 192, 168           # rows (A->P) x columns (L->R)
 CENTRE_Y, CENTRE_X = 117, 98        # RAS voxel centre of the head (y, x) in the axial plane
 SLICE_STEP = 2
-# (split, file stem, first z, last z inclusive): slabs with gaps of >= 9 slices between them.
+# (split, file stem, first z, last z inclusive): slabs with gaps of >= 5 slices between them.
 SLABS = (
     ('train', 'mni152_2009a_t1_slab_inferior', 40, 74),
     ('val', 'mni152_2009a_t1_slab_middle', 84, 98),
-    ('train', 'mni152_2009a_t1_slab_superior', 108, 142),
+    ('train', 'mni152_2009a_t1_slab_superior', 104, 138),
 )
 MAX_TOTAL_BYTES = 10 * 1024 * 1024
 

@@ -24,6 +24,7 @@ import pathlib
 import threading
 from typing import Any
 
+from absl import flags
 from absl import logging
 import grain
 import numpy as np
@@ -238,6 +239,10 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   it_ds = ds.to_iter_dataset(read_options)
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain's worker processes read absl flags; outside absl.app (tests, notebooks) they
+      # are unparsed, so use their defaults rather than failing in the worker.
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_buffer)))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
