@@ -214,7 +214,7 @@ def image_grid(lr, bicubic, sr, hr, *, zoom=None, err_max: float | None = None, 
     names = list(DEFAULT_LABELS if labels is None else labels)
     if len(names) != 4:
         raise ValueError("labels must name the 4 image panels")
-    names.append(f"|SR-HR| 0-{emax:.3g}")
+    names.append(f"|SR-HR| [0, {emax:.3g}]")
 
     canvas = np.zeros(layout.shape, dtype=np.uint8)
     canvas[...] = BACKGROUND
