@@ -56,12 +56,14 @@ def test_one_device_and_eight_devices_give_the_same_losses():
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['devices'] == 8
-  # Losses and loss terms must agree; gradient norms are diagnostics whose near-zero D components
-  # pass through Adam's first steps, which magnifies summation-order differences (~1e-3).
-  for stage in ('pretrain', 'gan'):
-    for one, many in zip(out['one'][stage], out['all'][stage]):
+  # Losses and loss terms must agree to 1e-5: L1 steps over a free-running 3-step trajectory, GAN
+  # steps from a shared state each step (see the script's docstring for why). Gradient norms are
+  # diagnostics, not losses: their near-zero D entries differ by summation order.
+  for mode in ('free', 'forced'):
+    for one, many in zip(out[mode]['one'], out[mode]['all']):
       for key in (k for k in one if not k.startswith('grad_norm')):
-        assert many[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (stage, key, one[key], many[key])
+        assert many[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), (mode, key, one[key], many[key])
+  assert len(out['free']['one']) == len(out['forced']['one']) == 3
 
 
 def _final_params(workdir, config):

@@ -43,6 +43,8 @@ import h5py
 import nibabel as nib
 import numpy as np
 
+from mrisr_jax.data.fastmri import fft2c, ifft2c
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / 'mrisr_jax' / 'sample_data'
 NIFTI_NAME = 'mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz'
@@ -59,18 +61,6 @@ SLABS = (
     ('train', 'mni152_2009a_t1_slab_superior', 104, 138),
 )
 MAX_TOTAL_BYTES = 10 * 1024 * 1024
-
-
-def fft2c(image: np.ndarray) -> np.ndarray:
-  axes = (-2, -1)
-  return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=axes), axes=axes, norm='ortho'),
-                         axes=axes)
-
-
-def ifft2c(kspace: np.ndarray) -> np.ndarray:
-  axes = (-2, -1)
-  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=axes), axes=axes, norm='ortho'),
-                         axes=axes)
 
 
 def fetch_wheel(tmpdir: pathlib.Path) -> pathlib.Path:
