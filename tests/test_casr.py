@@ -86,8 +86,8 @@ def test_conv2d_matches_torch(kernel, stride, padding):
   ours = np.asarray(conv.apply(params, jnp.asarray(x)))
   tconv = torch.nn.Conv2d(5, 7, kernel, stride=stride, padding=kernel // 2 if padding is None else padding)
   with torch.no_grad():
-    tconv.weight.copy_(torch.from_numpy(np.asarray(params['params']['kernel']).transpose(3, 2, 0, 1)))
-    tconv.bias.copy_(torch.from_numpy(np.asarray(params['params']['bias'])))
+    tconv.weight.copy_(torch.from_numpy(np.array(params["params"]["kernel"]).transpose(3, 2, 0, 1).copy()))
+    tconv.bias.copy_(torch.from_numpy(np.array(params["params"]["bias"])))
     theirs = tconv(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
