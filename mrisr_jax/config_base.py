@@ -22,7 +22,6 @@ def _stage(**kw) -> ml_collections.ConfigDict:
       # DeepNorm residual weight for this stage; -1 = the model's default ((2N)^(1/4)).
       deepnorm_alpha=-1.0,
       dropout=0.0,  # dropout in the transformer blocks
-      init_from='',  # optional workdir/checkpoint of a previous run to take the generator from
   )
   stage.update(kw)
   return ml_collections.ConfigDict(stage)

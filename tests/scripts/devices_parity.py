@@ -22,6 +22,7 @@ from mrisr_jax import losses, registry, sharding, steps, train  # noqa: E402
 from mrisr_jax.data import pipeline  # noqa: E402
 from mrisr_jax.train_state import TrainState  # noqa: E402
 
+assert jax.device_count() == 8, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
 config = tiny_config()
 config.batch_size = 8
 it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=8, seed=0))
