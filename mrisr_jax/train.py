@@ -132,9 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('mesh %s over %d devices (%d processes), global batch %d', dict(mesh.shape),
                mesh.size, jax.process_count(), config.batch_size)
 
-  root, is_sample = resolve_data_root(config.data.root)
-  if is_sample:
-    logging.info('config.data.root is empty: using the embedded sample data at %s', root)
+  root, is_sample = resolve_data_root(config.data.root)  # the pipeline logs when it is the sample
   scale = config.model.scale
   train_ds = pipeline.make_train_dataset(config.data, scale=scale, global_batch_size=config.batch_size,
                                          seed=config.seed, process_index=jax.process_index(),

@@ -77,7 +77,7 @@ _SOURCE_CACHE_LOCK = threading.Lock()
 
 
 def _split_source(data_cfg, split_key: str) -> tuple[FastMRISliceSource, pathlib.Path]:
-  root, _ = sample.resolve_data_root(_cfg(data_cfg, 'root'))
+  root, is_sample = sample.resolve_data_root(_cfg(data_cfg, 'root'))
   split = str(_cfg(data_cfg, split_key))
   files = list_volume_files(root, split)
   target_key = str(_cfg(data_cfg, 'target_key'))
@@ -90,9 +90,13 @@ def _split_source(data_cfg, split_key: str) -> tuple[FastMRISliceSource, pathlib
   with _SOURCE_CACHE_LOCK:
     source = _SOURCE_CACHE.get(key)
   if source is None:
+    if is_sample:
+      logging.info('using the embedded sample data at %s', root)
     source = FastMRISliceSource(files, target_key=target_key, skip_bad_files=skip)
     with _SOURCE_CACHE_LOCK:
       _SOURCE_CACHE[key] = source
+  elif is_sample:
+    logging.info('using the embedded sample data at %s', root)
   return source, root / split
 
 
