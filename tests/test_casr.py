@@ -95,7 +95,7 @@ def test_conv2d_matches_torch(kernel, stride, padding):
 def _torch_stb(x, p, *, heads, w, shift, alpha, compat):
   """The reference STB written directly in torch (post-norm), fed the flax params."""
   F = torch.nn.functional
-  t = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+  t = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
   b, h, wd, c = x.shape
   hd = c // heads
 
