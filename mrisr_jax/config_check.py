@@ -23,7 +23,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   m = config.model
   _require(m.scale in registry.SCALES,
            f'config.model.scale={m.scale!r} is not supported; use one of {registry.SCALES}')
-  registry._lookup(registry.GENERATORS, 'config.model.name', m.name)
+  registry.lookup(registry.GENERATORS, 'config.model.name', m.name)
   registry.compute_dtype(m.dtype)
   p = config.data.hr_patch_size
   _require(p % m.scale == 0, f'config.data.hr_patch_size={p} is not divisible by config.model.scale={m.scale}')
@@ -45,7 +45,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(s.epochs >= 0, f'config.stages.{name}.epochs={s.epochs} must be >= 0')
     _require(s.schedule_epochs > 0, f'config.stages.{name}.schedule_epochs={s.schedule_epochs} must be > 0')
     if s.kind == 'gan':
-      registry._lookup(registry.DISCRIMINATORS, 'config.discriminator.name', config.discriminator.name)
+      registry.lookup(registry.DISCRIMINATORS, 'config.discriminator.name', config.discriminator.name)
   _require(config.loss.gan_pixel_loss in PIXEL_LOSSES,
            f'config.loss.gan_pixel_loss={config.loss.gan_pixel_loss!r}; known: {", ".join(PIXEL_LOSSES)}')
   _require(config.loss.adversarial_reduction in ('sum', 'mean'),

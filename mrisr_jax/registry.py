@@ -14,14 +14,14 @@ class UnknownNameError(ValueError):
   pass
 
 
-def _lookup(table: dict, kind: str, name: str):
+def lookup(table: dict, kind: str, name: str):
   if name not in table:
     raise UnknownNameError(f'unknown {kind} {name!r}; known: {", ".join(sorted(table))}')
   return table[name]
 
 
 def compute_dtype(name: str):
-  return _lookup(_DTYPES, 'config.model.dtype', name)
+  return lookup(_DTYPES, 'config.model.dtype', name)
 
 
 def resolve_scan_unroll(scan_unroll: int, depth: int) -> int:
@@ -56,9 +56,9 @@ SCALES = (2, 3, 4)
 
 def build_generator(model_cfg: ml_collections.ConfigDict, **overrides) -> nn.Module:
   """overrides: per-stage attributes (dropout, deepnorm_alpha)."""
-  return _lookup(GENERATORS, 'config.model.name', model_cfg.name)(model_cfg, **overrides)
+  return lookup(GENERATORS, 'config.model.name', model_cfg.name)(model_cfg, **overrides)
 
 
 def build_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
-  builder = _lookup(DISCRIMINATORS, 'config.discriminator.name', config.discriminator.name)
+  builder = lookup(DISCRIMINATORS, 'config.discriminator.name', config.discriminator.name)
   return builder(config.discriminator, compute_dtype(config.model.dtype))

@@ -48,15 +48,17 @@ def stage_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> list[
   return plan
 
 
-def make_optimizers(stage: Stage, steps_per_epoch: int):
-  """Separate Adam optimizers for G and D, each with its own schedule (counted from the stage start)."""
+def stage_schedules(stage: Stage, steps_per_epoch: int) -> dict:
+  """The G and D learning-rate schedules of a stage, counted from the stage start."""
   s = stage.cfg
+  return {who: make_schedule(s.schedule, lr, steps_per_epoch, s.schedule_epochs, s.schedule_factor)
+          for who, lr in (('g', s.lr_g), ('d', s.lr_d))}
 
-  def adam(lr):
-    return optax.adam(make_schedule(s.schedule, lr, steps_per_epoch, s.schedule_epochs, s.schedule_factor),
-                      b1=0.9, b2=0.999, eps=1e-8)
 
-  return adam(s.lr_g), adam(s.lr_d)
+def make_optimizers(stage: Stage, steps_per_epoch: int):
+  """Separate Adam optimizers for G and D, each with its own schedule."""
+  schedules = stage_schedules(stage, steps_per_epoch)
+  return tuple(optax.adam(schedules[who], b1=0.9, b2=0.999, eps=1e-8) for who in ('g', 'd'))
 
 
 def stage_generator(config, stage: Stage):
@@ -222,6 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('[%s] step %d/%d %s %s | %.2f steps/s, ETA %s', stage.name, step, total_steps, terms,
                  lr_text, sps, _format_eta((total_steps - step) / max(sps, 1e-9)))
 
+  def make_predict(g_model):
+    return jax.jit(functools.partial(steps.predict, g_model=g_model),
+                   in_shardings=(state_sharding.g_params, batch_sh), out_shardings=repl)
+
   def write_grid(sample, tag_step: int) -> str:
     grid = report.image_grid(*sample)
     rel = f'images/grid_{tag_step:07d}.png'
@@ -248,13 +254,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     g_model = stage_generator(config, stage)
     g_tx, d_tx = make_optimizers(stage, steps_per_epoch)
     s = stage.cfg
-    lr_fns = {'g': make_schedule(s.schedule, s.lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor)}
+    lr_fns = stage_schedules(stage, steps_per_epoch)
+    if s.kind != 'gan':
+      del lr_fns['d']  # D is not trained in this stage
     if step == stage.start:  # a new stage starts with fresh optimizer states and schedules
       state = jax.jit(lambda st: st.replace(g_opt_state=g_tx.init(st.g_params),
                                             d_opt_state=d_tx.init(st.d_params)),
                       out_shardings=state_sharding, donate_argnums=0)(state)
     if s.kind == 'gan':
-      lr_fns['d'] = make_schedule(s.schedule, s.lr_d, steps_per_epoch, s.schedule_epochs, s.schedule_factor)
       fn = functools.partial(steps.gan_step, g_model=g_model, d_model=d_model,
                              vgg=functools.partial(_apply_vgg, vgg_model), g_tx=g_tx, d_tx=d_tx,
                              loss_cfg=config.loss)
@@ -266,8 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              pixel_loss=losses.pixel_loss(s.pixel_loss))
       train_step = jax.jit(fn, in_shardings=(state_sharding, batch_sh),
                            out_shardings=(state_sharding, repl), donate_argnums=0)
-    predict = jax.jit(functools.partial(steps.predict, g_model=g_model),
-                      in_shardings=(state_sharding.g_params, batch_sh), out_shardings=repl)
+    predict = make_predict(g_model)
     logging.info('stage %s (%s): steps [%d, %d), alpha=%s dropout=%s', stage.name, s.kind, stage.start,
                  stage.end, s.deepnorm_alpha, s.dropout)
 
@@ -297,8 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ckpt.wait()
   if last_eval is None:  # resumed a finished run: evaluate what it holds
-    last_eval = evaluate(jax.jit(functools.partial(steps.predict, g_model=stage_generator(config, plan[-1])),
-                                 in_shardings=(state_sharding.g_params, batch_sh), out_shardings=repl))
+    last_eval = evaluate(make_predict(stage_generator(config, plan[-1])))
   if step >= total_steps and is_chief:
     grid_rel = write_grid(last_eval['sample'], step)
     paths = report.write_report(
