@@ -8,9 +8,8 @@ from mrisr_jax import config_base
 
 
 def get_config(arg: str | None = None):
+  tokens = config_base.parse_arg(arg, 'configs/casrgan_x4.py', ('quick',))
   config = config_base.casrgan_config(scale=4)
-  if arg == 'quick':
+  if 'quick' in tokens:
     config_base.make_quick(config)
-  elif arg:
-    raise ValueError(f'configs/casrgan_x4.py: unknown argument {arg!r} (known: quick)')
   return config

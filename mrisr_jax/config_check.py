@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from mrisr_jax import registry
-from mrisr_jax.losses import PIXEL_LOSSES
+from mrisr_jax import losses, registry
+from mrisr_jax.data import degrade
+from mrisr_jax.data.errors import DataError
+from mrisr_jax.data.pipeline import patch_shape
 
 STAGE_KINDS = ('generator', 'gan')
 SCHEDULES = ('constant', 'linear', 'step')
+LOSS_WEIGHTS = ('pixel_weight', 'perceptual_weight', 'style_weight', 'adversarial_weight')
 
 
 class ConfigError(ValueError):
@@ -19,34 +22,65 @@ def _require(cond: bool, msg: str) -> None:
     raise ConfigError(msg)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def _check_model(config: ml_collections.ConfigDict) -> None:
   m = config.model
-  _require(m.scale in registry.SCALES,
-           f'config.model.scale={m.scale!r} is not supported; use one of {registry.SCALES}')
-  registry.lookup(registry.GENERATORS, 'config.model.name', m.name)
+  cls = registry.generator_class(m.name)
+  _require(m.scale in cls.supported_scales,
+           f'config.model.scale={m.scale!r} is not supported by {m.name} ({cls.__name__}); use one of '
+           f'{cls.supported_scales}')
   registry.compute_dtype(m.dtype)
+  g = registry.build_generator(m)  # names any config field the module lacks
+  try:
+    ph, pw = patch_shape(config.data)
+  except DataError as e:
+    raise ConfigError(str(e)) from None
   p = config.data.hr_patch_size
-  _require(p % m.scale == 0, f'config.data.hr_patch_size={p} is not divisible by config.model.scale={m.scale}')
-  if m.name == 'casr':
-    multiple = m.patch_size * m.window_size
-    _require((p // m.scale) % multiple == 0,
-             f'config.data.hr_patch_size={p}: the LR crop {p // m.scale} must be a multiple of '
-             f'model.patch_size*model.window_size={multiple}')
+  _require(ph % m.scale == 0 and pw % m.scale == 0,
+           f'config.data.hr_patch_size={p} is not divisible by config.model.scale={m.scale}')
+  multiple = g.size_multiple
+  _require((ph // m.scale) % multiple == 0 and (pw // m.scale) % multiple == 0,
+           f'config.data.hr_patch_size={p}: the LR crop {ph // m.scale}x{pw // m.scale} must be a multiple of '
+           f'{multiple} for {m.name} (e.g. model.patch_size*model.window_size)')
+  try:
+    degrade.parse_degradation(config.data.degradation)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _check_stage(config: ml_collections.ConfigDict, name: str) -> None:
+  s = config.stages[name]
+  key = f'config.stages.{name}'
+  _require(s.kind in STAGE_KINDS, f'{key}.kind={s.kind!r}; known: {", ".join(STAGE_KINDS)}')
+  _require(s.schedule in SCHEDULES, f'{key}.schedule={s.schedule!r}; known: {", ".join(SCHEDULES)}')
+  _require(s.pixel_loss in losses.PIXEL_LOSSES,
+           f'{key}.pixel_loss={s.pixel_loss!r}; known: {", ".join(losses.PIXEL_LOSSES)}')
+  _require(s.epochs >= 0, f'{key}.epochs={s.epochs} must be >= 0')
+  _require(s.schedule_epochs > 0, f'{key}.schedule_epochs={s.schedule_epochs} must be > 0')
+  for w in LOSS_WEIGHTS:
+    _require(s[w] >= 0, f'{key}.{w}={s[w]} must be >= 0')
+  _require(any(s[w] > 0 for w in LOSS_WEIGHTS), f'{key}: every loss weight is 0 ({", ".join(LOSS_WEIGHTS)})')
+  if s.kind == 'gan':
+    registry.discriminator_class(config.discriminator.name)
+    _require(s.adversarial_weight > 0, f'{key}.adversarial_weight={s.adversarial_weight}: a gan stage needs '
+             'a positive adversarial weight (use kind=generator otherwise)')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  _check_model(config)
   _require(config.batch_size > 0, f'config.batch_size={config.batch_size} must be positive')
   _require(len(config.stage_order) > 0, 'config.stage_order is empty')
   for name in config.stage_order:
     _require(name in config.stages, f'config.stage_order names {name!r}, which is not in config.stages '
              f'(known: {", ".join(config.stages.keys())})')
-    s = config.stages[name]
-    _require(s.kind in STAGE_KINDS, f'config.stages.{name}.kind={s.kind!r}; known: {", ".join(STAGE_KINDS)}')
-    _require(s.schedule in SCHEDULES, f'config.stages.{name}.schedule={s.schedule!r}; known: {", ".join(SCHEDULES)}')
-    _require(s.pixel_loss in PIXEL_LOSSES, f'config.stages.{name}.pixel_loss={s.pixel_loss!r}; known: '
-             f'{", ".join(PIXEL_LOSSES)}')
-    _require(s.epochs >= 0, f'config.stages.{name}.epochs={s.epochs} must be >= 0')
-    _require(s.schedule_epochs > 0, f'config.stages.{name}.schedule_epochs={s.schedule_epochs} must be > 0')
-    if s.kind == 'gan':
-      registry.lookup(registry.DISCRIMINATORS, 'config.discriminator.name', config.discriminator.name)
-  _require(config.loss.gan_pixel_loss in PIXEL_LOSSES,
-           f'config.loss.gan_pixel_loss={config.loss.gan_pixel_loss!r}; known: {", ".join(PIXEL_LOSSES)}')
-  _require(config.loss.adversarial_reduction in ('sum', 'mean'),
-           f'config.loss.adversarial_reduction={config.loss.adversarial_reduction!r}; known: mean, sum')
+    _check_stage(config, name)
+  loss = config.loss
+  registry.lookup(losses.GAN_LOSSES, 'config.loss.gan', loss.gan)
+  _require(loss.perceptual_criterion in ('mse', 'l1'),
+           f'config.loss.perceptual_criterion={loss.perceptual_criterion!r}; known: l1, mse')
+  from mrisr_jax.models import vgg as vgg_lib
+  for field in ('perceptual_layers', 'style_layers'):
+    for layer in loss[field]:
+      try:
+        vgg_lib.vgg_layer_index(loss.vgg_arch, layer)
+      except ValueError as e:
+        raise ConfigError(f'config.loss.{field}.{layer}: {e}') from None

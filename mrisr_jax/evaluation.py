@@ -1,8 +1,9 @@
 """Validation on whole slices: the model against bicubic, per volume, as fastMRI scores it.
 
 A slice that does not fit the model is made to fit, never rejected: the HR slice is centre-cropped
-to a multiple of the scale, the LR input (area-downsampled HR) is edge-padded at the bottom/right
-to a multiple of the model's size multiple, and the SR output is cropped back to the HR size.
+to a multiple of the scale, the LR input (the config's degradation of the HR) is edge-padded at the
+bottom/right to a multiple of the model's size multiple, and the SR output is cropped back to the HR
+size. Models that take the bicubic-upsampled LR (SRCNN, DRRN) get the bicubic image as input.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from mrisr_jax import metrics, sharding
-from mrisr_jax.data.degrade import area_downsample, bicubic_upsample
+from mrisr_jax.data.degrade import bicubic_upsample, make_lr
 
 
 def crop_to_multiple(vol: np.ndarray, multiple: int) -> np.ndarray:
@@ -43,45 +44,48 @@ class _Volume:
 class Validator:
   """Holds the validation volumes with their LR inputs and bicubic scores, computed once."""
 
-  def __init__(self, volumes: list[dict], scale: int, size_multiple: int, mesh, eval_batch_size: int):
+  def __init__(self, volumes: list[dict], scale: int, size_multiple: int, mesh, eval_batch_size: int,
+               degradation: tuple = ('area',), upsampled_input: bool = False):
     self.scale = scale
     self.size_multiple = size_multiple
+    self.upsampled_input = upsampled_input
     self.mesh = mesh
     dp = sharding.data_parallel_size(mesh)
     self.batch = max(dp, eval_batch_size - eval_batch_size % dp)
     self.volumes = []
     for v in volumes:
       hr = crop_to_multiple(np.asarray(v['hr'], np.float32), scale)
-      lr = area_downsample(hr, scale).astype(np.float32)
+      lr = make_lr(hr, scale, degradation)
       bic = np.clip(bicubic_upsample(lr, scale), 0.0, 1.0).astype(np.float32)
       self.volumes.append(_Volume(v['name'], hr, lr, bic, metrics.volume_metrics(hr, bic)))
 
-  def super_resolve(self, predict: Callable, g_params, lr: np.ndarray) -> np.ndarray:
+  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray) -> np.ndarray:
     """lr (S, h, w) -> SR (S, h*s, w*s) in [0, 1], batched over slices on the mesh."""
     s, h, w = lr.shape
-    padded = pad_to_multiple(lr, self.size_multiple)[..., None]
+    x = np.clip(bicubic_upsample(lr, self.scale), 0.0, 1.0) if self.upsampled_input else lr
+    padded = pad_to_multiple(x.astype(np.float32), self.size_multiple)[..., None]
     out = []
     for i in range(0, s, self.batch):
       chunk = padded[i:i + self.batch]
       n = chunk.shape[0]
       if n < self.batch:  # keep one compiled shape: repeat the last slice
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
-      x = sharding.host_replicated_to_global(chunk, sharding.batch_sharding(self.mesh))
-      out.append(np.asarray(predict(g_params, x))[:n, :h * self.scale, :w * self.scale, 0])
+      batch = sharding.host_replicated_to_global(chunk, sharding.batch_sharding(self.mesh))
+      out.append(np.asarray(predict(g_vars, batch))[:n, :h * self.scale, :w * self.scale, 0])
     return np.clip(np.concatenate(out), 0.0, 1.0)
 
-  def sample(self, predict: Callable, g_params) -> tuple:
+  def sample(self, predict: Callable, g_vars) -> tuple:
     """(LR, bicubic, SR, HR) of the middle slice of the first volume, for image grids."""
     v = self.volumes[0]
     k = v.hr.shape[0] // 2
-    sr = self.super_resolve(predict, g_params, v.lr[k:k + 1])[0]
+    sr = self.super_resolve(predict, g_vars, v.lr[k:k + 1])[0]
     return v.lr[k], v.bicubic[k], sr, v.hr[k]
 
-  def run(self, predict: Callable, g_params) -> dict:
+  def run(self, predict: Callable, g_vars) -> dict:
     """Returns {'summary': {model, bicubic}, 'per_volume': [...], 'sample': (lr, bic, sr, hr)}."""
     per_volume, sample = [], None
     for v in self.volumes:
-      sr = self.super_resolve(predict, g_params, v.lr)
+      sr = self.super_resolve(predict, g_vars, v.lr)
       per_volume.append({'volume': v.name, 'model': metrics.volume_metrics(v.hr, sr),
                          'bicubic': v.bicubic_metrics})
       if sample is None:

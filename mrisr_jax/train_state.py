@@ -11,8 +11,9 @@ import jax
 class TrainState:
   step: jax.Array  # global optimizer step over all stages
   g_params: Any
+  g_batch_stats: Any  # generator BatchNorm running statistics ({} for generators without)
   d_params: Any
-  d_batch_stats: Any
+  d_batch_stats: Any  # discriminator state: BatchNorm statistics or spectral-norm vectors
   g_opt_state: Any
   d_opt_state: Any
   rng: jax.Array  # base key (uint32[2]); step keys are fold_in(rng, step) so resume is exact

@@ -1,5 +1,4 @@
 """The entry point as users run it: the quick job end to end, and one-line errors for bad input."""
-import pathlib
 
 import h5py
 import numpy as np

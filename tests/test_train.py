@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from mrisr_jax import losses, steps, train
+from mrisr_jax import steps, train
 from mrisr_jax.models.casr import CASR
 from mrisr_jax.schedules import make_schedule
 from mrisr_jax.train_state import TrainState
@@ -28,8 +28,9 @@ def test_small_generator_overfits_one_batch():
   lr = hr.reshape(4, 16, 2, 16, 2, 1).mean(axis=(2, 4))
   params = model.init(jax.random.PRNGKey(0), lr)['params']
   tx = optax.adam(1e-3)
-  state = TrainState(jnp.zeros((), jnp.int32), params, {}, {}, tx.init(params), (), jax.random.PRNGKey(1))
-  step = jax.jit(functools.partial(steps.generator_step, g_model=model, g_tx=tx, pixel_loss=losses.l1))
+  state = TrainState(step=jnp.zeros((), jnp.int32), g_params=params, g_batch_stats={}, d_params={},
+                     d_batch_stats={}, g_opt_state=tx.init(params), d_opt_state=(), rng=jax.random.PRNGKey(1))
+  step = jax.jit(functools.partial(steps.generator_step, g_model=model, g_tx=tx))
   batch = {'lr': lr, 'hr': hr}
   state, first = step(state, batch)
   for _ in range(300):

@@ -10,7 +10,6 @@ baseline), and reports the ratios.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import pathlib
 import platform
@@ -21,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrisr_jax import losses, registry, steps, train
-from mrisr_jax.train_state import TrainState
+from mrisr_jax import recipe, registry
+from mrisr_jax.data.pipeline import patch_shape
 
 BEGIN, END = '<!-- train-step:begin -->', '<!-- train-step:end -->'
 
@@ -35,32 +34,28 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
-def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int) -> dict:
+def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | None) -> dict:
+  """Compile time and mean step time of one stage's train step (unroll: CASR scan_unroll, None = as configured)."""
   config = config.copy_and_resolve_references()
-  config.model.scan_unroll = unroll
-  stage = next(s for s in train.stage_plan(config, 1) if s.name == stage_name)
-  g = train.stage_generator(config, stage)
-  g_tx, d_tx = train.make_optimizers(stage, 1)
-  s = config.model.scale
-  lr_side = config.data.hr_patch_size // s
-  rng = np.random.default_rng(0)
-  data = {'lr': jnp.asarray(rng.uniform(size=(batch, lr_side, lr_side, 1)), jnp.float32),
-          'hr': jnp.asarray(rng.uniform(size=(batch, lr_side * s, lr_side * s, 1)), jnp.float32)}
-  gp = g.init(jax.random.PRNGKey(0), data['lr'][:1])['params']
+  if unroll is not None:
+    config.model.scan_unroll = unroll
+  config.loss.allow_random_vgg = True
+  stage = next(s for s in recipe.stage_plan(config, 1) if s.name == stage_name)
+  g = recipe.stage_generator(config, stage)
   d = registry.build_discriminator(config)
-  dv = d.init(jax.random.PRNGKey(1), data['hr'][:1], train=False)
-  state = TrainState(jnp.zeros((), jnp.int32), gp, dv['params'], dv['batch_stats'], g_tx.init(gp),
-                     d_tx.init(dv['params']), jax.random.PRNGKey(2))
-  if stage.cfg.kind == 'gan':
-    config.loss.allow_random_vgg = True
-    vgg_model, vgg_params = train.load_perceptual(config.loss)
-    fn = functools.partial(steps.gan_step, g_model=g, d_model=d,
-                           vgg=functools.partial(train._apply_vgg, vgg_model), g_tx=g_tx, d_tx=d_tx,
-                           loss_cfg=config.loss)
-    args = (state, data, vgg_params)
-  else:
-    fn = functools.partial(steps.generator_step, g_model=g, g_tx=g_tx, pixel_loss=losses.l1)
-    args = (state, data)
+  g_tx, d_tx = recipe.make_optimizers(config, stage, 1)
+  s = config.model.scale
+  hr_h, hr_w = patch_shape(config.data)
+  in_h, in_w = registry.input_size(g, (hr_h // s, hr_w // s))
+  rng = np.random.default_rng(0)
+  data = {'lr': jnp.asarray(rng.uniform(size=(batch, in_h, in_w, 1)), jnp.float32),
+          'hr': jnp.asarray(rng.uniform(size=(batch, hr_h, hr_w, 1)), jnp.float32)}
+  state = recipe.init_state_fn(config, g, d, g_tx, d_tx)(jax.random.PRNGKey(0))
+  vgg, vgg_params = None, None
+  if recipe.needs_vgg(config, [stage]):
+    vgg, vgg_params = recipe.load_perceptual(config.loss)
+  fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg)
+  args = (state, data, vgg_params)
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0

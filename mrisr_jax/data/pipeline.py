@@ -40,6 +40,7 @@ _DEFAULTS = {
     'val_split': 'val',
     'target_key': 'auto',
     'hr_patch_size': 96,
+    'degradation': ('area',),
     'flips': True,
     'num_workers': 0,
     'prefetch_buffer': 8,
@@ -148,26 +149,32 @@ def epoch_slice_order(num_slices: int, *, seed: int, epoch: int, process_index: 
 
 
 class CropDegradeFlip(grain.transforms.RandomMap):
-  """Random HR crop (p x p) -> optional random flips -> LR = area_downsample(HR, scale).
+  """Random HR crop (ph x pw) -> optional random flips -> LR = the degradation steps on the HR crop.
 
-  Output: {'lr': float32 (p/s, p/s, 1), 'hr': float32 (p, p, 1)}. Picklable.
+  Output: {'lr': float32 (ph/s, pw/s, 1), 'hr': float32 (ph, pw, 1)}; with `upsampled_input` the
+  'lr' entry is the LR bicubic-upsampled back to (ph, pw) and clipped to [0, 1] (the input of
+  SRCNN/DRRN, as the seed's `downsample.py -k` writes it). Picklable.
   """
 
-  def __init__(self, patch: int, scale: int, flips: bool):
-    self.patch = int(patch)
+  def __init__(self, patch: tuple[int, int], scale: int, flips: bool, degradation=('area',),
+               upsampled_input: bool = False):
+    self.patch = (int(patch[0]), int(patch[1]))
     self.scale = int(scale)
     self.flips = bool(flips)
+    self.degradation = tuple(degradation)
+    degrade.parse_degradation(self.degradation)  # fail at construction, not in a worker
+    self.upsampled_input = bool(upsampled_input)
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     image = element['image']
-    p = self.patch
+    ph, pw = self.patch
     h, w = image.shape
-    if h < p or w < p:
+    if h < ph or w < pw:
       raise DataError(f"{element.get('volume', '?')} slice {element.get('slice', '?')}: slice shape "
-                      f'{(h, w)} is smaller than the HR crop {p}x{p} (data.hr_patch_size)')
-    y = int(rng.integers(0, h - p + 1))
-    x = int(rng.integers(0, w - p + 1))
-    hr = image[y:y + p, x:x + p]
+                      f'{(h, w)} is smaller than the HR crop {ph}x{pw} (data.hr_patch_size)')
+    y = int(rng.integers(0, h - ph + 1))
+    x = int(rng.integers(0, w - pw + 1))
+    hr = image[y:y + ph, x:x + pw]
     if self.flips:
       flip_lr, flip_ud = rng.random(2) < 0.5
       if flip_lr:
@@ -175,8 +182,20 @@ class CropDegradeFlip(grain.transforms.RandomMap):
       if flip_ud:
         hr = hr[::-1, :]
     hr = np.ascontiguousarray(hr, dtype=np.float32)
-    lr = degrade.area_downsample(hr, self.scale)
+    lr = degrade.make_lr(hr, self.scale, self.degradation)
+    if self.upsampled_input:
+      lr = np.clip(degrade.bicubic_upsample(lr, self.scale), 0.0, 1.0).astype(np.float32)
     return {'lr': lr[..., None], 'hr': hr[..., None]}
+
+
+def patch_shape(data_cfg) -> tuple[int, int]:
+  """data.hr_patch_size as (height, width): an int p means p x p."""
+  value = _cfg(data_cfg, 'hr_patch_size')
+  sides = list(value) if isinstance(value, (tuple, list)) else [value]
+  if len(sides) not in (1, 2) or any(
+      isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in sides):
+    raise DataError(f'data.hr_patch_size: {value!r} must be a positive integer or (height, width)')
+  return (int(sides[0]), int(sides[-1]))
 
 
 def num_train_slices(data_cfg) -> int:
@@ -186,21 +205,27 @@ def num_train_slices(data_cfg) -> int:
 
 
 def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: int,
-                       process_index: int | None = None,
-                       process_count: int | None = None) -> grain.IterDataset:
+                       process_index: int | None = None, process_count: int | None = None,
+                       upsampled_input: bool = False) -> grain.IterDataset:
   """Infinite, host-sharded, deterministic training batches.
 
-  Yields {'lr': float32 (b, p/s, p/s, 1), 'hr': float32 (b, p, p, 1)} with
-  b = global_batch_size // process_count and p = data.hr_patch_size.
+  Yields {'lr': float32 (b, ph/s, pw/s, 1), 'hr': float32 (b, ph, pw, 1)} with
+  b = global_batch_size // process_count and (ph, pw) = data.hr_patch_size ('lr' is (b, ph, pw, 1),
+  bicubic-upsampled, when `upsampled_input`: for models that take the upsampled LR).
   `iter(ds)` is a grain DatasetIterator: get_state()/set_state(), checkpointable with
   grain.checkpoint.CheckpointSave / CheckpointRestore.
   """
   if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
     raise DataError(f'scale: {scale!r} must be a positive integer')
   scale = int(scale)
-  patch = _int_cfg(data_cfg, 'hr_patch_size', 1)
-  if patch % scale:
-    raise DataError(f'data.hr_patch_size: {patch} is not divisible by the scale {scale}')
+  patch = patch_shape(data_cfg)
+  if patch[0] % scale or patch[1] % scale:
+    raise DataError(f'data.hr_patch_size: {_cfg(data_cfg, "hr_patch_size")} is not divisible by the scale {scale}')
+  degradation = tuple(_cfg(data_cfg, 'degradation'))
+  try:
+    degrade.parse_degradation(degradation)
+  except ValueError as e:
+    raise DataError(str(e)) from None
   process_index, process_count = _process_index_count(process_index, process_count)
   if (isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer))
       or global_batch_size < 1):
@@ -216,9 +241,9 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
 
   source, split_dir = _split_source(data_cfg, 'train_split')
   for vol in source.volumes:
-    if vol.shape[0] < patch or vol.shape[1] < patch:
+    if vol.shape[0] < patch[0] or vol.shape[1] < patch[1]:
       raise DataError(f'{vol.path}: slice shape {vol.shape} is smaller than the HR crop '
-                      f'{patch}x{patch} (data.hr_patch_size={patch})')
+                      f'{patch[0]}x{patch[1]} (data.hr_patch_size={_cfg(data_cfg, "hr_patch_size")})')
   n = len(source)
   if n < process_count:
     raise DataError(f'{split_dir}: {n} training slices cannot be shared by {process_count} processes')
@@ -229,7 +254,7 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
 
   ds = grain.MapDataset.source(source)
   ds = _global_order(ds, n, shuffle_seed, process_count)
-  ds = ds.random_map(CropDegradeFlip(patch, scale, flips), seed=aug_seed)
+  ds = ds.random_map(CropDegradeFlip(patch, scale, flips, degradation, upsampled_input), seed=aug_seed)
   ds = ds[process_index::process_count]
   ds = ds.repeat(None)
   if prefetch_buffer > 0:
@@ -247,9 +272,10 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
         num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_buffer)))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
   logging.info('train pipeline: %d slices in %d volumes from %s; host %d/%d takes %d per epoch; '
-               'local batch %d; HR patch %d, scale %d, flips %s, workers %d',
+               'local batch %d; HR patch %dx%d, scale %d, LR = %s%s, flips %s, workers %d',
                n, len(source.volumes), split_dir, process_index, process_count,
-               (n - n % process_count) // process_count, local_batch, patch, scale, flips,
+               (n - n % process_count) // process_count, local_batch, *patch, scale,
+               ' -> '.join(degradation), ' -> bicubic x%d' % scale if upsampled_input else '', flips,
                num_workers)
   return it_ds
 

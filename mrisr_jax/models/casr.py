@@ -6,7 +6,7 @@ flat in D. Input and output are NHWC images in [0, 1] (no normalisation, no outp
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +138,8 @@ class CASR(nn.Module):
   remat: bool = False  # recompute AFEB activations in the backward pass (saves memory)
   scan_unroll: int = 1  # AFEBs per scan iteration: 1 keeps compile time flat in depth
   dtype: Dtype | None = None
+  supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
+  upsampled_input: ClassVar[bool] = False
 
   @property
   def size_multiple(self) -> int:
@@ -146,7 +148,7 @@ class CASR(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in (2, 3, 4):
+    if self.scale not in self.supported_scales:
       raise ValueError(f'model.scale={self.scale!r}: CASR supports 2, 3 or 4')
     n = self.n_stb
     alpha = self.deepnorm_alpha

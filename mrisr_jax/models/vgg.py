@@ -6,6 +6,11 @@
 grey image repeated to 3 channels, with NO ImageNet mean/std normalisation
 (`normalize_input=False`).
 
+`VGGFeatures(arch, taps=(i, j, ...))` instead runs up to `max(taps)` (`last_layer` is then ignored)
+and returns a tuple of the activations right after each tapped index, in the order of `taps`: a conv
+index taps before its ReLU, a ReLU index after it. `vgg_layer_index(arch, 'relu2_2')` names them.
+`VGGFeatures.depth` is the last index run; pass it as `last_layer` to the weight loaders.
+
 torchvision indices (conv layers; each is followed by its ReLU at idx + 1):
   vgg16: 0 2 | pool 4 | 5 7 | pool 9 | 10 12 14 | pool 16 | 17 19 21 | pool 23 | 24 26 28 | pool 30
   vgg19: 0 2 | pool 4 | 5 7 | pool 9 | 10 12 14 16 | pool 18 | 19 21 23 25 | pool 27 |
@@ -69,6 +74,27 @@ def vgg_layers(arch: str) -> list[tuple]:
   return layers
 
 
+def vgg_layer_names(arch: str) -> dict[str, int]:
+  """'conv{block}_{n}' / 'relu{block}_{n}' / 'pool{block}' -> torchvision `features` index."""
+  names, block, conv = {}, 1, 0
+  for i, layer in enumerate(vgg_layers(arch)):
+    if layer[0] == 'conv':
+      conv += 1
+      names[f'conv{block}_{conv}'] = i
+    elif layer[0] == 'relu':
+      names[f'relu{block}_{conv}'] = i
+    else:
+      names[f'pool{block}'] = i
+      block, conv = block + 1, 0
+  return names
+
+
+def vgg_layer_index(arch: str, name: str) -> int:
+  """torchvision `features` index of a named layer: vgg19 'conv3_4' -> 16, vgg16 'relu2_2' -> 8."""
+  from mrisr_jax import registry  # pylint: disable=import-outside-toplevel
+  return registry.lookup(vgg_layer_names(arch), f'{arch} layer', name)
+
+
 def _check_last_layer(arch: str, last_layer: int) -> list[tuple]:
   layers = vgg_layers(arch)
   if not 0 <= last_layer < len(layers):
@@ -91,20 +117,30 @@ def vgg_torch_shapes(arch: str, last_layer: int) -> dict[str, tuple[int, ...]]:
 class VGGFeatures(nn.Module):
   """torchvision VGG `features[:last_layer + 1]` in NHWC. Input (B, H, W, 3).
 
+  Returns the last activation, or with `taps` a tuple with one activation per tap.
+
   Attributes:
     arch: 'vgg19' or 'vgg16'.
-    last_layer: torchvision `features` index of the last layer run (inclusive).
+    last_layer: torchvision `features` index of the last layer run (inclusive); ignored with taps.
+    taps: torchvision `features` indices whose outputs are returned, in this order (any order,
+      repeats allowed); the network runs up to max(taps). Empty: return the last_layer output.
     normalize_input: subtract the ImageNet mean and divide by its std (input in [0, 1]) before the
       first conv. CASRGAN does not.
     dtype: computation dtype (params stay float32).
   """
   arch: str = 'vgg19'
   last_layer: int = 16
+  taps: tuple[int, ...] = ()
   normalize_input: bool = False
   dtype: Dtype | None = None
 
+  @property
+  def depth(self) -> int:
+    """The last `features` index run; the `last_layer` the weight loaders need."""
+    return max(self.taps) if self.taps else self.last_layer
+
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, ...]:
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'VGGFeatures expects NHWC input with 3 channels (repeat a grey image to '
                        f'3 channels first), got shape {tuple(x.shape)}')
@@ -112,13 +148,22 @@ class VGGFeatures(nn.Module):
       mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
       std = jnp.asarray(IMAGENET_STD, jnp.float32)
       x = (x.astype(jnp.float32) - mean) / std
-    for i, layer in enumerate(_check_last_layer(self.arch, self.last_layer)):
+    n_layers = len(vgg_layers(self.arch))
+    if any(not 0 <= t < n_layers for t in self.taps):
+      raise ValueError(f'taps={self.taps} is out of range for {self.arch} features '
+                       f'(0..{n_layers - 1})')
+    outputs = {}
+    for i, layer in enumerate(_check_last_layer(self.arch, self.depth)):
       if layer[0] == 'conv':
         x = Conv2d(layer[2], 3, padding=1, dtype=self.dtype, name=f'features_{i}')(x)
       elif layer[0] == 'relu':
         x = nn.relu(x)
       else:  # MaxPool2d(2, 2): floor mode, as torch
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+      if i in self.taps:
+        outputs[i] = x
+    if self.taps:
+      return tuple(outputs[t] for t in self.taps)
     return x
 
 

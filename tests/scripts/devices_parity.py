@@ -8,49 +8,38 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8.
   the real and fake terms of D's gradient nearly cancel, and Adam's first steps (update ~ lr *
   sign(g)) turn float32 summation-order differences in those near-zero entries into +-lr moves.
 """
-import functools
 import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, sys.argv[1])
 from tests.helpers import tiny_config  # noqa: E402
-from mrisr_jax import losses, registry, sharding, steps, train  # noqa: E402
+from mrisr_jax import recipe, registry, sharding  # noqa: E402
 from mrisr_jax.data import pipeline  # noqa: E402
-from mrisr_jax.train_state import TrainState  # noqa: E402
 
 assert jax.device_count() == 8, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
 config = tiny_config()
 config.batch_size = 8
 it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=8, seed=0))
 batches = [next(it) for _ in range(3)]
-plan = train.stage_plan(config, steps_per_epoch=4)
-vgg_model, vgg_params = train.load_perceptual(config.loss)
+plan = recipe.stage_plan(config, steps_per_epoch=4)
+vgg, vgg_params = recipe.load_perceptual(config.loss)
 
 
 def make_stage(stage, mesh):
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  g = train.stage_generator(config, stage)
+  g = recipe.stage_generator(config, stage)
   d = registry.build_discriminator(config)
-  g_tx, d_tx = train.make_optimizers(stage, 4)
-  gp = registry.build_generator(config.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))['params']
-  dv = d.init(jax.random.PRNGKey(1), jnp.zeros((1, 48, 48, 1)), train=False)
-  state = TrainState(jnp.zeros((), jnp.int32), gp, dv['params'], dv['batch_stats'], g_tx.init(gp),
-                     d_tx.init(dv['params']), jax.random.PRNGKey(2))
+  g_tx, d_tx = recipe.make_optimizers(config, stage, 4)
+  state = recipe.init_state_fn(config, registry.build_generator(config.model), d, g_tx, d_tx)(
+      jax.random.PRNGKey(0))
   state_sh = jax.tree.map(lambda _: repl, state)
-  if stage.cfg.kind == 'gan':
-    fn = functools.partial(steps.gan_step, g_model=g, d_model=d,
-                           vgg=functools.partial(train._apply_vgg, vgg_model), g_tx=g_tx, d_tx=d_tx,
-                           loss_cfg=config.loss)
-    jitted = jax.jit(fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl))
-    vgg = jax.device_put(vgg_params, repl)
-    step = lambda s, b: jitted(s, b, vgg)  # noqa: E731
-  else:
-    fn = functools.partial(steps.generator_step, g_model=g, g_tx=g_tx, pixel_loss=losses.l1)
-    step = jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl))
+  fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg)
+  jitted = jax.jit(fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl))
+  params = jax.device_put(vgg_params, repl)
+  step = lambda s, b: jitted(s, b, params)  # noqa: E731
 
   def call(s, b):
     s, m = step(jax.device_put(s, state_sh), sharding.global_batch(b, batch_sh))

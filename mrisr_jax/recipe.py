@@ -1,0 +1,161 @@
+"""From a config to the pure pieces of a run: stages, models, optimizers, the initial state, the steps.
+
+train.py adds the loop (data, jit on the mesh, checkpoints, logs); benchmarks and tests use these
+pieces directly, so they time and test exactly what training runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from mrisr_jax import registry, steps
+from mrisr_jax.data.pipeline import patch_shape
+from mrisr_jax.models import vgg as vgg_lib
+from mrisr_jax.schedules import make_schedule
+from mrisr_jax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  cfg: Any
+  start: int  # global step at which the stage begins
+  end: int  # global step at which it ends (exclusive)
+
+
+def stage_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> list[Stage]:
+  plan, start = [], 0
+  for name in config.stage_order:
+    cfg = config.stages[name]
+    end = start + int(cfg.epochs) * steps_per_epoch
+    plan.append(Stage(name, cfg, start, end))
+    start = end
+  return plan
+
+
+def stage_schedules(stage: Stage, steps_per_epoch: int) -> dict:
+  """The G and D learning-rate schedules of a stage, counted from the stage start."""
+  s = stage.cfg
+  factor_d = s.schedule_factor if s.schedule_factor_d < 0 else s.schedule_factor_d
+  return {'g': make_schedule(s.schedule, s.lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor),
+          'd': make_schedule(s.schedule, s.lr_d, steps_per_epoch, s.schedule_epochs, factor_d)}
+
+
+def _scale_by_name(multipliers: dict) -> optax.GradientTransformation:
+  """Multiplies the updates of top-level param subtrees by a factor (e.g. SRCNN's last layer: 0.1x lr).
+
+  Applied after Adam, so it scales the step size exactly as a per-layer learning rate does.
+  """
+  def scale(updates, params=None):
+    del params
+    return {k: jax.tree.map(lambda u, f=multipliers.get(k, 1.0): u * f, v) for k, v in updates.items()}
+  return optax.stateless(scale)
+
+
+def make_optimizers(config: ml_collections.ConfigDict, stage: Stage, steps_per_epoch: int):
+  """Separate Adam optimizers for G and D, each with its own schedule."""
+  schedules = stage_schedules(stage, steps_per_epoch)
+  s = stage.cfg
+  g_tx = optax.adam(schedules['g'], b1=s.b1, b2=s.b2, eps=1e-8)
+  multipliers = dict(config.get('lr_multipliers', {}) or {})
+  if multipliers:
+    g_tx = optax.chain(g_tx, _scale_by_name(multipliers))
+  return g_tx, optax.adam(schedules['d'], b1=s.b1, b2=s.b2, eps=1e-8)
+
+
+def stage_generator(config: ml_collections.ConfigDict, stage: Stage):
+  alpha = float(stage.cfg.deepnorm_alpha)
+  overrides = dict(dropout=float(stage.cfg.dropout))
+  if alpha >= 0:
+    overrides['deepnorm_alpha'] = alpha
+  return registry.build_generator(config.model, **overrides)
+
+
+def _taps(loss_cfg) -> tuple[list[int], list[float], list[float]]:
+  """VGG tap indices (perceptual layers, then style layers) and their weights."""
+  arch = loss_cfg.vgg_arch
+  perceptual = dict(loss_cfg.perceptual_layers)
+  style = dict(loss_cfg.style_layers)
+  taps = [vgg_lib.vgg_layer_index(arch, n) for n in perceptual] + [vgg_lib.vgg_layer_index(arch, n) for n in style]
+  return taps, list(perceptual.values()), list(style.values())
+
+
+def loss_spec(config: ml_collections.ConfigDict, stage: Stage) -> steps.LossSpec:
+  s = stage.cfg
+  _, p_weights, s_weights = _taps(config.loss)
+  return steps.LossSpec(
+      pixel=s.pixel_loss, pixel_weight=float(s.pixel_weight), perceptual_weight=float(s.perceptual_weight),
+      perceptual_layer_weights=tuple(map(float, p_weights)), perceptual_criterion=config.loss.perceptual_criterion,
+      style_weight=float(s.style_weight), style_layer_weights=tuple(map(float, s_weights)),
+      adversarial_weight=float(s.adversarial_weight) if s.kind == 'gan' else 0.0, gan=config.loss.gan)
+
+
+def needs_vgg(config: ml_collections.ConfigDict, stages: list[Stage]) -> bool:
+  return any(loss_spec(config, s).uses_vgg for s in stages)
+
+
+def load_perceptual(loss_cfg) -> tuple[Callable, Any]:
+  """The frozen VGG feature function vgg(params, rgb) -> tapped features, and its params
+  (ImageNet weights, or random for quick runs)."""
+  taps, _, _ = _taps(loss_cfg)
+  last = max(taps)
+  arch = loss_cfg.vgg_arch
+  model = vgg_lib.VGGFeatures(arch=arch, last_layer=last, taps=tuple(taps),
+                              normalize_input=bool(loss_cfg.vgg_imagenet_norm))
+  if loss_cfg.vgg_weights:
+    try:
+      params = vgg_lib.load_vgg_params(loss_cfg.vgg_weights, arch, last)
+    except (OSError, ValueError, ImportError) as e:
+      raise vgg_lib.VGGWeightsError(f'config.loss.vgg_weights={loss_cfg.vgg_weights}: {e}') from e
+    logging.info('perceptual loss: %s features[:%d] from %s', arch, last + 1, loss_cfg.vgg_weights)
+  elif loss_cfg.allow_random_vgg:
+    params = vgg_lib.init_vgg_params(jax.random.PRNGKey(0), arch, last)
+    logging.warning('perceptual loss: RANDOMLY INITIALISED %s features (config.loss.allow_random_vgg=True); '
+                    'this is not the seed recipe without ImageNet weights (config.loss.vgg_weights)', arch)
+  else:
+    url = {'vgg19': 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
+           'vgg16': 'https://download.pytorch.org/models/vgg16-397923af.pth'}.get(arch, '')
+    raise vgg_lib.VGGWeightsError(
+        f'config.loss.vgg_weights is empty: the perceptual/style loss needs ImageNet {arch} weights. Download '
+        f'torchvision\'s {url.rsplit("/", 1)[-1]} ({url}) and pass --config.loss.vgg_weights=PATH '
+        '(or a .npz from tools/convert_vgg.py)')
+  return functools.partial(_apply_vgg, model), params
+
+
+def _apply_vgg(model, params, x):
+  return model.apply({'params': params}, x)
+
+
+def init_state_fn(config: ml_collections.ConfigDict, g_model, d_model, g_tx, d_tx) -> Callable:
+  """rng -> a fresh TrainState: generator and discriminator initialised on one training crop."""
+  scale = config.model.scale
+  hr_h, hr_w = patch_shape(config.data)
+  in_h, in_w = registry.input_size(g_model, (hr_h // scale, hr_w // scale))
+
+  def init(rng):
+    g_rng, d_rng = jax.random.split(rng)
+    g_vars = g_model.init({'params': g_rng}, jnp.zeros((1, in_h, in_w, config.model.in_channels)), train=False)
+    d_vars = d_model.init({'params': d_rng}, jnp.zeros((1, hr_h, hr_w, config.model.out_channels)), train=False)
+    return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'],
+                      g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
+                      d_batch_stats=d_vars.get('batch_stats', {}), g_opt_state=g_tx.init(g_vars['params']),
+                      d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(config.seed + 1))
+
+  return init
+
+
+def stage_step(config: ml_collections.ConfigDict, stage: Stage, g_model, d_model, g_tx, d_tx,
+               vgg: Callable | None) -> Callable:
+  """The pure step of a stage: (state, batch, vgg_params) -> (state, metrics)."""
+  spec = loss_spec(config, stage)
+  if stage.cfg.kind == 'gan':
+    return functools.partial(steps.gan_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
+                             loss=spec, vgg=vgg)
+  return functools.partial(steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg)
