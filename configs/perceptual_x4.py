@@ -44,6 +44,6 @@ def get_config(arg: str | None = None):
     c.data.hr_patch_size = 48
     c.data.val_max_slices = 4
     c.loss.allow_random_vgg = True
-    c.stages.train.update(dict(epochs=75, schedule='step', schedule_epochs=40))
+    c.stages.train.update(dict(epochs=50, schedule='step', schedule_epochs=30))
     config_base.quick_logging(c, every=100)
   return c

@@ -33,6 +33,6 @@ def get_config(arg: str | None = None):
     c.data.hr_patch_size = (64, 64)
     c.data.val_max_slices = 4
     # 10x the seed's rates and a slower decay: a few hundred steps instead of 300 epochs of ADNI.
-    c.stages.gan.update(dict(epochs=60, lr_g=3e-4, lr_d=2e-4, schedule_epochs=10))
+    c.stages.gan.update(dict(epochs=40, lr_g=3e-4, lr_d=2e-4, schedule_epochs=10))
     config_base.quick_logging(c, every=80)
   return c

@@ -78,6 +78,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('%d training slices, %d steps per epoch; stages: %s', n_slices, steps_per_epoch,
                ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan))
 
+  vgg = vgg_params = None
+  if recipe.needs_vgg(config, plan):  # before anything slow: missing VGG weights fail at once
+    vgg, vgg_params = recipe.load_perceptual(config.loss)
   init_state = recipe.init_state_fn(config, g_model0, d_model, *recipe.make_optimizers(config, plan[0], steps_per_epoch))
 
   rng = jax.random.PRNGKey(config.seed)
@@ -98,9 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(state.g_params))
     logging.info('new run: generator %s with %d parameters', config.model.name, n_params)
 
-  vgg = vgg_params = None
-  if recipe.needs_vgg(config, [s for s in plan if s.end > int(state.step)]):
-    vgg, vgg_params = recipe.load_perceptual(config.loss)
+  if vgg is not None:
     vgg_params = jax.device_put(vgg_params, repl)
 
   validator = Validator(pipeline.load_validation_volumes(config.data), scale, g_model0.size_multiple, mesh,
@@ -182,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fn = recipe.stage_step(config, stage, g_model, d_model, g_tx, d_tx, vgg)
     jitted = jax.jit(fn, in_shardings=(state_sharding, batch_sh, repl),
                      out_shardings=(state_sharding, repl), donate_argnums=0)
-    train_step = functools.partial(lambda st, b, v: jitted(st, b, v), v=vgg_params)
+    train_step = lambda st, b: jitted(st, b, vgg_params)  # noqa: E731
     predict = make_predict(g_model)
     logging.info('stage %s (%s): steps [%d, %d), alpha=%s dropout=%s', stage.name, s.kind, stage.start,
                  stage.end, s.deepnorm_alpha, s.dropout)

@@ -1,4 +1,5 @@
 """The entry point as users run it: the quick job end to end, and one-line errors for bad input."""
+import json
 
 import h5py
 import numpy as np
@@ -6,28 +7,25 @@ import pytest
 
 from tests.helpers import error_line, run_main
 
-# The quick recipe, shortened: 2 AFEBs and a few steps per stage.
-SHORT = ['--config.model.depth=2', '--config.stages.pretrain.epochs=3',
-         '--config.stages.finetune.epochs=1', '--config.stages.gan.epochs=1', '--config.log_every_steps=4',
-         '--config.image_every_steps=8', '--config.eval_every_steps=8', '--config.checkpoint_every_steps=8',
-         '--config.data.val_max_slices=2']
-
-
-def test_quick_job_writes_checkpoint_events_images_and_report(tmp_path):
+@pytest.mark.slow
+def test_readme_main_job_writes_checkpoint_events_images_and_report(tmp_path):
+  """The README's main job exactly (configs/casrgan_x4.py:quick), then the same command again."""
   workdir = tmp_path / 'run'
-  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir), *SHORT)
+  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir))
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert 'using the embedded sample data' in proc.stderr
   assert 'RANDOMLY INITIALISED' in proc.stderr
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps and steps[-1] == 5 * 4  # (3 + 1 + 1) epochs x 4 steps
+  assert steps and steps[-1] == (100 + 5 + 3) * 4  # epochs of the three stages x 4 steps
   assert list(workdir.glob('events.out.tfevents.*'))
   assert list((workdir / 'images').glob('grid_*.png'))
   for name in ('report.md', 'report.html', 'metrics.json'):
     assert (workdir / 'report' / name).stat().st_size > 0
+  metrics = json.loads((workdir / 'report' / 'metrics.json').read_text())
+  assert metrics['summary']['model']['psnr'] > metrics['summary']['bicubic']['psnr'], metrics['summary']
   assert 'bicubic' in (workdir / 'report' / 'report.md').read_text()
 
-  again = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir), *SHORT)
+  again = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir))
   assert again.returncode == 0, again.stderr[-4000:]
   assert 'resumed from' in again.stderr
 

@@ -59,8 +59,11 @@ def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | N
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  state, m = compiled(*args)  # warm-up
+  t0 = time.perf_counter()
+  state, m = compiled(*args)  # warm-up; with n_steps=0 it is the one timed step
   jax.block_until_ready(m)
+  if n_steps == 0:
+    return {'compile_s': compile_s, 'step_s': time.perf_counter() - t0}
   t0 = time.perf_counter()
   for _ in range(n_steps):
     state, m = compiled(state, *args[1:])
