@@ -59,10 +59,15 @@ class Validator:
       bic = np.clip(bicubic_upsample(lr, scale), 0.0, 1.0).astype(np.float32)
       self.volumes.append(_Volume(v['name'], hr, lr, bic, metrics.volume_metrics(hr, bic)))
 
-  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray) -> np.ndarray:
-    """lr (S, h, w) -> SR (S, h*s, w*s) in [0, 1], batched over slices on the mesh."""
+  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray, bicubic: np.ndarray | None = None) -> np.ndarray:
+    """lr (S, h, w) -> SR (S, h*s, w*s) in [0, 1], batched over slices on the mesh.
+
+    Models that take the upsampled LR get `bicubic` (the clipped bicubic of `lr`; computed if not given).
+    """
     s, h, w = lr.shape
-    x = np.clip(bicubic_upsample(lr, self.scale), 0.0, 1.0) if self.upsampled_input else lr
+    x = lr
+    if self.upsampled_input:
+      x = np.clip(bicubic_upsample(lr, self.scale), 0.0, 1.0) if bicubic is None else bicubic
     padded = pad_to_multiple(x.astype(np.float32), self.size_multiple)[..., None]
     out = []
     for i in range(0, s, self.batch):
@@ -78,14 +83,14 @@ class Validator:
     """(LR, bicubic, SR, HR) of the middle slice of the first volume, for image grids."""
     v = self.volumes[0]
     k = v.hr.shape[0] // 2
-    sr = self.super_resolve(predict, g_vars, v.lr[k:k + 1])[0]
+    sr = self.super_resolve(predict, g_vars, v.lr[k:k + 1], v.bicubic[k:k + 1])[0]
     return v.lr[k], v.bicubic[k], sr, v.hr[k]
 
   def run(self, predict: Callable, g_vars) -> dict:
     """Returns {'summary': {model, bicubic}, 'per_volume': [...], 'sample': (lr, bic, sr, hr)}."""
     per_volume, sample = [], None
     for v in self.volumes:
-      sr = self.super_resolve(predict, g_vars, v.lr)
+      sr = self.super_resolve(predict, g_vars, v.lr, v.bicubic)
       per_volume.append({'volume': v.name, 'model': metrics.volume_metrics(v.hr, sr),
                          'bicubic': v.bicubic_metrics})
       if sample is None:

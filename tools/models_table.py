@@ -12,7 +12,6 @@ in a temporary workdir; PSNR is the fastMRI per-volume mean over the sample's va
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tools'))
 sys.path.insert(0, str(REPO))
+import benchmark_train_step  # noqa: E402
 from benchmark_train_step import time_step  # noqa: E402
 from mrisr_jax import recipe, registry, train  # noqa: E402
 
@@ -55,10 +55,7 @@ SYSTEMS = [
 
 
 def load_config(file: str, arg: str | None):
-  spec = importlib.util.spec_from_file_location('cfg', REPO / 'configs' / file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return benchmark_train_step.load_config(f'{REPO / "configs" / file}{":" + arg if arg else ""}')
 
 
 def n_params(config) -> int:
