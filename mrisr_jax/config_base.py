@@ -52,18 +52,34 @@ def base_config(name: str, model: dict, scale: int) -> ml_collections.ConfigDict
   c.discriminator = ml_collections.ConfigDict(dict(name='casrgan_d'))
 
   c.data = ml_collections.ConfigDict(dict(
+      # --- where the data is (docs/data.md) ---
       root='',  # '' = the embedded sample (MNI152 T1 in fastMRI h5 form)
-      train_split='train', val_split='val',
-      target_key='auto',  # reconstruction_rss | reconstruction_esc | kspace | auto
+      format='auto',  # auto | fastmri (*.h5) | nifti (*.nii, *.nii.gz) | images (HR/ + LR/x{s}/ PNGs)
+      train_split='train', val_split='val',  # sub-directories of root
+      val_fraction=0.0,  # > 0: validation = this fraction of train_split's volumes, chosen by name
+      volume_sample_rate=1.0,  # train on this fraction of the training volumes (chosen by name)
+      skip_bad_files=False,  # True: skip unreadable/invalid files, count and log them; False: stop
+      # --- fastMRI ---
+      target_key='auto',  # reconstruction_rss | reconstruction_esc | kspace (RSS computed) | auto
+      acquisitions=(),  # e.g. ('CORPD_FBK',): only these attrs['acquisition']; () = all
+      scan='full',  # full: read every file at start (max, finiteness); header: attrs['max'], checks per read
+      crop_to_recon_size=True,  # k-space targets: centre-crop to the ismrmrd_header recon size
+      # --- NIfTI ---
+      slice_axis=2,  # after reorienting to RAS: 0 sagittal, 1 coronal, 2 axial
+      intensity_percentiles=(0.0, 99.5),  # per-volume clip and scale to [0, 1]
+      min_slice_foreground=0.01,  # skip slices with fewer pixels above 0.1 than this fraction
+      # --- image folders ---
+      lr_source='auto',  # auto: LR/x{s}/ files when they exist | files | degrade (data.degradation of HR)
+      # --- patches and degradation (docs/degradations.md) ---
       hr_patch_size=96 if scale != 3 else 72,  # HR crop side, or (height, width)
-      # LR = these steps applied to the HR crop, in order: 'area' | 'bicubic' (downsample by the scale),
-      # 'blur:SIGMA' (Gaussian blur at the current resolution). The seed's downsample.py is ('area',),
-      # its blurred variant ('blur:1.0', 'area').
+      # LR = these steps applied in order, e.g. ('area',) (the seed's downsample.py),
+      # ('blur:1.0', 'area'), ('bicubic',), ('kspace:window=hamming',), ('bicubic', 'noise:snr=30'),
+      # ('thick:axis=0,profile=gaussian',) (through-plane; models that take the upsampled input).
       degradation=('area',),
-      flips=True,
+      flips=True,  # random horizontal and vertical flips
+      transposes=False,  # random transposes (square patches and isotropic degradations only)
       num_workers=0, prefetch_buffer=2,
-      skip_bad_files=False,
-      val_max_volumes=0, val_max_slices=0,
+      val_max_volumes=0, val_max_slices=0,  # 0 = all
   ))
   c.batch_size = 16  # global, over all hosts and devices
 

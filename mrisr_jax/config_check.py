@@ -4,9 +4,8 @@ from __future__ import annotations
 import ml_collections
 
 from mrisr_jax import losses, registry
-from mrisr_jax.data import degrade
+from mrisr_jax.data import pipeline, sources
 from mrisr_jax.data.errors import DataError
-from mrisr_jax.data.pipeline import patch_shape
 
 STAGE_KINDS = ('generator', 'gan')
 SCHEDULES = ('constant', 'linear', 'step')
@@ -31,7 +30,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   registry.compute_dtype(m.dtype)
   g = registry.build_generator(m)  # names any config field the module lacks
   try:
-    ph, pw = patch_shape(config.data)
+    ph, pw = pipeline.patch_shape(config.data)
   except DataError as e:
     raise ConfigError(str(e)) from None
   p = config.data.hr_patch_size
@@ -42,9 +41,25 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
            f'config.data.hr_patch_size={p}: the LR crop {ph // m.scale}x{pw // m.scale} must be a multiple of '
            f'{multiple} for {m.name} (e.g. model.patch_size*model.window_size)')
   try:
-    degrade.parse_degradation(config.data.degradation)
-  except ValueError as e:
+    steps = pipeline.degradation_steps(config.data)
+    pipeline.check_degradation_fits(steps, m.scale, g.upsampled_input)
+  except DataError as e:
     raise ConfigError(str(e)) from None
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  d = config.data
+  _require(d.format in sources.FORMATS, f'config.data.format={d.format!r}; known: {", ".join(sources.FORMATS)}')
+  _require(d.scan in ('full', 'header'), f'config.data.scan={d.scan!r}; known: full, header')
+  _require(0 <= d.val_fraction < 1, f'config.data.val_fraction={d.val_fraction} must be in [0, 1)')
+  _require(0 < d.volume_sample_rate <= 1,
+           f'config.data.volume_sample_rate={d.volume_sample_rate} must be in (0, 1]')
+  _require(d.slice_axis in (0, 1, 2), f'config.data.slice_axis={d.slice_axis} must be 0, 1 or 2')
+  lo, hi = d.intensity_percentiles
+  _require(0 <= lo < hi <= 100, f'config.data.intensity_percentiles={tuple(d.intensity_percentiles)} must '
+           'satisfy 0 <= low < high <= 100')
+  _require(d.lr_source in sources.LR_SOURCES,
+           f'config.data.lr_source={d.lr_source!r}; known: {", ".join(sources.LR_SOURCES)}')
 
 
 def _check_stage(config: ml_collections.ConfigDict, name: str) -> None:
@@ -67,6 +82,7 @@ def _check_stage(config: ml_collections.ConfigDict, name: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   _check_model(config)
+  _check_data(config)
   _require(config.batch_size > 0, f'config.batch_size={config.batch_size} must be positive')
   _require(len(config.stage_order) > 0, 'config.stage_order is empty')
   for name in config.stage_order:

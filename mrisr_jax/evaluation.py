@@ -1,9 +1,9 @@
 """Validation on whole slices: the model against bicubic, per volume, as fastMRI scores it.
 
 A slice that does not fit the model is made to fit, never rejected: the HR slice is centre-cropped
-to a multiple of the scale, the LR input (the config's degradation of the HR) is edge-padded at the
-bottom/right to a multiple of the model's size multiple, and the SR output is cropped back to the HR
-size. Models that take the bicubic-upsampled LR (SRCNN, DRRN) get the bicubic image as input.
+to a multiple of the scale (the data layer does this when it supplies the LR: the config's seeded
+degradation of the HR, or paired LR files), the LR input is edge-padded at the bottom/right to a
+multiple of the model's size multiple, and the SR output is cropped back to the HR size. Models that take the bicubic-upsampled LR (SRCNN, DRRN) get the bicubic image as input.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from mrisr_jax import metrics, sharding
-from mrisr_jax.data.degrade import bicubic_upsample, make_lr
+from mrisr_jax.data.degrade import bicubic_resize, bicubic_upsample, make_lr
 
 
 def crop_to_multiple(vol: np.ndarray, multiple: int) -> np.ndarray:
@@ -54,9 +54,18 @@ class Validator:
     self.batch = max(dp, eval_batch_size - eval_batch_size % dp)
     self.volumes = []
     for v in volumes:
-      hr = crop_to_multiple(np.asarray(v['hr'], np.float32), scale)
-      lr = make_lr(hr, scale, degradation)
-      bic = np.clip(bicubic_upsample(lr, scale), 0.0, 1.0).astype(np.float32)
+      if 'lr' in v:   # the data layer's LR (paired files, or its seeded degradation)
+        hr, lr = np.asarray(v['hr'], np.float32), np.asarray(v['lr'], np.float32)
+      else:
+        hr = crop_to_multiple(np.asarray(v['hr'], np.float32), scale)
+        lr = make_lr(hr, scale, degradation)
+      if lr.shape[-2:] == hr.shape[-2:]:   # HR-sized LR files (downsample.py -k) are the bicubic
+        if not upsampled_input:
+          raise ValueError(f"validation volume {v['name']}: the LR is HR-sized, which only models that "
+                           'take the upsampled input can use')
+        bic = np.clip(lr, 0.0, 1.0)
+      else:
+        bic = np.clip(bicubic_resize(lr, *hr.shape[-2:]), 0.0, 1.0).astype(np.float32)
       self.volumes.append(_Volume(v['name'], hr, lr, bic, metrics.volume_metrics(hr, bic)))
 
   def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray, bicubic: np.ndarray | None = None) -> np.ndarray:
@@ -66,8 +75,10 @@ class Validator:
     """
     s, h, w = lr.shape
     x = lr
+    out_h, out_w = h * self.scale, w * self.scale
     if self.upsampled_input:
       x = np.clip(bicubic_upsample(lr, self.scale), 0.0, 1.0) if bicubic is None else bicubic
+      out_h, out_w = x.shape[-2:]
     padded = pad_to_multiple(x.astype(np.float32), self.size_multiple)[..., None]
     out = []
     for i in range(0, s, self.batch):
@@ -76,7 +87,7 @@ class Validator:
       if n < self.batch:  # keep one compiled shape: repeat the last slice
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
       batch = sharding.host_replicated_to_global(chunk, sharding.batch_sharding(self.mesh))
-      out.append(np.asarray(predict(g_vars, batch))[:n, :h * self.scale, :w * self.scale, 0])
+      out.append(np.asarray(predict(g_vars, batch))[:n, :out_h, :out_w, 0])
     return np.clip(np.concatenate(out), 0.0, 1.0)
 
   def sample(self, predict: Callable, g_vars) -> tuple:

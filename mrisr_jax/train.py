@@ -71,7 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                          process_count=jax.process_count(),
                                          upsampled_input=g_model0.upsampled_input)
   data_iter = iter(train_ds)
-  n_slices = pipeline.num_train_slices(config.data)
+  n_slices = pipeline.num_train_slices(config.data, scale)
   steps_per_epoch = max(1, n_slices // config.batch_size)
   plan = recipe.stage_plan(config, steps_per_epoch)
   total_steps = plan[-1].end
@@ -104,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if vgg is not None:
     vgg_params = jax.device_put(vgg_params, repl)
 
-  validator = Validator(pipeline.load_validation_volumes(config.data), scale, g_model0.size_multiple, mesh,
+  validator = Validator(pipeline.load_validation_volumes(config.data, scale, config.seed), scale, g_model0.size_multiple, mesh,
                         config.eval_batch_size, degradation=tuple(config.data.degradation),
                         upsampled_input=g_model0.upsampled_input)
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief, asynchronous=True)
@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     end = min(stage.end, stop_at)
     while step < end:
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = sharding.global_batch(next(data_iter), batch_sh)
+        batch = sharding.global_batch(pipeline.next_batch(data_iter), batch_sh)
         state, metrics = train_step(state, batch)
       step += 1
       pending.append(metrics)

@@ -100,10 +100,10 @@ def test_rss_single_coil_kspace_matches_numpy(tmp_path):
   k = (rng.normal(size=(3, 10, 9)) + 1j * rng.normal(size=(3, 10, 9))).astype(np.complex64)
   path = write_h5(tmp_path / 'sc.h5', kspace=k)
   src = fastmri.FastMRISliceSource([path])
-  assert src.volumes[0].target == 'kspace'
+  assert src.volumes[0].metadata['target'] == 'kspace'
   expected = np.abs(np_ifft2c(k.astype(np.complex128)))
   vmax = expected.max()
-  assert src.volumes[0].max == pytest.approx(vmax, rel=1e-5)
+  assert src.volumes[0].metadata['max'] == pytest.approx(vmax, rel=1e-5)
   for s in range(3):
     item = src[s]
     assert item['image'].dtype == np.float32 and item['image'].shape == (10, 9)
@@ -133,11 +133,12 @@ def test_target_selection_order(tmp_path):
   esc_k = write_h5(tmp_path / 'esck.h5', reconstruction_esc=esc, kspace=k)
   k_only = write_h5(tmp_path / 'k.h5', kspace=k)
   src = fastmri.FastMRISliceSource([all3, esc_k, k_only])
-  assert [v.target for v in src.volumes] == ['reconstruction_rss', 'reconstruction_esc', 'kspace']
+  assert [v.metadata['target'] for v in src.volumes] == ['reconstruction_rss', 'reconstruction_esc',
+                                                         'kspace']
   np.testing.assert_allclose(src[0]['image'], rss[0] / rss.max(), rtol=1e-6)
   np.testing.assert_allclose(src[2]['image'], esc[0] / esc.max(), rtol=1e-6)
   explicit = fastmri.FastMRISliceSource([all3], target_key='reconstruction_esc')
-  assert explicit.volumes[0].target == 'reconstruction_esc'
+  assert explicit.volumes[0].metadata['target'] == 'reconstruction_esc'
   np.testing.assert_allclose(explicit[1]['image'], esc[1] / esc.max(), rtol=1e-6)
   with pytest.raises(DataError) as err:
     fastmri.FastMRISliceSource([k_only], target_key='reconstruction_rss')
@@ -155,7 +156,7 @@ def test_per_volume_scaling_to_unit_range(train_root):
   for v, path in enumerate(files):
     with h5py.File(path) as f:
       raw = f['reconstruction_rss'][()]
-    assert src.volumes[v].max == pytest.approx(float(raw.max()))
+    assert src.volumes[v].metadata['max'] == pytest.approx(float(raw.max()))
     images = src.read_volume(v)
     assert images.dtype == np.float32 and images.shape == raw.shape
     assert images.min() >= 0 and images.max() == pytest.approx(1.0)
@@ -181,8 +182,8 @@ def test_file_attrs_are_kept(tmp_path):
   path = write_h5(tmp_path / 'x.h5', attrs={'max': 7.0, 'acquisition': 'AXT1'},
                   reconstruction_rss=np.ones((1, 4, 4), np.float32))
   vol = fastmri.FastMRISliceSource([path]).volumes[0]
-  assert vol.attrs['acquisition'] == 'AXT1' and vol.attrs['max'] == 7.0
-  assert vol.max == 1.0  # computed from the data, not taken from attrs
+  assert vol.metadata['attrs']['acquisition'] == 'AXT1' and vol.metadata['attrs']['max'] == 7.0
+  assert vol.metadata['max'] == 1.0  # computed from the data, not taken from attrs
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,22 +1,54 @@
-"""Image degradations in numpy, acting on the last two axes (..., H, W).
+"""Image degradations in numpy, acting on the last two axes (..., H, W) = (rows, columns).
 
-* `area_downsample`: block mean, which is what OpenCV's INTER_AREA computes for
-  integer factors (the LR images of the training pipeline).
-* `bicubic_resize` / `bicubic_upsample`: Keys cubic convolution (a = -0.75),
-  half-pixel centres, border replicate: numerically the same as
-  `torch.nn.functional.interpolate(mode='bicubic', align_corners=False)` when
-  upsampling (no antialiasing). Implemented as two separable weight-matrix
-  products, so it costs two small matmuls per image. When shrinking, `bicubic_resize(...,
-  antialias=True)` stretches the kernel by the factor (as PIL / MATLAB imresize / torch
-  `antialias=True` do), so every input pixel contributes and nothing aliases.
-* `gaussian_blur`: separable Gaussian, radius 4*sigma, reflect-101 borders (cv2.GaussianBlur
-  with ksize (0, 0), scipy.ndimage.gaussian_filter mode='mirror').
-* `make_lr`: a degradation pipeline given as steps, e.g. ('area',) or ('bicubic', 'blur:1.0').
+`make_lr(hr, scale, steps, rng)` builds the LR image by applying `steps` in order; the step
+grammar (config `data.degradation`) is in `parse_degradation` and docs/degradations.md. s is the
+integer scale; axis 0 means H (rows, axis -2) and axis 1 means W (columns, axis -1).
+
+Shape-reducing steps (each axis may be reduced by exactly one of them, by s):
+
+* `area` (`area_downsample`): block mean, LR[k] = (1/s) sum_{i=ks}^{ks+s-1} HR[i] per axis;
+  what OpenCV's INTER_AREA computes for integer factors. `area_resize` is the same average for
+  non-integer factors: output i is the mean over [i*n/m, (i+1)*n/m) with fractional overlaps.
+* `bicubic` (`bicubic_resize(..., antialias=True)`): Keys cubic convolution
+      k(t) = (a+2)|t|^3 - (a+3)|t|^2 + 1           for |t| <= 1
+             a|t|^3 - 5a|t|^2 + 8a|t| - 4a          for 1 < |t| < 2,   0 otherwise,
+  a = -0.75 (PyTorch/OpenCV; PIL and torch antialias use -0.5). Shrinking by s stretches the kernel
+  (PIL / MATLAB imresize / torch antialias=True): LR[k] = sum_i k((i + 0.5 - c_k) / s) HR[i] /
+  sum_i k(...), c_k = (k + 0.5) s, over the pixels i inside the image (renormalised at borders).
+  Without antialias (upsampling, `bicubic_upsample`) it is torch's `mode='bicubic',
+  align_corners=False`: half-pixel centres, 4 taps, border replicate. Two weight-matrix products.
+* `kspace` (`kspace_truncate`): what a scanner does when it acquires a smaller matrix. Per reduced
+  axis of length n, m = n/s: K = fftshift(fft(ifftshift(x)), norm='ortho'); keep K[n//2 - m//2 :
+  n//2 - m//2 + m] (DC stays at the block's index m//2); multiply by the window w (separable) and by
+  the linear phase exp(2 pi i k d / n), k = index - m//2, d = (s-1)/2 - (n//2 - (m//2) s), which puts
+  LR sample j on HR position j s + (s-1)/2 (block centres, as area/bicubic/thick);
+  LR = |fftshift(ifft(ifftshift(K_kept)), norm='ortho')| / sqrt(prod of the factors), which keeps a
+  constant image constant. The window is symmetric about DC with w(DC) = 1: the length-L symmetric
+  window, L = 2(m//2) + 1, of which the first m samples are kept (for even m the unpaired Nyquist
+  sample gets the edge value). Hamming: 0.54 - 0.46 cos(2 pi j / (L-1)); Tukey(alpha) with
+  t = |j - (L-1)/2| / ((L-1)/2): 1 for t <= 1 - alpha, else (1 + cos(pi (t - 1 + alpha) / alpha)) / 2
+  (alpha = 0 rectangular, 1 Hann). Global: it needs the whole slice.
+* `thick` (`slice_thicken`): slice-thickening along one axis, LR[k] = sum_i w_k(i) HR[i], slab centre
+  c_k = ks + (s-1)/2. box: w_k = 1/s on [ks, (k+1)s) (= area on that axis); gaussian:
+  w_k(i) ~ exp(-(i - c_k)^2 / (2 sigma^2)), sigma = FWHM / (2 sqrt(2 ln 2)), FWHM = s by default,
+  taps |i - c_k| <= max(3 sigma, (s-1)/2) inside the image, renormalised to sum 1.
+
+Shape-preserving steps:
+
+* `blur` (`gaussian_blur`): separable Gaussian, taps exp(-t^2 / (2 sigma^2)) / sum, t in
+  [-round(4 sigma), round(4 sigma)], reflect-101 borders (cv2.GaussianBlur with ksize (0, 0),
+  scipy.ndimage.gaussian_filter mode='mirror').
+* `noise` (`rician_noise`): magnitude-image noise y = sqrt((x + sigma n1)^2 + (sigma n2)^2),
+  n1, n2 ~ N(0, 1) iid; sigma = 1 / snr with snr the peak SNR (volumes are normalised to max 1).
+  Needs a numpy Generator; the output is not clipped.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import operator
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +93,51 @@ def area_downsample(x, scale: int) -> np.ndarray:
     return x.copy()
   blocks = x.reshape(*x.shape[:-2], h // s, s, w // s, s)
   return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _area_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) float64 matrix: output i averages the input over [i*r, (i+1)*r), r = in/out."""
+  edges = np.arange(out_size + 1, dtype=np.float64) * in_size / out_size   # footprint boundaries
+  j = np.arange(in_size, dtype=np.float64)
+  # exact overlap of input pixel [j, j+1) with footprint [edges[i], edges[i+1])
+  overlap = np.minimum(j + 1, edges[1:, None]) - np.maximum(j, edges[:-1, None])
+  mat = np.clip(overlap, 0.0, None)
+  mat /= mat.sum(axis=1, keepdims=True)    # = overlap / r; renormalised against rounding
+  mat.setflags(write=False)
+  return mat
+
+
+def area_resize(x, out_h: int, out_w: int) -> np.ndarray:
+  """Area-average shrink of the last two axes to (out_h, out_w), for any (non-integer) factors.
+
+  Output pixel i is the mean of the input over its footprint [i*H/out_h, (i+1)*H/out_h) (likewise
+  along W), counting partially covered pixels by their exact overlap: OpenCV's
+  `cv2.resize(..., interpolation=cv2.INTER_AREA)` when shrinking (OpenCV additionally drops
+  overlaps below 1e-3 pixel). Integer factors equal `area_downsample`.
+  Float32/float64 inputs keep their dtype; others come back as float32.
+
+  Raises:
+    ValueError: an output side is larger than the input side (INTER_AREA enlarging is bilinear,
+      which this function does not imitate) or not positive.
+  """
+  x = _check_image(x, 'area_resize')
+  out_h = operator.index(out_h)
+  out_w = operator.index(out_w)
+  h, w = x.shape[-2:]
+  if not (1 <= out_h <= h and 1 <= out_w <= w):
+    raise ValueError(f'area_resize: can only shrink: image shape {tuple(x.shape)} -> ({out_h}, {out_w}); '
+                     'enlarging is not supported (OpenCV INTER_AREA enlarges bilinearly)')
+  if h % out_h == 0 and w % out_w == 0 and h // out_h == w // out_w:
+    out = area_downsample(x, h // out_h)             # the fast reshape-mean
+    return out if out.dtype in (np.float32, np.float64) else out.astype(np.float32)
+  dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+  x = x.astype(dtype, copy=False)
+  if out_h != h:
+    x = np.matmul(_area_matrix(h, out_h).astype(dtype), x)
+  if out_w != w:
+    x = np.matmul(x, _area_matrix(w, out_w).T.astype(dtype))
+  return np.ascontiguousarray(x)
 
 
 def _cubic(t: np.ndarray, a: float = _CUBIC_A) -> np.ndarray:
@@ -172,37 +249,375 @@ def gaussian_blur(x, sigma: float) -> np.ndarray:
   return out.astype(dtype)
 
 
-def parse_degradation(steps) -> list[tuple[str, float | None]]:
-  """('area',) / ('bicubic', 'blur:1.0') -> [(op, arg)]; one downsampling step is required."""
-  ops = []
-  for step in steps:
-    name, _, arg = str(step).partition(':')
-    if name in ('area', 'bicubic') and not arg:
-      ops.append((name, None))
-    elif name == 'blur' and arg:
-      try:
-        sigma = float(arg)
-      except ValueError:
-        sigma = -1.0
-      if not sigma > 0:
-        raise ValueError(f'data.degradation: {step!r}: blur needs a positive sigma, e.g. blur:1.0')
-      ops.append((name, sigma))
-    else:
-      raise ValueError(f'data.degradation: unknown step {step!r}; known: area, bicubic, blur:SIGMA')
-  if sum(op in ('area', 'bicubic') for op, _ in ops) != 1:
-    raise ValueError(f'data.degradation: {tuple(steps)} must contain exactly one downsampling step '
-                     '(area or bicubic)')
-  return ops
+# ---------------------------------------------------------------------------------------------
+# k-space truncation, slice thickening, Rician noise
+# ---------------------------------------------------------------------------------------------
+_WINDOWS = ('none', 'hamming', 'tukey')
 
 
-def make_lr(hr, scale: int, steps=('area',)) -> np.ndarray:
-  """The LR image of `hr` (..., H, W): the degradation steps applied in order."""
-  x = np.asarray(hr)
-  for op, arg in parse_degradation(steps):
-    if op == 'area':
-      x = area_downsample(x, scale)
-    elif op == 'bicubic':
-      x = bicubic_downsample(x, scale)
+def _float_dtype(x: np.ndarray) -> np.dtype:
+  return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+
+
+def _divisible(x: np.ndarray, scale: int, axis: int, fn: str) -> int:
+  """Length of axis 0 (H) / 1 (W); raises unless it is divisible by `scale`."""
+  n = x.shape[axis - 2]
+  if n % scale:
+    raise ValueError(f'{fn}: image shape {tuple(x.shape)}: {"HW"[axis]}={n} (axis {axis}) '
+                     f'is not divisible by scale {scale}')
+  return n
+
+
+def _along(x: np.ndarray, mat: np.ndarray, axis: int) -> np.ndarray:
+  """y = mat @ x along axis 0 (H) or 1 (W) of the last two; mat cast to x's dtype."""
+  mat = mat.astype(x.dtype, copy=False)
+  return np.matmul(mat, x) if axis == 0 else np.matmul(x, mat.T)
+
+
+def _block_mean(x: np.ndarray, scale: int, axis: int) -> np.ndarray:
+  """`area_downsample` along one axis only (reshape-mean, no matrix)."""
+  if scale == 1:
+    return x.copy()
+  _divisible(x, scale, axis, 'area')
+  h, w = x.shape[-2:]
+  if axis == 0:
+    blocks, red = x.reshape(*x.shape[:-2], h // scale, scale, w), -2
+  else:
+    blocks, red = x.reshape(*x.shape[:-2], h, w // scale, scale), -1
+  return blocks.mean(axis=red, dtype=np.float64).astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _window(m: int, kind: str, alpha: float) -> np.ndarray:
+  """Length-m k-space window, symmetric about DC (index m//2) where it is 1 (float64)."""
+  size = 2 * (m // 2) + 1  # odd: centred on DC; for even m the extra +Nyquist sample is dropped
+  if kind == 'none' or size == 1:
+    w = np.ones(size)
+  elif kind == 'hamming':
+    w = np.hamming(size)
+  else:  # tukey, written out: flat over the central 1 - alpha, cosine taper to 0 at the edges
+    t = np.abs(np.arange(size) - (size - 1) / 2) / ((size - 1) / 2)
+    w = np.ones(size)
+    if alpha > 0:
+      taper = t > 1 - alpha
+      w[taper] = 0.5 * (1 + np.cos(np.pi * (t[taper] - 1 + alpha) / alpha))
+  w = w[:m].copy()
+  w.setflags(write=False)
+  return w
+
+
+def kspace_truncate(x, factors: tuple[int, int], window: str = 'none', alpha: float = 0.5) -> np.ndarray:
+  """Keep the central 1/f of the centred k-space along each axis (f = factors = (fy, fx)).
+
+  The magnitude of the inverse transform, divided by sqrt(fy * fx) so intensities (and constants)
+  are kept; axes with factor 1 are left alone. `window` ('none', 'hamming', 'tukey' with `alpha`
+  in [0, 1]) apodises the kept block, 1 at DC. float32 runs in complex64, float64 in complex128;
+  other inputs come back as float32. See the module docstring for the exact formula.
+  """
+  x = _check_image(x, 'kspace_truncate')
+  fy, fx = (_check_factor(f, 'kspace_truncate') for f in factors)
+  if window not in _WINDOWS:
+    raise ValueError(f'kspace_truncate: window must be one of {", ".join(_WINDOWS)}, got {window!r}')
+  if not 0 <= alpha <= 1:
+    raise ValueError(f'kspace_truncate: alpha must be in [0, 1], got {alpha!r}')
+  dtype = _float_dtype(x)
+  x = x.astype(dtype, copy=False)
+  axes = tuple(ax - 2 for ax, f in ((0, fy), (1, fx)) if f > 1)
+  if not axes:
+    return x.copy()
+  kept = [slice(None)] * x.ndim
+  for axis, f in ((0, fy), (1, fx)):
+    if f > 1:
+      n = _divisible(x, f, axis, 'kspace_truncate')
+      m = n // f
+      kept[axis - 2] = slice(n // 2 - m // 2, n // 2 - m // 2 + m)
+  k = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=axes), axes=axes, norm='ortho'), axes=axes)
+  k = k[tuple(kept)]
+  for axis, f in ((0, fy), (1, fx)):
+    if f > 1:   # linear phase: LR sample j lands on HR position j*f + (f-1)/2, the block centre
+      n, m = x.shape[axis - 2], k.shape[axis - 2]
+      shift = (f - 1) / 2 - (n // 2 - (m // 2) * f)
+      phase = np.exp(2j * np.pi * (np.arange(m) - m // 2) * shift / n).astype(k.dtype)
+      k = k * (phase[:, None] if axis == 0 else phase)
+  if window != 'none':
+    for axis, f in ((0, fy), (1, fx)):
+      if f > 1:
+        m = k.shape[axis - 2]
+        w = _window(m, window, float(alpha) if window == 'tukey' else 0.0).astype(dtype)
+        k = k * (w[:, None] if axis == 0 else w)
+  out = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(k, axes=axes), axes=axes, norm='ortho'), axes=axes)
+  out = np.abs(out)
+  out *= dtype.type(1.0 / math.sqrt(fy * fx))
+  return out.astype(dtype, copy=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _thick_matrix(n: int, scale: int, profile: str, fwhm: float | None) -> np.ndarray:
+  """(n // scale, n) float64 slice-profile weights; row k is slab k centred at k*s + (s-1)/2."""
+  m = n // scale
+  i = np.arange(n, dtype=np.float64)
+  centre = np.arange(m, dtype=np.float64) * scale + (scale - 1) / 2
+  d = i[None, :] - centre[:, None]
+  if profile == 'box':
+    mat = (np.arange(n)[None, :] // scale == np.arange(m)[:, None]).astype(np.float64)
+  else:
+    sigma = (scale if fwhm is None else fwhm) / (2 * math.sqrt(2 * math.log(2)))
+    radius = max(3 * sigma, (scale - 1) / 2)  # at least the box support
+    mat = np.where(np.abs(d) <= radius + 1e-9, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
+  mat /= mat.sum(axis=1, keepdims=True)     # taps outside the image are dropped, hence renormalise
+  mat.setflags(write=False)
+  return mat
+
+
+def slice_thicken(x, scale: int, axis: int, profile: str = 'box', fwhm: float | None = None) -> np.ndarray:
+  """Thick slices along `axis` (0 = H, axis -2; 1 = W, axis -1): the length shrinks by `scale`.
+
+  box: mean of `scale` consecutive rows (= area on that axis). gaussian: Gaussian slice profile of
+  full width at half maximum `fwhm` (default `scale`, the slice thickness) centred on each slab.
+  """
+  x = _check_image(x, 'slice_thicken')
+  s = _check_factor(scale, 'slice_thicken')
+  if axis not in (0, 1):
+    raise ValueError(f'slice_thicken: axis must be 0 (H) or 1 (W), got {axis!r}')
+  if profile not in ('box', 'gaussian'):
+    raise ValueError(f'slice_thicken: profile must be box or gaussian, got {profile!r}')
+  if fwhm is not None and not fwhm > 0:
+    raise ValueError(f'slice_thicken: fwhm must be positive, got {fwhm!r}')
+  x = x.astype(_float_dtype(x), copy=False)
+  n = _divisible(x, s, axis, 'slice_thicken')
+  if profile == 'box':
+    return _block_mean(x, s, axis)
+  mat = _thick_matrix(n, s, profile, None if fwhm is None else float(fwhm))
+  return np.ascontiguousarray(_along(x, mat, axis))
+
+
+def rician_noise(x, sigma: float, rng: np.random.Generator) -> np.ndarray:
+  """Magnitude (Rician) noise: sqrt((x + sigma n1)^2 + (sigma n2)^2), n1, n2 ~ N(0, 1); not clipped.
+
+  The draws follow `rng` (same seed, shape and dtype -> same output); float64 stays float64,
+  everything else is float32.
+  """
+  x = _check_image(x, 'rician_noise')
+  if not (math.isfinite(sigma) and sigma > 0):
+    raise ValueError(f'rician_noise: sigma must be positive, got {sigma!r}')
+  if not isinstance(rng, np.random.Generator):
+    raise ValueError(f'rician_noise: rng must be a numpy.random.Generator, got {type(rng).__name__}')
+  dtype = _float_dtype(x)
+  x = x.astype(dtype, copy=False)
+  n = rng.standard_normal((2,) + x.shape, dtype=dtype)
+  sigma = dtype.type(sigma)
+  return np.hypot(x + sigma * n[0], sigma * n[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the step grammar
+# ---------------------------------------------------------------------------------------------
+_KEYS = {  # step -> accepted keys; the first four reduce the image
+    'area': ('axes',),
+    'bicubic': ('axes', 'a'),
+    'kspace': ('window', 'alpha', 'axes'),
+    'thick': ('axis', 'profile', 'fwhm'),
+    'blur': ('sigma',),
+    'noise': ('snr', 'sigma'),
+}
+_REDUCING = ('area', 'bicubic', 'kspace', 'thick')
+_AXES = {'both': (0, 1), '0': (0,), '1': (1,)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One parsed degradation step.
+
+  `axes`: the axes it reduces by the scale (0 = H, 1 = W; () for blur / noise). `params`: sorted
+  (key, value) pairs with the defaults filled in (hashable), e.g. kspace -> (('window', 'none'),),
+  noise:snr=20 -> (('sigma', 0.05),); thick's `fwhm` is present only when given.
+  """
+  name: str
+  axes: tuple[int, ...] = ()
+  params: tuple[tuple[str, Any], ...] = ()
+
+  def param(self, key: str, default=None):
+    return dict(self.params).get(key, default)
+
+
+def _parse_step(spec) -> Step:
+  text = str(spec)
+
+  def fail(problem: str):
+    raise ValueError(f'data.degradation: {text!r}: {problem}')
+
+  name, colon, args = text.partition(':')
+  name = name.strip()
+  if name not in _KEYS:
+    fail(f'unknown step {name!r}; known: {", ".join(_KEYS)} (e.g. area, kspace:window=hamming, '
+         'blur:1.0, noise:snr=30)')
+  keys = _KEYS[name]
+  raw: dict[str, str] = {}
+  if colon:
+    pieces = [p.strip() for p in args.split(',')]
+    if len(pieces) == 1 and '=' not in pieces[0]:
+      if name != 'blur':  # a bare number is kept for blur:SIGMA only
+        fail(f'{name} takes key=value arguments (keys: {", ".join(keys)}), got {args!r}')
+      raw['sigma'] = pieces[0]
     else:
-      x = gaussian_blur(x, arg)
-  return x.astype(np.float32)
+      for piece in pieces:
+        key, eq, value = (part.strip() for part in piece.partition('='))
+        if not eq or not key or not value:
+          fail(f'expected key=value, got {piece!r}')
+        if key not in keys:
+          fail(f'unknown key {key!r} for {name}; known: {", ".join(keys)}')
+        if key in raw:
+          fail(f'key {key!r} given twice')
+        raw[key] = value
+
+  def number(key: str, positive: bool = True, problem: str = '') -> float:
+    try:
+      value = float(raw[key])
+    except ValueError:
+      value = math.nan
+    if not math.isfinite(value) or (positive and value <= 0):
+      fail(f'{problem or key + " must be a " + ("positive " if positive else "") + "number"}, '
+           f'got {raw[key]!r}')
+    return value
+
+  def choice(key: str, options, default: str) -> str:
+    value = raw.get(key, default)
+    if value not in options:
+      fail(f'{key} must be one of {"|".join(options)}, got {value!r}')
+    return value
+
+  axes = _AXES[choice('axes', _AXES, 'both')] if name in ('area', 'bicubic', 'kspace') else ()
+  params: dict[str, Any] = {}
+  if name == 'bicubic':
+    params['a'] = number('a', positive=False) if 'a' in raw else _CUBIC_A
+  elif name == 'kspace':
+    params['window'] = choice('window', _WINDOWS, 'none')
+    if 'alpha' in raw:
+      if params['window'] != 'tukey':
+        fail('alpha only applies to window=tukey')
+      params['alpha'] = number('alpha', positive=False)
+      if not 0 <= params['alpha'] <= 1:
+        fail(f'alpha must be in [0, 1], got {raw["alpha"]!r}')
+    elif params['window'] == 'tukey':
+      params['alpha'] = 0.5
+  elif name == 'thick':
+    axes = (int(choice('axis', ('0', '1'), '0')),)
+    params['profile'] = choice('profile', ('box', 'gaussian'), 'box')
+    if 'fwhm' in raw:
+      if params['profile'] != 'gaussian':
+        fail('fwhm only applies to profile=gaussian')
+      params['fwhm'] = number('fwhm')
+  elif name == 'blur':
+    if 'sigma' not in raw:
+      fail('blur needs a positive sigma, e.g. blur:1.0')
+    params['sigma'] = number('sigma', problem='blur needs a positive sigma, e.g. blur:1.0')
+  elif name == 'noise':
+    if len(raw) != 1:
+      fail('noise needs exactly one of snr=S (peak SNR, sigma = 1/S) or sigma=SIGMA')
+    params['sigma'] = 1.0 / number('snr') if 'snr' in raw else number('sigma')
+  return Step(name, axes, tuple(sorted(params.items())))
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_chain(steps: tuple) -> tuple[Step, ...]:
+  chain = tuple(s if isinstance(s, Step) else _parse_step(s) for s in steps)
+  reduced_by: dict[int, Any] = {}
+  for spec, step in zip(steps, chain):
+    for axis in step.axes:
+      if axis in reduced_by:
+        raise ValueError(f'data.degradation: {str(spec)!r}: reduces axis {axis} ({"HW"[axis]}), which '
+                         f'{str(reduced_by[axis])!r} already reduced; each reduced axis takes exactly one '
+                         'downsampling step')
+      reduced_by[axis] = spec
+  if not reduced_by:
+    raise ValueError(f'data.degradation: {tuple(str(s) for s in steps)!r}: no downsampling step; needs '
+                     f'exactly one downsampling step ({", ".join(_REDUCING)}) for each reduced axis')
+  return chain
+
+
+def _specs(steps) -> tuple[str, ...]:
+  return tuple(str(s) for s in ((steps,) if isinstance(steps, (str, Step)) else steps))
+
+
+def parse_degradation(steps) -> tuple[Step, ...]:
+  """Parse and check a degradation chain, e.g. ('area',), ('bicubic', 'blur:1.0'), ('kspace:window=hamming',).
+
+  Each step is NAME or NAME:ARGS, ARGS being comma-separated key=value pairs (blur also takes a bare
+  sigma). Steps and keys (defaults first):
+    area[:axes=both|0|1]                  block mean by the scale
+    bicubic[:axes=both|0|1,a=-0.75]       antialiased Keys cubic shrink
+    kspace[:window=none|hamming|tukey,alpha=0.5,axes=both|0|1]   central k-space crop
+    thick[:axis=0|1,profile=box|gaussian,fwhm=SCALE]             slice thickening along one axis
+    blur:SIGMA | blur:sigma=SIGMA         Gaussian blur (shape-preserving)
+    noise:snr=S | noise:sigma=SIGMA       Rician noise, sigma = 1/S (shape-preserving)
+  At least one axis must be reduced and no axis twice. A bare string counts as one step; Step
+  objects pass through. Results are cached.
+
+  Raises:
+    ValueError: 'data.degradation: <step>: <problem>' (one line) for a bad step or chain.
+  """
+  steps = (steps,) if isinstance(steps, (str, Step)) else tuple(steps)
+  try:
+    hash(steps)
+  except TypeError:
+    return _parse_chain.__wrapped__(steps)
+  return _parse_chain(steps)
+
+
+def lr_factors(steps, scale: int) -> tuple[int, int]:
+  """Per-axis reduction (fy, fx) of the chain: ('area',) -> (s, s), ('thick:axis=0',) -> (s, 1)."""
+  s = _check_factor(scale, 'lr_factors')
+  axes = {axis for step in parse_degradation(steps) for axis in step.axes}
+  return (s if 0 in axes else 1, s if 1 in axes else 1)
+
+
+def is_global(steps) -> bool:
+  """True when a step needs the whole slice (kspace): apply it before cropping patches."""
+  return any(step.name == 'kspace' for step in parse_degradation(steps))
+
+
+def needs_rng(steps) -> bool:
+  """True when a step draws random numbers (noise): make_lr then needs `rng`."""
+  return any(step.name == 'noise' for step in parse_degradation(steps))
+
+
+def _reduce(x: np.ndarray, step: Step, scale: int) -> np.ndarray:
+  if step.name == 'area':
+    return area_downsample(x, scale) if step.axes == (0, 1) else _block_mean(x, scale, step.axes[0])
+  if step.name == 'bicubic':
+    for axis in step.axes:
+      n = _divisible(x, scale, axis, 'bicubic')
+      x = _along(x, _bicubic_matrix(n, n // scale, True, step.param('a')), axis)
+    return np.ascontiguousarray(x)
+  if step.name == 'kspace':
+    factors = tuple(scale if axis in step.axes else 1 for axis in (0, 1))
+    return kspace_truncate(x, factors, step.param('window'), step.param('alpha', 0.5))
+  return slice_thicken(x, scale, step.axes[0], step.param('profile'), step.param('fwhm'))
+
+
+def make_lr(hr, scale: int, steps=('area',), rng: np.random.Generator | None = None) -> np.ndarray:
+  """The float32 LR image of `hr` (..., H, W): the degradation steps applied in order.
+
+  The result is (..., H / fy, W / fx) with (fy, fx) = lr_factors(steps, scale). `rng` is needed
+  (and only used) by noise steps.
+
+  Raises:
+    ValueError: a bad chain (see parse_degradation), a reduced side not divisible by `scale`, or a
+      noise step without `rng`.
+  """
+  s = _check_factor(scale, 'make_lr')
+  chain = parse_degradation(steps)
+  x = _check_image(hr, 'make_lr')
+  if rng is None and any(step.name == 'noise' for step in chain):
+    raise ValueError(f'make_lr: the noise step of {_specs(steps)!r} needs '
+                     'rng, a numpy.random.Generator')
+  if not np.issubdtype(x.dtype, np.floating):
+    x = x.astype(np.float32)
+  for step in chain:
+    if step.axes:
+      x = _reduce(x, step, s)
+    elif step.name == 'blur':
+      x = gaussian_blur(x, step.param('sigma'))
+    else:
+      x = rician_noise(x, step.param('sigma'), rng)
+  return x.astype(np.float32, copy=False)

@@ -2,10 +2,10 @@
 
 Training order (all hosts build the same global order, then each takes its share):
 
-  MapDataset.source(FastMRISliceSource)         n slices of the train split
+  MapDataset.source(SliceSource)                n slices of the train split (data/sources.py)
     .shuffle(shuffle_seed)                      global shuffle; epoch e uses seed + e
     [:m]                                        m = n - n % process_count (equal shares)
-    .random_map(crop+degrade+flip, seed=aug_seed)
+    .random_map(MakeTrainingPair, seed=aug_seed)  aligned crop, degradation, flips
     [process_index::process_count]              this host's share of every epoch
     .repeat(None)                               infinite, reshuffled per epoch
     .to_iter_dataset(ReadOptions)               thread prefetch
@@ -20,9 +20,8 @@ and the position in the global stream, not on the number of hosts or workers.
 from __future__ import annotations
 
 import os
-import pathlib
-import threading
 from typing import Any
+import zlib
 
 from absl import flags
 from absl import logging
@@ -30,38 +29,24 @@ import grain
 import numpy as np
 
 from mrisr_jax.data import degrade
-from mrisr_jax.data import sample
+from mrisr_jax.data import sources
 from mrisr_jax.data.errors import DataError
-from mrisr_jax.data.fastmri import FastMRISliceSource, list_volume_files
 
 _DEFAULTS = {
-    'root': '',
-    'train_split': 'train',
-    'val_split': 'val',
-    'target_key': 'auto',
     'hr_patch_size': 96,
     'degradation': ('area',),
     'flips': True,
+    'transposes': False,
     'num_workers': 0,
     'prefetch_buffer': 8,
-    'skip_bad_files': False,
     'val_max_volumes': 0,
     'val_max_slices': 0,
 }
 
 
 def _cfg(data_cfg, key: str):
-  """data_cfg[key] for a ConfigDict / dict / attribute object, with the documented default."""
-  if data_cfg is None:
-    return _DEFAULTS[key]
-  if hasattr(data_cfg, 'get'):
-    try:
-      value = data_cfg.get(key, _DEFAULTS[key])
-    except (KeyError, AttributeError):
-      value = _DEFAULTS[key]
-  else:
-    value = getattr(data_cfg, key, _DEFAULTS[key])
-  return _DEFAULTS[key] if value is None else value
+  """data_cfg[key] with the documented default."""
+  return sources.cfg(data_cfg, key, _DEFAULTS[key])
 
 
 def _int_cfg(data_cfg, key: str, minimum: int) -> int:
@@ -71,41 +56,30 @@ def _int_cfg(data_cfg, key: str, minimum: int) -> int:
   return int(value)
 
 
-# Construction validates (reads) every file; cache it so num_train_slices +
-# make_train_dataset + load_validation_volumes do not scan the same files again.
-_SOURCE_CACHE: dict[tuple, FastMRISliceSource] = {}
-_SOURCE_CACHE_LOCK = threading.Lock()
-
-
-def _split_source(data_cfg, split_key: str) -> tuple[FastMRISliceSource, pathlib.Path]:
-  root, is_sample = sample.resolve_data_root(_cfg(data_cfg, 'root'))
-  split = str(_cfg(data_cfg, split_key))
-  files = list_volume_files(root, split)
-  target_key = str(_cfg(data_cfg, 'target_key'))
-  skip = bool(_cfg(data_cfg, 'skip_bad_files'))
-  stamp = []
-  for p in files:
-    st = p.stat()
-    stamp.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
-  key = (tuple(stamp), target_key, skip)
-  with _SOURCE_CACHE_LOCK:
-    source = _SOURCE_CACHE.get(key)
-  if source is None:
-    if is_sample:
-      logging.info('using the embedded sample data at %s', root)
-    source = FastMRISliceSource(files, target_key=target_key, skip_bad_files=skip)
-    with _SOURCE_CACHE_LOCK:
-      _SOURCE_CACHE[key] = source
-  elif is_sample:
-    logging.info('using the embedded sample data at %s', root)
-  return source, root / split
-
-
 def clear_source_cache() -> None:
-  with _SOURCE_CACHE_LOCK:
-    for src in _SOURCE_CACHE.values():
-      src.close()
-    _SOURCE_CACHE.clear()
+  sources.clear_cache()
+
+
+def degradation_steps(data_cfg) -> tuple:
+  """data.degradation, parsed (one-line DataError naming the bad step)."""
+  steps = _cfg(data_cfg, 'degradation')
+  if isinstance(steps, str):
+    steps = (steps,)
+  try:
+    degrade.parse_degradation(tuple(steps))
+  except ValueError as e:
+    raise DataError(str(e)) from None
+  return tuple(steps)
+
+
+def check_degradation_fits(steps, scale: int, upsampled_input: bool) -> tuple[int, int]:
+  """The per-axis reduction of `steps`; models that upsample both axes need (scale, scale)."""
+  factors = degrade.lr_factors(steps, scale)
+  if not upsampled_input and factors != (scale, scale):
+    raise DataError(f'data.degradation: {tuple(steps)} reduces (rows, columns) by {factors}, but the '
+                    f'model upsamples both by {scale}; anisotropic degradations (thick slices) need a '
+                    'model that takes the upsampled input (srcnn, drrn)')
+  return factors
 
 
 def derive_seeds(seed: int) -> tuple[int, int]:
@@ -136,7 +110,7 @@ def _global_order(ds: grain.MapDataset, num_slices: int, shuffle_seed: int,
 
 def epoch_slice_order(num_slices: int, *, seed: int, epoch: int, process_index: int = 0,
                       process_count: int = 1) -> list[int]:
-  """The flat slice indices (into the train FastMRISliceSource) one host reads in `epoch`.
+  """The flat slice indices (into the train source) one host reads in `epoch`.
 
   Uses the same index arithmetic as `make_train_dataset`, in order.
   """
@@ -148,43 +122,86 @@ def epoch_slice_order(num_slices: int, *, seed: int, epoch: int, process_index: 
   return [int(ds[epoch * per_host + j]) for j in range(per_host)]
 
 
-class CropDegradeFlip(grain.transforms.RandomMap):
-  """Random HR crop (ph x pw) -> optional random flips -> LR = the degradation steps on the HR crop.
+def _crop_to_multiple(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+  """Centre-crop the last two axes to multiples of (fy, fx)."""
+  h, w = image.shape[-2:]
+  nh, nw = h - h % factors[0], w - w % factors[1]
+  top, left = (h - nh) // 2, (w - nw) // 2
+  return image[..., top:top + nh, left:left + nw]
 
-  Output: {'lr': float32 (ph/s, pw/s, 1), 'hr': float32 (ph, pw, 1)}; with `upsampled_input` the
-  'lr' entry is the LR bicubic-upsampled back to (ph, pw) and clipped to [0, 1] (the input of
-  SRCNN/DRRN, as the seed's `downsample.py -k` writes it). Picklable.
+
+class MakeTrainingPair(grain.transforms.RandomMap):
+  """A random aligned (HR, LR) patch pair from one slice.
+
+  1. HR crop (ph x pw) at a random position on the grid of the degradation's factors, so the LR crop
+     covers exactly the HR crop.
+  2. LR: the paired LR file's matching crop (image folders), or the degradation steps applied to the
+     crop; steps that need the whole slice (k-space truncation) run on the slice first.
+  3. The same random flips (and transposes, if enabled) of both.
+  4. Models that take the upsampled input get the LR bicubic-resized to (ph, pw) and clipped to [0, 1]
+     (the input of SRCNN/DRRN, as the seed's `downsample.py -k` writes it).
+
+  Output: {'lr': float32 (ph/fy, pw/fx, 1) or (ph, pw, 1), 'hr': float32 (ph, pw, 1)}. Picklable; all
+  randomness comes from the per-element `rng` grain derives from the seed and the element position.
   """
 
   def __init__(self, patch: tuple[int, int], scale: int, flips: bool, degradation=('area',),
-               upsampled_input: bool = False):
+               upsampled_input: bool = False, transposes: bool = False):
     self.patch = (int(patch[0]), int(patch[1]))
     self.scale = int(scale)
     self.flips = bool(flips)
+    self.transposes = bool(transposes)
     self.degradation = tuple(degradation)
     degrade.parse_degradation(self.degradation)  # fail at construction, not in a worker
+    self.factors = degrade.lr_factors(self.degradation, self.scale)
+    self.whole_slice = degrade.is_global(self.degradation)
     self.upsampled_input = bool(upsampled_input)
+    if self.transposes and (self.patch[0] != self.patch[1] or self.factors[0] != self.factors[1]):
+      raise DataError(f'data.transposes: needs a square patch and an isotropic degradation (patch '
+                      f'{self.patch}, reduction {self.factors})')
 
-  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    image = element['image']
+  def _crop_origin(self, shape, grid, rng, element) -> tuple[int, int]:
     ph, pw = self.patch
-    h, w = image.shape
+    h, w = shape
     if h < ph or w < pw:
       raise DataError(f"{element.get('volume', '?')} slice {element.get('slice', '?')}: slice shape "
                       f'{(h, w)} is smaller than the HR crop {ph}x{pw} (data.hr_patch_size)')
-    y = int(rng.integers(0, h - ph + 1))
-    x = int(rng.integers(0, w - pw + 1))
-    hr = image[y:y + ph, x:x + pw]
+    y = int(rng.integers(0, (h - ph) // grid[0] + 1)) * grid[0]
+    x = int(rng.integers(0, (w - pw) // grid[1] + 1)) * grid[1]
+    return y, x
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    ph, pw = self.patch
+    image = element['image']
+    if 'lr' in element:                                  # paired LR files
+      lr_full = element['lr']
+      grid = (1, 1) if lr_full.shape == image.shape else (self.scale, self.scale)
+      y, x = self._crop_origin(image.shape, grid, rng, element)
+      hr = image[y:y + ph, x:x + pw]
+      lr = lr_full[y // grid[0]:(y + ph) // grid[0], x // grid[1]:(x + pw) // grid[1]]
+    elif self.whole_slice:
+      image = _crop_to_multiple(image, self.factors)
+      lr_full = degrade.make_lr(image, self.scale, self.degradation, rng=rng)
+      y, x = self._crop_origin(image.shape, self.factors, rng, element)
+      hr = image[y:y + ph, x:x + pw]
+      fy, fx = self.factors
+      lr = lr_full[y // fy:(y + ph) // fy, x // fx:(x + pw) // fx]
+    else:
+      y, x = self._crop_origin(image.shape, self.factors, rng, element)
+      hr = image[y:y + ph, x:x + pw]
+      lr = degrade.make_lr(hr, self.scale, self.degradation, rng=rng)
     if self.flips:
       flip_lr, flip_ud = rng.random(2) < 0.5
       if flip_lr:
-        hr = hr[:, ::-1]
+        hr, lr = hr[:, ::-1], lr[:, ::-1]
       if flip_ud:
-        hr = hr[::-1, :]
+        hr, lr = hr[::-1, :], lr[::-1, :]
+    if self.transposes and rng.random() < 0.5:
+      hr, lr = hr.T, lr.T
     hr = np.ascontiguousarray(hr, dtype=np.float32)
-    lr = degrade.make_lr(hr, self.scale, self.degradation)
-    if self.upsampled_input:
-      lr = np.clip(degrade.bicubic_upsample(lr, self.scale), 0.0, 1.0).astype(np.float32)
+    lr = np.ascontiguousarray(lr, dtype=np.float32)
+    if self.upsampled_input and lr.shape != hr.shape:
+      lr = np.clip(degrade.bicubic_resize(lr, ph, pw), 0.0, 1.0).astype(np.float32)
     return {'lr': lr[..., None], 'hr': hr[..., None]}
 
 
@@ -198,9 +215,14 @@ def patch_shape(data_cfg) -> tuple[int, int]:
   return (int(sides[0]), int(sides[-1]))
 
 
-def num_train_slices(data_cfg) -> int:
+def train_source(data_cfg, scale: int | None = None):
+  """(source, split directory) of the training split; volumes smaller than the crop are bad files."""
+  return sources.make_source(data_cfg, 'train', scale, min_shape=patch_shape(data_cfg))
+
+
+def num_train_slices(data_cfg, scale: int | None = None) -> int:
   """Total number of slices in the train split (all hosts together)."""
-  source, _ = _split_source(data_cfg, 'train_split')
+  source, _ = train_source(data_cfg, scale)
   return len(source)
 
 
@@ -219,13 +241,11 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
     raise DataError(f'scale: {scale!r} must be a positive integer')
   scale = int(scale)
   patch = patch_shape(data_cfg)
-  if patch[0] % scale or patch[1] % scale:
-    raise DataError(f'data.hr_patch_size: {_cfg(data_cfg, "hr_patch_size")} is not divisible by the scale {scale}')
-  degradation = tuple(_cfg(data_cfg, 'degradation'))
-  try:
-    degrade.parse_degradation(degradation)
-  except ValueError as e:
-    raise DataError(str(e)) from None
+  degradation = degradation_steps(data_cfg)
+  factors = check_degradation_fits(degradation, scale, upsampled_input)
+  if patch[0] % factors[0] or patch[1] % factors[1]:
+    raise DataError(f'data.hr_patch_size: {_cfg(data_cfg, "hr_patch_size")} is not divisible by the '
+                    f'scale {scale}')
   process_index, process_count = _process_index_count(process_index, process_count)
   if (isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer))
       or global_batch_size < 1):
@@ -237,13 +257,14 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
   num_workers = _int_cfg(data_cfg, 'num_workers', 0)
   prefetch_buffer = _int_cfg(data_cfg, 'prefetch_buffer', 0)
   flips = bool(_cfg(data_cfg, 'flips'))
+  transposes = bool(_cfg(data_cfg, 'transposes'))
   shuffle_seed, aug_seed = derive_seeds(seed)
 
-  source, split_dir = _split_source(data_cfg, 'train_split')
-  for vol in source.volumes:
-    if vol.shape[0] < patch[0] or vol.shape[1] < patch[1]:
-      raise DataError(f'{vol.path}: slice shape {vol.shape} is smaller than the HR crop '
-                      f'{patch[0]}x{patch[1]} (data.hr_patch_size={_cfg(data_cfg, "hr_patch_size")})')
+  source, split_dir = train_source(data_cfg, scale)
+  if source.has_lr and not upsampled_input and any(
+      v.metadata.get('lr_keepdims') for v in source.volumes):
+    raise DataError(f'{split_dir}: the LR files are HR-sized (downsample.py -k), which only models that '
+                    'take the upsampled input can use; set data.lr_source=degrade or use srcnn/drrn')
   n = len(source)
   if n < process_count:
     raise DataError(f'{split_dir}: {n} training slices cannot be shared by {process_count} processes')
@@ -252,9 +273,10 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
                  '(different) slices so hosts stay in step', split_dir, n, process_count,
                  n % process_count)
 
+  pair = MakeTrainingPair(patch, scale, flips, degradation, upsampled_input, transposes)
   ds = grain.MapDataset.source(source)
   ds = _global_order(ds, n, shuffle_seed, process_count)
-  ds = ds.random_map(CropDegradeFlip(patch, scale, flips, degradation, upsampled_input), seed=aug_seed)
+  ds = ds.random_map(pair, seed=aug_seed)
   ds = ds[process_index::process_count]
   ds = ds.repeat(None)
   if prefetch_buffer > 0:
@@ -271,13 +293,29 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_buffer)))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
-  logging.info('train pipeline: %d slices in %d volumes from %s; host %d/%d takes %d per epoch; '
-               'local batch %d; HR patch %dx%d, scale %d, LR = %s%s, flips %s, workers %d',
-               n, len(source.volumes), split_dir, process_index, process_count,
-               (n - n % process_count) // process_count, local_batch, *patch, scale,
-               ' -> '.join(degradation), ' -> bicubic x%d' % scale if upsampled_input else '', flips,
-               num_workers)
+  lr_desc = 'LR files' if source.has_lr else ' -> '.join(degradation)
+  logging.info('train pipeline: %d slices in %d volumes (%s) from %s; host %d/%d takes %d per epoch; '
+               'local batch %d; HR patch %dx%d, scale %d, LR = %s%s, flips %s, transposes %s, workers %d',
+               n, len(source.volumes), source.format_name, split_dir, process_index, process_count,
+               (n - n % process_count) // process_count, local_batch, *patch, scale, lr_desc,
+               ' -> bicubic to HR size' if upsampled_input else '', flips, transposes, num_workers)
   return it_ds
+
+
+def next_batch(iterator) -> dict:
+  """next(iterator), with a one-line DataError when a grain worker process died of a bad sample.
+
+  In a worker, a slice that fails its read checks (data.scan=header) raises DataError there; grain
+  then reports only that the worker stopped, and the DataError naming the file is in the log.
+  """
+  try:
+    return next(iterator)
+  except RuntimeError as err:
+    if 'Worker process' not in str(err):
+      raise
+    raise DataError(f'the input pipeline stopped: {err} (with data.num_workers > 0 the worker logs the '
+                    'DataError naming the file and slice above; rerun with data.num_workers=0 to see it '
+                    'here)') from err
 
 
 def _evenly_spaced(count: int, limit: int) -> list[int]:
@@ -286,20 +324,41 @@ def _evenly_spaced(count: int, limit: int) -> list[int]:
   return sorted({int(round(x)) for x in np.linspace(0, count - 1, limit)})
 
 
-def load_validation_volumes(data_cfg) -> list[dict[str, Any]]:
-  """Whole validation slices, deterministic.
+def slice_rng(seed: int, volume: str, slice_index: int) -> np.random.Generator:
+  """The generator of a validation slice's degradation: fixed by (seed, volume name, slice)."""
+  return np.random.default_rng([int(seed), zlib.crc32(volume.encode('utf-8')), int(slice_index)])
 
-  Returns:
-    [{'name': str (file stem), 'hr': float32 (S, H, W) in [0, 1], 'slices': list[int]}]
-    for the first `val_max_volumes` volumes (sorted by file name; 0 = all), each with
-    `val_max_slices` evenly spaced slices (0 = all).
+
+def load_validation_volumes(data_cfg, scale: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+  """Whole validation slices with their LR inputs, deterministic.
+
+  Returns, for the first `val_max_volumes` volumes (sorted by name; 0 = all), each with
+  `val_max_slices` evenly spaced slices (0 = all):
+    {'name': str, 'slices': list[int], 'metadata': dict,
+     'hr': float32 (S, H, W) in [0, 1], centre-cropped to multiples of the degradation's factors,
+     'lr': float32 (S, H/fy, W/fx) (only when `scale` is given): the paired LR files, or the
+           degradation of the HR with a generator fixed per (seed, volume, slice)}.
   """
   max_volumes = _int_cfg(data_cfg, 'val_max_volumes', 0)
   max_slices = _int_cfg(data_cfg, 'val_max_slices', 0)
-  source, _ = _split_source(data_cfg, 'val_split')
+  source, _ = sources.make_source(data_cfg, 'val', scale)
+  degradation = degradation_steps(data_cfg)
   volumes = source.volumes if max_volumes == 0 else source.volumes[:max_volumes]
   out = []
   for v, vol in enumerate(volumes):
     slices = _evenly_spaced(vol.num_slices, max_slices)
-    out.append({'name': vol.name, 'hr': source.read_volume(v, slices), 'slices': slices})
+    hr = source.read_volume(v, slices)
+    entry = {'name': vol.name, 'slices': slices, 'metadata': vol.metadata}
+    if scale is None:
+      entry['hr'] = hr
+    elif source.has_lr:
+      entry['hr'], entry['lr'] = hr, source.read_lr_volume(v, slices)
+    else:
+      factors = degrade.lr_factors(degradation, scale)
+      hr = _crop_to_multiple(hr, factors)
+      entry['hr'] = hr
+      entry['lr'] = np.stack([degrade.make_lr(hr[k], scale, degradation,
+                                              rng=slice_rng(seed, vol.name, s))
+                              for k, s in enumerate(slices)])
+    out.append(entry)
   return out
