@@ -45,10 +45,17 @@ class Checkpointer:
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
+  def has_data_iter(self, step: int) -> bool:
+    """False for checkpoints written without the pipeline's position (mrisr_jax.import_torch)."""
+    return (self.directory / str(step) / 'data_iter').exists()
+
   def restore(self, step: int, abstract_state: Any, data_iter: Any | None = None) -> tuple[Any, dict]:
-    """abstract_state: ShapeDtypeStructs carrying the target shardings (any mesh)."""
+    """abstract_state: ShapeDtypeStructs carrying the target shardings (any mesh).
+
+    The data iterator's position is restored too when the checkpoint holds one.
+    """
     items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-    if data_iter is not None:
+    if data_iter is not None and self.has_data_iter(step):
       items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     return out['state'], out['meta']

@@ -133,16 +133,28 @@ def _apply_vgg(model, params, x):
   return model.apply({'params': params}, x)
 
 
-def init_state_fn(config: ml_collections.ConfigDict, g_model, d_model, g_tx, d_tx) -> Callable:
-  """rng -> a fresh TrainState: generator and discriminator initialised on one training crop."""
+def network_inits(config: ml_collections.ConfigDict, g_model, d_model) -> tuple[Callable, Callable]:
+  """(g_init, d_init): rng -> the variables of one network, initialised on one training crop.
+
+  A fresh run draws them from jax.random.split(PRNGKey(seed)): the first key for G, the second for D.
+  """
   scale = config.model.scale
   hr_h, hr_w = patch_shape(config.data)
   in_h, in_w = registry.input_size(g_model, (hr_h // scale, hr_w // scale))
+  g_init = lambda rng: g_model.init({'params': rng}, jnp.zeros((1, in_h, in_w, config.model.in_channels)),  # noqa: E731
+                                    train=False)
+  d_init = lambda rng: d_model.init({'params': rng}, jnp.zeros((1, hr_h, hr_w, config.model.out_channels)),  # noqa: E731
+                                    train=False)
+  return g_init, d_init
+
+
+def init_state_fn(config: ml_collections.ConfigDict, g_model, d_model, g_tx, d_tx) -> Callable:
+  """rng -> a fresh TrainState: generator and discriminator initialised on one training crop."""
+  g_init, d_init = network_inits(config, g_model, d_model)
 
   def init(rng):
     g_rng, d_rng = jax.random.split(rng)
-    g_vars = g_model.init({'params': g_rng}, jnp.zeros((1, in_h, in_w, config.model.in_channels)), train=False)
-    d_vars = d_model.init({'params': d_rng}, jnp.zeros((1, hr_h, hr_w, config.model.out_channels)), train=False)
+    g_vars, d_vars = g_init(g_rng), d_init(d_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'],
                       g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
                       d_batch_stats=d_vars.get('batch_stats', {}), g_opt_state=g_tx.init(g_vars['params']),

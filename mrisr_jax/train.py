@@ -95,7 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if latest is not None:
     state, meta = ckpt.restore(latest, abstract_like(abstract_state, state_sharding), data_iter)
     best_psnr = meta.get('best_val_psnr', best_psnr)
-    logging.info('resumed from %s at step %d (stage %s)', ckpt.directory, latest, meta.get('stage'))
+    logging.info('resumed from %s at step %d (stage %s)%s', ckpt.directory, latest, meta.get('stage'),
+                 f" imported from {meta['imported_from']}" if 'imported_from' in meta else '')
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
     n_params = sum(x.size for x in jax.tree.leaves(state.g_params))

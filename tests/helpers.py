@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,27 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
   assert len(lines) == 1, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   return lines[0]
+
+
+def random_variables(abstract, seed=0):
+  """Kernels and biases U(+-1/sqrt(fan_in)); SN `u` normal; every other float (BN affine and running
+  stats, PReLU slopes, the SAGAN gamma, SN sigma) U(0.5, 1.5), away from the trivial 0 and 1."""
+  rng = np.random.default_rng(seed)
+
+  def fill(node):
+    if 'kernel' in node:
+      bound = 1.0 / np.sqrt(np.prod(node['kernel'].shape[:-1]))
+      return {k: rng.uniform(-bound, bound, v.shape).astype(np.float32) for k, v in node.items()}
+    out = {}
+    for k, v in node.items():
+      if isinstance(v, dict):
+        out[k] = fill(v)
+      elif np.issubdtype(v.dtype, np.integer):
+        out[k] = np.asarray(rng.integers(0, 100), v.dtype)
+      elif k.endswith('/u'):
+        out[k] = rng.normal(size=v.shape).astype(np.float32)
+      else:
+        out[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+    return out
+
+  return fill(abstract)

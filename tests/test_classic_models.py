@@ -1,29 +1,22 @@
-"""SRCNN, DRRN, EDSR, RDN: reference parameter counts and state_dict layout, shapes, structure,
-gradients, and parity with plain torch.nn transcriptions of the reference modules."""
+"""SRCNN, DRRN, EDSR, RDN: reference parameter counts and state_dict layout, shapes, structure and
+gradients. Parity with the torch mirrors is in test_interop_models.py."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mrisr_jax.interop.convert import state_dict_shapes
 from mrisr_jax.models import srcnn as srcnn_lib
 from mrisr_jax.models.drrn import DRRN
 from mrisr_jax.models.edsr import EDSR
 from mrisr_jax.models.rdn import RDN
 from mrisr_jax.models.srcnn import SRCNN
-
-try:
-  import torch
-  torch.set_num_threads(2)
-except ImportError:  # parity tests are skipped; everything else runs
-  torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason='torch is not installed')
 
 REFERENCE_JSON = '/work/shared/reference/reference_state_dicts.json'
 
@@ -79,49 +72,6 @@ def _apply(model, params, x):
   return model.apply({'params': params}, x)
 
 
-# --- flax param path -> reference state_dict key (the tables in the module docstrings) ----------
-
-def _torch_prefix(model_name: str, path: tuple[str, ...], model) -> str:
-  p = '/'.join(path)
-  rules = {
-      'srcnn': [(r'(\w+)', r'\1')],
-      'drrn': [(r'block_(\d+)/entry', r'rbs.\1.conv1.1'),
-               (r'block_(\d+)/residual_unit/conv_(\d+)',
-                lambda m: f'rbs.{m[1]}.residule_unit.conv.{2 * int(m[2]) + 1}'),
-               (r'recon', 'recon.1')],
-      'edsr': [(r'head', 'model_1.0'),
-               (r'body_(\d+)/conv_(\d+)', lambda m: f'model_2.{m[1]}.model.{2 * int(m[2])}'),
-               (r'body_conv', lambda m: f'model_2.{model.n_resblocks}'),
-               (r'upsampler/conv_(\d+)', lambda m: f'model_3.0.model.{2 * int(m[1])}'),
-               (r'tail', 'model_3.1')],
-      'rdn': [(r'sfe(\d)', r'SFE\1'),
-              (r'rdb_(\d+)/conv_(\d+)', r'RDBs.\1.convs.\2.conv.0'),
-              (r'rdb_(\d+)/lff', r'RDBs.\1.LFF'),
-              (r'gff_(\d)', r'GFF.\1'),
-              (r'upscale_(\d)', r'upscale.\1')],
-  }[model_name]
-  for pattern, repl in rules:
-    if re.fullmatch(pattern, p):
-      return re.sub(pattern, repl, p) if isinstance(repl, str) else repl(re.fullmatch(pattern, p))
-  raise KeyError(f'{model_name}: no reference key for {p}')
-
-
-def _to_torch_layout(model_name, params, model):
-  """{reference key: array (or ShapeDtypeStruct) in the torch layout} from flax params."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    names = tuple(k.key for k in path)
-    key = _torch_prefix(model_name, names[:-1], model)
-    if names[-1] == 'kernel':
-      out[f'{key}.weight'] = (jax.ShapeDtypeStruct(tuple(leaf.shape[i] for i in (3, 2, 0, 1)), leaf.dtype)
-                              if isinstance(leaf, jax.ShapeDtypeStruct)
-                              else np.array(np.transpose(leaf, (3, 2, 0, 1)), np.float32, order='C'))
-    else:
-      assert names[-1] == 'bias', names
-      out[f'{key}.bias'] = leaf if isinstance(leaf, jax.ShapeDtypeStruct) else np.array(leaf, np.float32)
-  return out
-
-
 # --- reference contract ------------------------------------------------------------------------
 
 @pytest.mark.parametrize('config', sorted(REFERENCE_CONFIGS))
@@ -133,8 +83,7 @@ def test_parameter_count_equals_the_reference(config):
 @pytest.mark.parametrize('config', sorted(REFERENCE_CONFIGS))
 def test_params_map_one_to_one_onto_the_reference_state_dict(config):
   model = REFERENCE_CONFIGS[config]()
-  mapped = _to_torch_layout(config.split('_')[0], _abstract_params(model), model)
-  ours = {k: (tuple(v.shape), str(v.dtype)) for k, v in mapped.items()}
+  ours = state_dict_shapes(config.split('_')[0], {'params': _abstract_params(model)})
   theirs = {k: (tuple(shape), dtype) for k, shape, dtype in _reference(config)['state_dict']}
   assert ours == theirs
 
@@ -229,175 +178,3 @@ def test_rdn_dense_connectivity_and_upscale_shapes(scale):
                        'upscale_4': (3, 3, g, 1)}
   else:
     assert upscale == {'upscale_0': (3, 3, g0, g * scale * scale), 'upscale_2': (3, 3, g, 1)}
-
-
-# --- parity with plain torch.nn transcriptions of the reference -----------------------------------
-
-def _torch_models():
-  nn = torch.nn
-
-  def conv(cin, cout, k, bias=True):  # the reference's default_conv
-    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
-
-  class TorchSRCNN(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.patch_extraction = nn.Conv2d(1, 64, 9, padding=4)
-      self.non_linear_mapping = nn.Conv2d(64, 32, 1)
-      self.reconstruction = nn.Conv2d(32, 1, 5, padding=2)
-
-    def forward(self, x):
-      x = torch.relu(self.patch_extraction(x))
-      return self.reconstruction(torch.relu(self.non_linear_mapping(x)))
-
-  class ResidualUnit(nn.Module):
-    def __init__(self, ngf, k):
-      super().__init__()
-      self.conv = nn.Sequential(nn.ReLU(), conv(ngf, ngf, k), nn.ReLU(), conv(ngf, ngf, k))
-
-    def forward(self, x):
-      return self.conv(x)
-
-  class RecursiveBlock(nn.Module):
-    def __init__(self, cin, ngf, units, k):
-      super().__init__()
-      self.units = units
-      self.conv1 = nn.Sequential(nn.ReLU(), conv(cin, ngf, k))
-      self.residule_unit = ResidualUnit(ngf, k)
-
-    def forward(self, x):
-      h0 = self.conv1(x)
-      h = h0
-      for _ in range(self.units):
-        h = self.residule_unit(h) + h0
-      return h
-
-  class TorchDRRN(nn.Module):
-    def __init__(self, blocks=1, units=25, ngf=128, k=3):
-      super().__init__()
-      self.rbs = nn.Sequential(*[RecursiveBlock(1 if b == 0 else ngf, ngf, units, k)
-                                 for b in range(blocks)])
-      self.recon = nn.Sequential(nn.ReLU(), conv(ngf, 1, k))
-
-    def forward(self, x):
-      return x + self.recon(self.rbs(x))
-
-  class ResBlock(nn.Module):
-    def __init__(self, f, k, res_scale):
-      super().__init__()
-      self.res_scale = res_scale
-      self.model = nn.Sequential(conv(f, f, k), nn.ReLU(), conv(f, f, k))
-
-    def forward(self, x):
-      return self.model(x) * self.res_scale + x
-
-  class Upsampler(nn.Module):
-    def __init__(self, scale, f):
-      super().__init__()
-      layers = []
-      if scale == 3:
-        layers += [conv(f, 9 * f, 3, bias=False), nn.PixelShuffle(3)]
-      else:
-        for _ in range(int(math.log2(scale))):
-          layers += [conv(f, 4 * f, 3, bias=False), nn.PixelShuffle(2)]
-      self.model = nn.Sequential(*layers)
-
-    def forward(self, x):
-      return self.model(x)
-
-  class TorchEDSR(nn.Module):
-    def __init__(self, scale, n_resblocks=32, n_feats=256, res_scale=0.1, k=3):
-      super().__init__()
-      self.model_1 = nn.Sequential(conv(1, n_feats, k))
-      self.model_2 = nn.Sequential(*[ResBlock(n_feats, k, res_scale) for _ in range(n_resblocks)],
-                                   conv(n_feats, n_feats, k))
-      self.model_3 = nn.Sequential(Upsampler(scale, n_feats), conv(n_feats, 1, k))
-
-    def forward(self, x):
-      x = self.model_1(x)
-      return self.model_3(self.model_2(x) + x)
-
-  class RDBConv(nn.Module):
-    def __init__(self, cin, g):
-      super().__init__()
-      self.conv = nn.Sequential(nn.Conv2d(cin, g, 3, padding=1), nn.ReLU())
-
-    def forward(self, x):
-      return torch.cat((x, self.conv(x)), 1)
-
-  class RDB(nn.Module):
-    def __init__(self, g0, g, c):
-      super().__init__()
-      self.convs = nn.Sequential(*[RDBConv(g0 + i * g, g) for i in range(c)])
-      self.LFF = nn.Conv2d(g0 + c * g, g0, 1)
-
-    def forward(self, x):
-      return self.LFF(self.convs(x)) + x
-
-  class TorchRDN(nn.Module):
-    def __init__(self, scale, g0=64, g=32, c=6, d=20, k=3):
-      super().__init__()
-      pad = (k - 1) // 2
-      self.SFE1 = nn.Conv2d(1, g0, k, padding=pad)
-      self.SFE2 = nn.Conv2d(g0, g0, k, padding=pad)
-      self.RDBs = nn.ModuleList([RDB(g0, g, c) for _ in range(d)])
-      self.GFF = nn.Sequential(nn.Conv2d(d * g0, g0, 1), nn.Conv2d(g0, g0, k, padding=pad))
-      if scale == 4:
-        self.upscale = nn.Sequential(nn.Conv2d(g0, g * 4, k, padding=pad), nn.PixelShuffle(2),
-                                     nn.Conv2d(g, g * 4, k, padding=pad), nn.PixelShuffle(2),
-                                     nn.Conv2d(g, 1, k, padding=pad))
-      else:
-        self.upscale = nn.Sequential(nn.Conv2d(g0, g * scale * scale, k, padding=pad),
-                                     nn.PixelShuffle(scale), nn.Conv2d(g, 1, k, padding=pad))
-
-    def forward(self, x):
-      f1 = self.SFE1(x)
-      h = self.SFE2(f1)
-      outs = []
-      for block in self.RDBs:
-        h = block(h)
-        outs.append(h)
-      return self.upscale(self.GFF(torch.cat(outs, 1)) + f1)
-
-  return {'srcnn': TorchSRCNN, 'drrn': TorchDRRN, 'edsr': TorchEDSR, 'rdn': TorchRDN}
-
-
-TORCH_REFERENCE_ARGS = {
-    'srcnn': {}, 'drrn': {}, 'edsr_x4': dict(scale=4), 'edsr_x3_baseline': dict(scale=3, n_resblocks=16, n_feats=64),
-    'rdn_x4': dict(scale=4), 'rdn_x2': dict(scale=2),
-}
-
-
-@needs_torch
-@pytest.mark.parametrize('config', sorted(TORCH_REFERENCE_ARGS))
-def test_torch_transcription_has_the_reference_state_dict(config):
-  """The transcriptions used below are faithful: same keys, order and shapes as the reference."""
-  with torch.device('meta'):
-    module = _torch_models()[config.split('_')[0]](**TORCH_REFERENCE_ARGS[config])
-  ours = [[k, list(v.shape), str(v.dtype).removeprefix('torch.')] for k, v in module.state_dict().items()]
-  assert ours == _reference(config)['state_dict']
-
-
-PARITY_CASES = [
-    ('srcnn', 2, {}),
-    ('drrn', 3, dict(blocks=2, units=3, ngf=8)),
-    *[('edsr', s, dict(scale=s, n_resblocks=2, n_feats=8)) for s in SCALES],
-    *[('rdn', s, dict(scale=s, g0=8, g=4, c=2, d=2)) for s in SCALES],
-]
-
-
-@needs_torch
-@pytest.mark.parametrize('name,scale,torch_args', PARITY_CASES,
-                         ids=[f'{n}-x{s}' for n, s, _ in PARITY_CASES])
-def test_matches_a_torch_transcription_of_the_reference(name, scale, torch_args):
-  model = TINY[name](scale)
-  x = np.random.default_rng(0).normal(0.5, 0.5, size=(2, 10, 8, 1)).astype(np.float32)
-  params = _random_params(model, jnp.asarray(x))
-  ours = np.asarray(_apply(model, params, jnp.asarray(x)))
-  reference = _torch_models()[name](**torch_args)
-  state = {k: torch.from_numpy(v) for k, v in _to_torch_layout(name, params, model).items()}
-  reference.load_state_dict(state, strict=True)
-  with torch.no_grad():
-    theirs = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
-  assert ours.shape == theirs.shape
-  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)

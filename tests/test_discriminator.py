@@ -17,6 +17,8 @@ torch = pytest.importorskip('torch')
 tnn = torch.nn
 torch.set_num_threads(2)
 
+from mrisr_jax.interop.torch_models import TorchGANDiscriminator  # noqa: E402  (needs torch)
+
 REFERENCE_JSON = '/work/shared/reference/reference_state_dicts.json'
 
 
@@ -39,41 +41,6 @@ def _expected_state_dict():
 
 
 EXPECTED = _expected_state_dict()
-
-
-class _TorchDown(tnn.Module):
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.layer = tnn.Sequential(tnn.Conv2d(cin, cout, 3, stride, 1), tnn.BatchNorm2d(cout),
-                                tnn.LeakyReLU(0.01))
-
-  def forward(self, x):
-    return self.layer(x)
-
-
-class TorchGANDiscriminator(tnn.Module):
-  """Plain torch.nn mirror of the reference `GANDiscriminator` (same state_dict keys)."""
-
-  def __init__(self):
-    super().__init__()
-    self.conv1 = tnn.Sequential(tnn.Conv2d(1, 64, 3, 1, 1), tnn.LeakyReLU(0.01))
-    blocks, cin = [], 64
-    for cout, s in [(64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2)]:
-      blocks.append(_TorchDown(cin, cout, s))
-      cin = cout
-    self.down = tnn.Sequential(*blocks)
-    self.dense = tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Conv2d(512, 1024, 1),
-                                tnn.LeakyReLU(0.01), tnn.Conv2d(1024, 1, 1), tnn.Sigmoid())
-
-  def logits(self, x):
-    h = self.down(self.conv1(x))
-    for layer in list(self.dense)[:-1]:
-      h = layer(h)
-    return h.reshape(h.shape[0])
-
-  def forward(self, x):
-    return self.dense(self.down(self.conv1(x)))
 
 
 def _randomise_bn(model: tnn.Module, seed: int):

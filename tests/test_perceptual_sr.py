@@ -1,5 +1,6 @@
 """PerceptualSRNet (Johnson et al.'s SR network, seed 003): geometry per scale and upsampling mode,
-the two upscaling blocks, BatchNorm modes, gradients, and a torch port built from the key table."""
+the two upscaling blocks, BatchNorm modes and gradients. Its key table and its torch mirror
+(`interop.torch_models.TorchPerceptualSRNet`) are tested in test_interop_other_models.py."""
 from __future__ import annotations
 
 import jax
@@ -132,85 +133,3 @@ def test_batchnorm_train_updates_stats_and_eval_is_per_sample():
   eval_a, eval_b = model.apply(variables, batch_a), model.apply(variables, batch_b)
   np.testing.assert_allclose(eval_a[0], eval_b[0], atol=1e-6)
   np.testing.assert_allclose(model.apply(variables, x[:1])[0], eval_a[0], atol=1e-6)
-
-
-@pytest.mark.parametrize('upsample', ['transposed', 'nearest'])
-def test_matches_a_torch_port_with_the_documented_keys(upsample):
-  torch = pytest.importorskip('torch')
-  tnn = torch.nn
-  f, n_res, scale = TINY['features'], TINY['num_resblocks'], 4
-
-  class Res(tnn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.conv1, self.bn1 = tnn.Conv2d(f, f, 3, 1, 1, bias=False), tnn.BatchNorm2d(f)
-      self.conv2, self.bn2 = tnn.Conv2d(f, f, 3, 1, 1, bias=False), tnn.BatchNorm2d(f)
-
-    def forward(self, x):
-      return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x
-
-  class Up(tnn.Module):
-
-    def __init__(self):
-      super().__init__()
-      if upsample == 'transposed':
-        self.deconv = tnn.ConvTranspose2d(f, f, 3, 2, 1, output_padding=1, bias=False)
-      else:
-        self.conv = tnn.Conv2d(f, f, 3, 1, 1, bias=False)
-      self.bn = tnn.BatchNorm2d(f)
-
-    def forward(self, x):
-      if upsample == 'transposed':
-        x = self.deconv(x)
-      else:
-        x = self.conv(tnn.functional.interpolate(x, scale_factor=2, mode='nearest'))
-      return torch.relu(self.bn(x))
-
-  class TorchNet(tnn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.conv_in, self.bn_in = tnn.Conv2d(1, f, 9, 1, 4, bias=False), tnn.BatchNorm2d(f)
-      for i in range(n_res):
-        setattr(self, f'res_{i}', Res())
-      for i in range(2):
-        setattr(self, f'up_{i}', Up())
-      self.conv_out = tnn.Conv2d(f, 1, 9, 1, 4)
-
-    def forward(self, x):
-      x = torch.relu(self.bn_in(self.conv_in(x)))
-      for i in range(n_res):
-        x = getattr(self, f'res_{i}')(x)
-      for i in range(2):
-        x = getattr(self, f'up_{i}')(x)
-      return self.conv_out(x)
-
-  model = PerceptualSRNet(scale=scale, upsample=upsample, **TINY)
-  x = _uniform(0, SMALL)
-  variables = model.init(jax.random.PRNGKey(1), x)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-  keys = jax.random.split(jax.random.PRNGKey(3), len(flat))
-  variables = jax.tree.unflatten(treedef, [  # non-trivial BN affine params and running stats
-      v + 0.2 * jax.random.uniform(k, v.shape)
-      if 'bn' in jax.tree_util.keystr(p) and v.dtype == jnp.float32 else v
-      for k, (p, v) in zip(keys, flat)])
-
-  state = {}
-  leaf_names = {'scale': 'weight', 'mean': 'running_mean', 'var': 'running_var'}
-  for coll in ('params', 'batch_stats'):
-    for path, v in jax.tree_util.tree_flatten_with_path(variables[coll])[0]:
-      names = [p.key for p in path]
-      module, leaf, v = '.'.join(names[:-1]), names[-1], np.array(v)
-      if leaf == 'kernel':
-        v, leaf = v.transpose((2, 3, 0, 1) if names[-2] == 'deconv' else (3, 2, 0, 1)), 'weight'
-      if leaf == 'num_batches_tracked':
-        v = v.astype(np.int64)
-      state[f'{module}.{leaf_names.get(leaf, leaf)}'] = torch.from_numpy(np.ascontiguousarray(v))
-  port = TorchNet().eval()
-  port.load_state_dict(state, strict=True)
-  with torch.no_grad():
-    expected = port(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2))).numpy()
-  with jax.default_matmul_precision('highest'):
-    got = model.apply(variables, x)
-  np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,106 @@
+"""Import a reference-layout PyTorch checkpoint as a training checkpoint that `main` continues from.
+
+  python -m mrisr_jax.import_torch --config configs/casrgan_x4.py --checkpoint casr_x4.pth \
+      --workdir runs/from_torch [--stage gan] [--what generator|discriminator]
+
+The state_dict (`.pth` read with torch.load(weights_only=True), or without torch by a reader that
+accepts only tensors; `.safetensors`) must fit the config's model exactly: missing, unexpected and
+mis-shaped keys are named and nothing is written. The new workdir gets an orbax checkpoint at the
+first step of --stage (default: the first stage) holding a fresh training state with the imported
+network, so `python -m mrisr_jax.main --config ... --workdir DIR` trains from it: e.g.
+--stage gan uses a PyTorch-pre-trained generator for the GAN stage. Optimizer states start fresh, as
+every stage does, and the data pipeline starts at its first batch. The stage boundaries depend on
+the number of training slices, so run it with the same data config as the training.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+
+
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
+  config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:ARG.', lock_config=True)
+  flags.DEFINE_string('checkpoint', None, 'Reference-layout state_dict: .pth/.pt or .safetensors.')
+  flags.DEFINE_string('workdir', None, 'New training workdir to create.')
+  flags.DEFINE_string('stage', None, 'Stage to continue with (default: the first one).')
+  flags.DEFINE_enum('what', 'generator', ['generator', 'discriminator'], 'Which network it holds.')
+  flags.mark_flags_as_required(['config', 'checkpoint', 'workdir'])
+
+
+class TorchImportError(ValueError):
+  """One line naming the file, stage or workdir at fault."""
+
+
+def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
+                      what: str = 'generator') -> dict:
+  """Writes the orbax checkpoint; returns {'step', 'stage', 'keys'}."""
+  import jax
+  import numpy as np
+  from mrisr_jax import recipe, registry
+  from mrisr_jax.checkpoint import Checkpointer
+  from mrisr_jax.data import pipeline
+  from mrisr_jax.interop import convert, state_dict_io
+  checkpoint, workdir = pathlib.Path(checkpoint), pathlib.Path(workdir)
+  if not checkpoint.is_file():
+    raise TorchImportError(f'{checkpoint}: no such file')
+  if (workdir / 'checkpoints').exists() and any((workdir / 'checkpoints').iterdir()):
+    raise TorchImportError(f'{workdir}: already holds checkpoints; import into a new workdir')
+  name = config.model.name if what == 'generator' else config.discriminator.name
+  if name not in convert.SUPPORTED:
+    raise TorchImportError(f'{what} {name!r} has no PyTorch layout yet; importable: '
+                       f'{", ".join(sorted(convert.SUPPORTED))}')
+  g, d = registry.build_generator(config.model), registry.build_discriminator(config)
+  spe = max(1, pipeline.num_train_slices(config.data, config.model.scale) // config.batch_size)
+  plan = recipe.stage_plan(config, spe)
+  stage = stage or plan[0].name
+  target = next((s for s in plan if s.name == stage), None)
+  if target is None:
+    raise TorchImportError(f'--stage {stage!r} is not a stage of this config ({", ".join(s.name for s in plan)})')
+  init = recipe.init_state_fn(config, g, d, *recipe.make_optimizers(config, plan[0], spe))
+  rng = jax.random.PRNGKey(config.seed)
+  shapes = jax.eval_shape(init, rng)   # check the file against the model before any compute
+  prefix = 'g' if what == 'generator' else 'd'
+  like = {'params': getattr(shapes, f'{prefix}_params')}
+  if getattr(shapes, f'{prefix}_batch_stats'):
+    like['batch_stats'] = getattr(shapes, f'{prefix}_batch_stats')
+  try:
+    loaded = convert.state_dict_to_flax(name, state_dict_io.load_state_dict(checkpoint), like)
+  except ValueError as e:
+    raise TorchImportError(f'{checkpoint}: {e}') from None
+  state = jax.device_get(jax.jit(init)(rng))   # the rest of the state, as a fresh run has it
+  updates = {f'{prefix}_params': loaded['params'], 'step': np.asarray(target.start, np.int32)}
+  if 'batch_stats' in loaded:
+    updates[f'{prefix}_batch_stats'] = loaded['batch_stats']
+  state = state.replace(**updates)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)
+  try:
+    ckpt.save(target.start, state, {'stage': target.name, 'step': target.start,
+                                    'imported_from': str(checkpoint.absolute()), 'what': what}, None)
+  finally:
+    ckpt.close()
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  return {'step': target.start, 'stage': target.name, 'keys': len(jax.tree.leaves(loaded))}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from mrisr_jax import errors
+  f = flags.FLAGS
+  try:
+    out = import_checkpoint(f.config, f.checkpoint, f.workdir, stage=f.stage, what=f.what)
+  except (TorchImportError, ImportError) + errors.USER_ERRORS as e:
+    errors.exit_with(e)
+  print(f'wrote {f.workdir}: {f.what} from {f.checkpoint} ({out["keys"]} arrays) at step '
+        f'{out["step"]}, the start of stage {out["stage"]}; continue with python -m mrisr_jax.main '
+        f'--config ... --workdir {f.workdir}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

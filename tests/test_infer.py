@@ -1,0 +1,266 @@
+"""mrisr_jax.infer / tiling / weights: tiled vs whole-slice SR, file round trips, weights sources.
+
+Weights are random (numpy) rather than a model init: jitting a discriminator init costs ~10 s on
+CPU, and these tests only need fixed generator weights. The SRCNN weights reach a training workdir
+checkpoint and, through `mrisr_jax.export`, a .safetensors file.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from mrisr_jax import export, infer, registry, tiling, weights
+from mrisr_jax.checkpoint import Checkpointer
+from mrisr_jax.data.images import write_grey
+from mrisr_jax.interop import convert, state_dict_io
+from mrisr_jax.train_state import TrainState
+from tests.helpers import REPO
+
+
+def _config(name, arg):
+  sys.path.insert(0, str(REPO))
+  import importlib
+  return importlib.import_module(f'configs.{name}').get_config(arg)
+
+
+def _random_variables(config, seed):
+  """He-scaled random weights, last-layer bias 0.5 so SR values mostly stay inside [0, 1]."""
+  rng = np.random.default_rng(seed)
+  like = weights.like_variables(config)
+
+  def draw(path, s):
+    name = '/'.join(str(getattr(p, 'key', p)) for p in path)
+    if name.endswith('kernel'):
+      return (rng.standard_normal(s.shape) * np.sqrt(1.0 / np.prod(s.shape[:-1]))).astype(s.dtype)
+    return np.full(s.shape, 0.5 if 'reconstruction' in name or 'tail' in name else 0.01, s.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, like)
+
+
+def _smooth(shape, seed=0):
+  """A smooth image stack in (0.1, 0.9): what an MR slice looks like more than white noise."""
+  rng = np.random.default_rng(seed)
+  x = rng.random(shape)
+  for axis in (-1, -2):
+    x = (x + np.roll(x, 1, axis) + np.roll(x, -1, axis)) / 3
+  return (0.1 + 0.8 * (x - x.min()) / (x.max() - x.min())).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def srcnn(tmp_path_factory):
+  """(config, workdir, .safetensors exported from that workdir) for SRCNN x4."""
+  root = tmp_path_factory.mktemp('srcnn')
+  config = _config('srcnn', 'quick')
+  variables = _random_variables(config, 0)
+  tiny = {'x': np.zeros((1,), np.float32)}
+  state = TrainState(step=np.int32(7), g_params=variables['params'], g_batch_stats={}, d_params=tiny,
+                     d_batch_stats={}, g_opt_state=tiny, d_opt_state=tiny,
+                     rng=np.zeros((2,), np.uint32))
+  ckpt = Checkpointer(root / 'run', async_save=False)
+  ckpt.save(7, state, {'stage': 'pretrain'}, None)
+  ckpt.close()
+  export.export(config, root / 'srcnn.safetensors', workdir=root / 'run')
+  return config, root / 'run', root / 'srcnn.safetensors'
+
+
+@pytest.fixture(scope='module')
+def edsr_x2(tmp_path_factory):
+  """(config, .safetensors) for EDSR x2 (quick), written in the reference layout."""
+  root = tmp_path_factory.mktemp('edsr')
+  config = _config('edsr', 'x2,quick')
+  path = root / 'edsr_x2.safetensors'
+  state_dict_io.save_state_dict(convert.flax_to_state_dict('edsr', _random_variables(config, 1)), path)
+  return config, path
+
+
+def _predict(config, weights_path):
+  model = registry.build_generator(config.model)
+  return model, tiling.make_predict_fn(model, weights.load_generator_variables(config, weights_path))
+
+
+def test_tiles_have_one_legal_shape_and_stitch_exactly():
+  seen = set()
+
+  def nearest(x):   # a "model" with no context: every tiling must reproduce it exactly
+    seen.add(x.shape)
+    return np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+
+  lr = _smooth((3, 45, 37))
+  out = tiling.super_resolve(nearest, lr, 2, 8, False, tile=20, overlap=3, batch=4)
+  np.testing.assert_array_equal(out, np.repeat(np.repeat(lr, 2, axis=1), 2, axis=2))
+  assert seen == {(4, 16, 16, 1)}   # tile 20 -> 16 for the size multiple 8; batch filled by repeats
+  seen.clear()
+  whole = tiling.super_resolve(nearest, lr, 2, 8, False)   # untiled: padded to the multiple
+  np.testing.assert_array_equal(whole, out)
+  assert seen == {(3, 48, 40, 1)}
+  seen.clear()
+  narrow = tiling.super_resolve(nearest, lr[:2, :, :12], 2, 8, False, tile=20, overlap=3)
+  np.testing.assert_array_equal(narrow, out[:2, :, :24])
+  assert seen == {(8, 16, 16, 1)}   # 4 tiles down each slice; W padded 12 -> 16, not tiled
+  with pytest.raises(tiling.TilingError, match='must exceed 2 \\* overlap'):
+    tiling.super_resolve(nearest, lr, 2, 8, False, tile=20, overlap=8)
+
+
+def test_tiled_equals_untiled_when_the_overlap_covers_the_receptive_field(srcnn, edsr_x2):
+  config, _, path = srcnn
+  model, predict = _predict(config, path)
+  lr = _smooth((2, 37, 29))
+  whole = tiling.super_resolve(predict, lr, 4, model.size_multiple, True)
+  assert whole.shape == (2, 148, 116) and 0.01 < whole.std()
+  # SRCNN reaches 6 HR pixels each way (9x9 then 5x5): overlap 2 LR = 8 HR pixels covers it
+  tiled = tiling.super_resolve(predict, lr, 4, model.size_multiple, True, tile=12, overlap=2, batch=5)
+  np.testing.assert_allclose(tiled, whole, atol=1e-5)
+  # overlap 1 LR = 4 HR < 6: seams differ, but only within reach of the tile borders
+  seams = tiling.super_resolve(predict, lr, 4, model.size_multiple, True, tile=12, overlap=1)
+  assert np.abs(seams - whole).max() > 1e-4
+  np.testing.assert_allclose(seams[:, :30, :30], whole[:, :30, :30], atol=1e-5)   # first tile's interior
+
+  config, path = edsr_x2
+  model, predict = _predict(config, path)
+  lr = _smooth((2, 40, 34), seed=1)
+  whole = tiling.super_resolve(predict, lr, 2, model.size_multiple, False)
+  # EDSR quick: 11 LR 3x3 convs up to the pixel shuffle (radius 11 < 13), one HR conv after
+  tiled = tiling.super_resolve(predict, lr, 2, model.size_multiple, False, tile=30, overlap=13)
+  assert whole.shape == tiled.shape == (2, 80, 68)
+  np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_npy_and_png_round_trips(srcnn, tmp_path):
+  config, _, path = srcnn
+  stack = _smooth((3, 20, 18))
+  np.save(tmp_path / 'stack.npy', stack)
+  np.save(tmp_path / 'slice.npy', stack[1])
+  r = infer.infer(config, path, tmp_path / 'stack.npy', tmp_path / 'out' / 'stack_sr.npy')
+  out3 = np.load(tmp_path / 'out' / 'stack_sr.npy')
+  assert out3.shape == (3, 80, 72) and out3.dtype == np.float32 and r['slices'] == 3
+  assert 'stack_sr.npy: 3 slice(s) 20x18 -> 80x72 (srcnn x4)' in infer.summary_line(r)
+  infer.infer(config, path, tmp_path / 'slice.npy', tmp_path / 'slice_sr.npy')
+  np.testing.assert_allclose(np.load(tmp_path / 'slice_sr.npy'), out3[1], atol=1e-6)
+  infer.infer(config, path, tmp_path / 'slice.npy', tmp_path / 'slice_sr.png', tile=8, overlap=2)
+  assert Image.open(tmp_path / 'slice_sr.png').size == (72, 80)
+
+  write_grey(tmp_path / 'a8.png', stack[0])
+  write_grey(tmp_path / 'a16.png', stack[0], bit_depth=16)
+  infer.infer(config, path, tmp_path / 'a8.png', tmp_path / 'a8_sr.png')
+  infer.infer(config, path, tmp_path / 'a16.png', tmp_path / 'a16_sr.png')
+  with Image.open(tmp_path / 'a8_sr.png') as im8, Image.open(tmp_path / 'a16_sr.png') as im16:
+    assert (im8.mode, im8.size) == ('L', (72, 80))
+    assert im16.mode.startswith('I') and im16.size == (72, 80)
+  with pytest.raises(infer.InferError, match='needs a 2-D input'):
+    infer.infer(config, path, tmp_path / 'stack.npy', tmp_path / 'stack.png')
+
+
+def _oblique_affine():
+  rot = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float)   # a 90-degree in-plane rotation
+  a = np.eye(4)
+  a[:3, :3] = rot @ np.diag([0.9, 1.1, 3.0])
+  a[:3, 3] = [10.0, -20.0, 5.0]
+  return a
+
+
+def test_nifti_round_trip_keeps_geometry_and_intensity_scale(srcnn, tmp_path):
+  config, _, path = srcnn
+  vol = (_smooth((12, 10, 3), seed=2) * 800).astype(np.int16)
+  img = nib.Nifti1Image(vol, _oblique_affine())
+  img.set_sform(_oblique_affine(), code=1)
+  img.set_qform(_oblique_affine(), code=2)
+  nib.save(img, tmp_path / 'vol.nii.gz')
+  infer.infer(config, path, tmp_path / 'vol.nii.gz', tmp_path / 'vol_sr.nii.gz', tile=6, overlap=2)
+  src, out = nib.load(tmp_path / 'vol.nii.gz'), nib.load(tmp_path / 'vol_sr.nii.gz')
+  data = np.asarray(out.dataobj)
+  assert data.shape == (48, 40, 3) and data.dtype == np.float32
+  np.testing.assert_allclose(out.header.get_zooms(), (0.225, 0.275, 3.0), rtol=1e-6)
+  assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(src.affine)
+  assert int(out.header['sform_code']) == 1 and int(out.header['qform_code']) == 2
+  np.testing.assert_allclose(out.get_qform(), out.get_sform(), atol=1e-5)
+  # a new voxel centre i' lies at old index (i' + 0.5) / 4 - 0.5 along axes 0, 1
+  for new in ([0, 0, 0], [47, 39, 2], [24, 20, 1], [5, 33, 0]):
+    old = [(new[0] + 0.5) / 4 - 0.5, (new[1] + 0.5) / 4 - 0.5, new[2]]
+    np.testing.assert_allclose(nib.affines.apply_affine(out.affine, new),
+                               nib.affines.apply_affine(src.affine, old), atol=1e-5)
+  hi = np.percentile(vol.astype(np.float32), 99.5)
+  assert data.max() <= hi * (1 + 1e-6) and abs(data.mean() / vol.mean() - 1) < 0.5
+
+
+def test_fastmri_h5_to_h5_and_npy(srcnn, tmp_path):
+  import h5py
+  config, _, path = srcnn
+  target = _smooth((2, 16, 12), seed=3) * 5e-4
+  with h5py.File(tmp_path / 'file1000.h5', 'w') as f:
+    f.create_dataset('reconstruction_rss', data=target)
+    f.attrs['acquisition'] = 'CORPD_FBK'
+    f.attrs['max'] = float(target.max())
+  infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.npy')
+  infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.h5')
+  sr = np.load(tmp_path / 'sr.npy')
+  assert sr.shape == (2, 64, 48) and 0 <= sr.min() and sr.max() <= 1
+  with h5py.File(tmp_path / 'sr.h5', 'r') as f:
+    np.testing.assert_allclose(f['reconstruction_sr'][()], sr * target.max(), rtol=1e-6)
+    assert f.attrs['acquisition'] == 'CORPD_FBK' and f.attrs['sr_scale'] == 4
+    assert f.attrs['sr_target'] == 'reconstruction_rss' and f.attrs['sr_model'] == 'srcnn'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file1000.h5', 'sr.h5', 'sr.npy']   # no temp files
+  with pytest.raises(infer.InferError, match='can be written as .npy or .h5'):
+    infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.png')
+
+
+def test_workdir_and_exported_file_give_identical_outputs(srcnn, tmp_path):
+  config, workdir, path = srcnn
+  np.save(tmp_path / 'x.npy', _smooth((2, 16, 14)))
+  infer.infer(config, workdir, tmp_path / 'x.npy', tmp_path / 'from_workdir.npy')
+  infer.infer(config, path, tmp_path / 'x.npy', tmp_path / 'from_file.npy')
+  np.testing.assert_array_equal(np.load(tmp_path / 'from_workdir.npy'), np.load(tmp_path / 'from_file.npy'))
+
+
+def test_weights_errors_are_one_line(srcnn, edsr_x2, tmp_path):
+  _, path = edsr_x2
+  x4 = _config('edsr', 'x4,quick')
+  with pytest.raises(weights.WeightsError) as e:
+    weights.load_generator_variables(x4, path)
+  assert str(path) in str(e.value) and 'missing 1 keys (model_3.0.model.2.weight)' in str(e.value)
+  assert '\n' not in str(e.value)
+  np.save(tmp_path / 'x.npy', _smooth((1, 8, 8)))
+  with pytest.raises(weights.WeightsError, match='does not fit edsr'):
+    infer.infer(x4, path, tmp_path / 'x.npy', tmp_path / 'y.npy')
+  assert not (tmp_path / 'y.npy').exists()
+  with pytest.raises(weights.WeightsError, match='no such weights file'):
+    weights.load_generator_variables(x4, tmp_path / 'nope.pth')
+  (tmp_path / 'w.ckpt').write_bytes(b'')
+  with pytest.raises(weights.WeightsError, match="unknown weights suffix '.ckpt'"):
+    weights.load_generator_variables(x4, tmp_path / 'w.ckpt')
+  with pytest.raises(weights.WeightsError, match='no checkpoints directory'):
+    weights.load_generator_variables(x4, tmp_path)
+  srcnn_config, workdir, _ = srcnn
+  with pytest.raises(weights.WeightsError, match='checkpoint does not fit edsr: missing'):
+    weights.load_generator_variables(x4, workdir)
+
+
+def test_outputs_never_overwrite(srcnn, tmp_path):
+  config, _, path = srcnn
+  np.save(tmp_path / 'x.npy', _smooth((1, 8, 8)))
+  (tmp_path / 'y.npy').write_bytes(b'keep me')
+  with pytest.raises(infer.InferError, match='exists; pass --overwrite'):
+    infer.infer(config, path, tmp_path / 'x.npy', tmp_path / 'y.npy')
+  assert (tmp_path / 'y.npy').read_bytes() == b'keep me'
+  infer.infer(config, path, tmp_path / 'x.npy', tmp_path / 'y.npy', overwrite=True)
+  assert np.load(tmp_path / 'y.npy').shape == (1, 32, 32)
+  before = (tmp_path / 'x.npy').read_bytes()
+  for out in (tmp_path / 'x.npy', tmp_path / 'sub' / '..' / 'x.npy'):
+    with pytest.raises(infer.InferError, match='is the input file'):
+      infer.infer(config, path, tmp_path / 'x.npy', out, overwrite=True)
+  assert (tmp_path / 'x.npy').read_bytes() == before
+  with pytest.raises(infer.InferError, match='can be written as .npy or .png'):
+    infer.infer(config, path, tmp_path / 'x.npy', tmp_path / 'x.nii.gz')
+
+
+def test_cli_help_lists_the_flags():
+  out = subprocess.run([sys.executable, '-m', 'mrisr_jax.infer', '--help'], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+  assert 'Traceback' not in out.stderr, out.stderr   # absl's --help exits 1 by design
+  for flag in ('--weights', '--input', '--output', '--tile', '--overlap', '--batch', 'overwrite'):
+    assert flag in out.stdout + out.stderr
