@@ -94,6 +94,9 @@ def base_config(name: str, model: dict, scale: int) -> ml_collections.ConfigDict
       allow_random_vgg=False,  # quick runs only: random VGG features, said in the log
       gan='bce_sum',  # bce_sum | nonsaturating | minimax | lsgan | hinge | ragan (losses.GAN_LOSSES)
   ))
+  # > 0: keep an exponential moving average of the generator (BasicSR's net_g_ema, e.g. 0.999);
+  # validation, images and `export --what ema` then use it. 0 = off.
+  c.ema_decay = 0.0
   c.lr_multipliers = ml_collections.ConfigDict()  # top-level generator param name -> lr factor
   c.stages = ml_collections.ConfigDict()
   c.stage_order = ()

@@ -84,6 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_model(config)
   _check_data(config)
   _require(config.batch_size > 0, f'config.batch_size={config.batch_size} must be positive')
+  _require(0 <= config.ema_decay < 1, f'config.ema_decay={config.ema_decay} must be in [0, 1) (0 = no EMA)')
   _require(len(config.stage_order) > 0, 'config.stage_order is empty')
   for name in config.stage_order:
     _require(name in config.stages, f'config.stage_order names {name!r}, which is not in config.stages '

@@ -1,7 +1,7 @@
 """Export weights in the CASRGAN PyTorch reference's state_dict layout.
 
   python -m mrisr_jax.export --config configs/casrgan_x4.py [--workdir DIR] [--step N] \
-      [--what generator|discriminator] --out FILE.safetensors|FILE.pth
+      [--what generator|discriminator|ema] --out FILE.safetensors|FILE.pth
 
 With --workdir: the run's checkpoint (the latest, or --step N). Without: the freshly initialised
 model of the config, seeded by --config.seed exactly as training initialises it (for parity checks).
@@ -24,13 +24,15 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:ARG.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Training run to export from (default: a fresh init).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_enum('what', 'generator', ['generator', 'discriminator'], 'Which network.')
+  flags.DEFINE_enum('what', 'generator', list(WHAT), 'Which network: the generator, the discriminator, '
+                    'or the generator EMA (runs with config.ema_decay > 0).')
   flags.DEFINE_string('out', None, 'Output file: .safetensors (recommended) or .pth.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing output file.')
   flags.mark_flags_as_required(['config', 'out'])
 
 
 SUFFIXES = ('.safetensors', '.pth', '.pt')
+WHAT = ('generator', 'discriminator', 'ema')
 
 
 class ExportError(ValueError):
@@ -49,9 +51,12 @@ def _fresh_variables(config, what: str) -> dict:
 
 
 def _variables(state, what: str) -> dict:
-  get = (lambda k: state[k]) if isinstance(state, dict) else (lambda k: getattr(state, k))
-  prefix = 'g' if what == 'generator' else 'd'
-  out = {'params': get(f'{prefix}_params')}
+  get = (lambda k: state.get(k, {})) if isinstance(state, dict) else (lambda k: getattr(state, k))
+  prefix = 'd' if what == 'discriminator' else 'g'
+  out = {'params': get('g_ema_params' if what == 'ema' else f'{prefix}_params')}
+  if what == 'ema' and not out['params']:
+    raise ExportError('this run keeps no generator EMA (it trained with config.ema_decay=0); '
+                      'export --what generator')
   stats = get(f'{prefix}_batch_stats')
   if stats:
     out['batch_stats'] = stats
@@ -78,7 +83,7 @@ def _checkpoint_variables(workdir: pathlib.Path, step: int | None, what: str) ->
 
 
 def model_name(config, what: str) -> str:
-  return config.model.name if what == 'generator' else config.discriminator.name
+  return config.discriminator.name if what == 'discriminator' else config.model.name
 
 
 def export(config, out, *, workdir=None, step: int | None = None, what: str = 'generator',
@@ -86,6 +91,8 @@ def export(config, out, *, workdir=None, step: int | None = None, what: str = 'g
   """Writes `out` (+ its .json) and returns the JSON record."""
   from mrisr_jax.interop import convert, state_dict_io
   out = pathlib.Path(out)
+  if what not in WHAT:
+    raise ExportError(f'--what {what!r}: use one of {", ".join(WHAT)}')
   if out.suffix not in SUFFIXES:
     raise ExportError(f'{out}: unknown suffix {out.suffix!r}; use one of {", ".join(SUFFIXES)}')
   if out.exists() and not overwrite:
@@ -100,11 +107,13 @@ def export(config, out, *, workdir=None, step: int | None = None, what: str = 'g
   else:
     if step is not None:
       raise ExportError('--step needs --workdir (without it the fresh initialisation is exported)')
+    if what == 'ema':
+      raise ExportError('--what ema needs --workdir: a fresh initialisation has no EMA')
     variables, source = _fresh_variables(config, what), f'fresh init, seed {config.seed}'
   state_dict = convert.flax_to_state_dict(name, variables)
   record = {'model': name, 'what': what, 'source': source, 'step': step,
-            'config': json.loads(config.model.to_json_best_effort() if what == 'generator'
-                                 else config.discriminator.to_json_best_effort()),
+            'config': json.loads(config.discriminator.to_json_best_effort() if what == 'discriminator'
+                                 else config.model.to_json_best_effort()),
             'keys': len(state_dict)}
   out.parent.mkdir(parents=True, exist_ok=True)
   metadata = {'mrisr_jax': json.dumps({k: v for k, v in record.items() if k != 'config'})}

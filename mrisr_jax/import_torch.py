@@ -75,6 +75,8 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
   updates = {f'{prefix}_params': loaded['params'], 'step': np.asarray(target.start, np.int32)}
   if 'batch_stats' in loaded:
     updates[f'{prefix}_batch_stats'] = loaded['batch_stats']
+  if what == 'generator' and state.g_ema_params:   # the EMA starts from the imported generator
+    updates['g_ema_params'] = loaded['params']
   state = state.replace(**updates)
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)

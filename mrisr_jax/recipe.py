@@ -158,7 +158,8 @@ def init_state_fn(config: ml_collections.ConfigDict, g_model, d_model, g_tx, d_t
     return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'],
                       g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
                       d_batch_stats=d_vars.get('batch_stats', {}), g_opt_state=g_tx.init(g_vars['params']),
-                      d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(config.seed + 1))
+                      d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(config.seed + 1),
+                      g_ema_params=g_vars['params'] if config.get('ema_decay', 0.0) > 0 else {})
 
   return init
 
@@ -167,7 +168,9 @@ def stage_step(config: ml_collections.ConfigDict, stage: Stage, g_model, d_model
                vgg: Callable | None) -> Callable:
   """The pure step of a stage: (state, batch, vgg_params) -> (state, metrics)."""
   spec = loss_spec(config, stage)
+  ema = float(config.get('ema_decay', 0.0))
   if stage.cfg.kind == 'gan':
     return functools.partial(steps.gan_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
-                             loss=spec, vgg=vgg)
-  return functools.partial(steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg)
+                             loss=spec, vgg=vgg, ema_decay=ema)
+  return functools.partial(steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg,
+                           ema_decay=ema)

@@ -84,9 +84,16 @@ def _hr_features(hr, vgg_params, vgg: VggFn | None, spec: LossSpec):
   return jax.lax.stop_gradient(vgg(vgg_params, losses.grey_to_rgb(hr)))
 
 
+def _ema(state: TrainState, g_params: Any, decay: float) -> Any:
+  """ema <- decay * ema + (1 - decay) * params after each G update; {} when EMA is off."""
+  if not state.g_ema_params:
+    return state.g_ema_params
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.g_ema_params, g_params)
+
+
 def generator_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model: nn.Module,
                    g_tx: optax.GradientTransformation, loss: LossSpec = LossSpec(),
-                   vgg: VggFn | None = None) -> tuple[TrainState, dict]:
+                   vgg: VggFn | None = None, ema_decay: float = 0.999) -> tuple[TrainState, dict]:
   """One generator update on the content loss (no discriminator): pre-training and fine-tuning stages."""
   rngs = {'dropout': _step_rng(state)}
   hr_feats = _hr_features(batch['hr'], vgg_params, vgg, loss)
@@ -100,13 +107,13 @@ def generator_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_
   updates, g_opt_state = g_tx.update(grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_stats,
-                            g_opt_state=g_opt_state)
+                            g_opt_state=g_opt_state, g_ema_params=_ema(state, g_params, ema_decay))
   return new_state, {'loss_g': total, **terms, 'grad_norm_g': optax.tree.norm(grads)}
 
 
 def gan_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model: nn.Module,
              d_model: nn.Module, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
-             loss: LossSpec, vgg: VggFn | None = None) -> tuple[TrainState, dict]:
+             loss: LossSpec, vgg: VggFn | None = None, ema_decay: float = 0.999) -> tuple[TrainState, dict]:
   """One G step (D scores SR), then one D step on SR.detach() and HR, as the CASRGAN reference.
 
   D runs in training mode throughout (PyTorch's model.train()): every D forward normalises with
@@ -149,7 +156,7 @@ def gan_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model:
 
   new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_stats,
                             g_opt_state=g_opt_state, d_params=d_params, d_opt_state=d_opt_state,
-                            d_batch_stats=d_stats)
+                            d_batch_stats=d_stats, g_ema_params=_ema(state, g_params, ema_decay))
   metrics = {'loss_g': loss_g, 'loss_d': loss_d, **g_terms, **d_terms,
              'grad_norm_g': optax.tree.norm(g_grads), 'grad_norm_d': optax.tree.norm(d_grads)}
   return new_state, metrics
@@ -161,8 +168,9 @@ def predict(g_vars: Any, x: jax.Array, *, g_model: nn.Module) -> jax.Array:
 
 
 def generator_variables(state: TrainState) -> dict:
-  """What `predict` needs from the state."""
-  out = {'params': state.g_params}
+  """What `predict` needs from the state: the EMA generator when the run keeps one (as BasicSR
+  validates net_g_ema), else the trained parameters."""
+  out = {'params': state.g_ema_params or state.g_params}
   if state.g_batch_stats:
     out['batch_stats'] = state.g_batch_stats
   return out

@@ -17,3 +17,5 @@ class TrainState:
   g_opt_state: Any
   d_opt_state: Any
   rng: jax.Array  # base key (uint32[2]); step keys are fold_in(rng, step) so resume is exact
+  # exponential moving average of g_params when config.ema_decay > 0, else {} (BasicSR's net_g_ema)
+  g_ema_params: Any = flax.struct.field(default_factory=dict)

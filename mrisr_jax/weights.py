@@ -63,7 +63,8 @@ def _check_against(variables: dict, like: dict, source: pathlib.Path, name: str)
 def load_generator_variables(config, weights, model=None) -> dict:
   """{'params': ..., ['batch_stats': ...]} of numpy arrays for `registry.build_generator(config.model)`.
 
-  weights: a training workdir (its latest checkpoint) or a .pth/.pt/.bin/.safetensors state_dict.
+  weights: a training workdir (its latest checkpoint; the generator EMA when config.ema_decay > 0) or a
+  .pth/.pt/.bin/.safetensors state_dict.
   """
   import jax
   from mrisr_jax import export
@@ -74,7 +75,9 @@ def load_generator_variables(config, weights, model=None) -> dict:
     raise WeightsError(f'{path}: no such weights file or training workdir')
   if path.is_dir():
     try:
-      variables, _ = export._checkpoint_variables(path, None, 'generator')
+      # the network validation scored: the EMA generator when the run kept one
+      what = 'ema' if config.get('ema_decay', 0.0) > 0 else 'generator'
+      variables, _ = export._checkpoint_variables(path, None, what)
     except export.ExportError as e:
       raise WeightsError(str(e)) from None
     variables = jax.tree.map(np.asarray, jax.device_get(variables))

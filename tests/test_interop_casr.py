@@ -105,7 +105,8 @@ def test_exported_buffers_are_the_reference_computation():
 
 # --- (b) forward parity ----------------------------------------------------------------------------
 
-PARITY_CASES = [(2, False, False), (2, True, False), (4, False, False), (4, True, False), (2, True, True)]
+PARITY_CASES = [(2, False, False), (2, True, False), (3, False, False), (4, False, False), (4, True, False),
+                (2, True, True)]
 
 
 @pytest.mark.parametrize('scale,compat,norm_before', PARITY_CASES,

@@ -31,6 +31,7 @@ CASES = {
     'fagan-hr-direct': ('fagan', dict(scale=4, n_feats=8, n_lffb=2, kernel_sizes=(3,), reduction=4,
                                       attention_at='hr', connection='direct', alpha=0.3, beta=0.9),
                         (2, 4, 4, 1)),
+    'fagan-x8': ('fagan', dict(scale=8, n_feats=8, n_lffb=1, kernel_sizes=(3,), reduction=2), (1, 3, 3, 1)),
     'srdcgan': ('srdcgan', dict(features=8), (2, 8, 8, 1)),
     'perceptual_sr-transposed': ('perceptual_sr', dict(scale=4, features=8, num_resblocks=2), (2, 6, 6, 1)),
     'perceptual_sr-nearest': ('perceptual_sr', dict(scale=2, features=8, num_resblocks=1,
