@@ -13,15 +13,13 @@ from typing import Callable
 import numpy as np
 
 from mrisr_jax import metrics, sharding
+from mrisr_jax.data import pipeline
 from mrisr_jax.data.degrade import bicubic_resize, bicubic_upsample, make_lr
 
 
 def crop_to_multiple(vol: np.ndarray, multiple: int) -> np.ndarray:
-  """Centre-crop the last two axes to multiples of `multiple`."""
-  h, w = vol.shape[-2:]
-  nh, nw = h - h % multiple, w - w % multiple
-  top, left = (h - nh) // 2, (w - nw) // 2
-  return vol[..., top:top + nh, left:left + nw]
+  """Centre-crop the last two axes to multiples of `multiple` (the data layer's crop)."""
+  return pipeline.crop_to_multiple(vol, (multiple, multiple))
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -24,15 +24,10 @@ class WeightsError(ValueError):
 def like_variables(config, model=None) -> dict:
   """ShapeDtypeStructs of the generator's variables, initialised as recipe.init_state_fn does."""
   import jax
-  import jax.numpy as jnp
-  from mrisr_jax import registry
-  from mrisr_jax.data.pipeline import patch_shape
+  from mrisr_jax import recipe, registry
   g = model if model is not None else registry.build_generator(config.model)
-  scale = config.model.scale
-  hr_h, hr_w = patch_shape(config.data)
-  in_h, in_w = registry.input_size(g, (hr_h // scale, hr_w // scale))
-  x = jax.ShapeDtypeStruct((1, in_h, in_w, config.model.in_channels), jnp.float32)
-  return jax.eval_shape(lambda x: g.init({'params': jax.random.PRNGKey(0)}, x, train=False), x)
+  g_init, _ = recipe.network_inits(config, g, None)   # the discriminator is not needed here
+  return jax.eval_shape(g_init, jax.random.PRNGKey(0))
 
 
 def _shapes(tree, prefix=()) -> dict:

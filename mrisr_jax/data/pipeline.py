@@ -122,7 +122,7 @@ def epoch_slice_order(num_slices: int, *, seed: int, epoch: int, process_index: 
   return [int(ds[epoch * per_host + j]) for j in range(per_host)]
 
 
-def _crop_to_multiple(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+def crop_to_multiple(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
   """Centre-crop the last two axes to multiples of (fy, fx)."""
   h, w = image.shape[-2:]
   nh, nw = h - h % factors[0], w - w % factors[1]
@@ -180,7 +180,7 @@ class MakeTrainingPair(grain.transforms.RandomMap):
       hr = image[y:y + ph, x:x + pw]
       lr = lr_full[y // grid[0]:(y + ph) // grid[0], x // grid[1]:(x + pw) // grid[1]]
     elif self.whole_slice:
-      image = _crop_to_multiple(image, self.factors)
+      image = crop_to_multiple(image, self.factors)
       lr_full = degrade.make_lr(image, self.scale, self.degradation, rng=rng)
       y, x = self._crop_origin(image.shape, self.factors, rng, element)
       hr = image[y:y + ph, x:x + pw]
@@ -355,7 +355,7 @@ def load_validation_volumes(data_cfg, scale: int | None = None, seed: int = 0) -
       entry['hr'], entry['lr'] = hr, source.read_lr_volume(v, slices)
     else:
       factors = degrade.lr_factors(degradation, scale)
-      hr = _crop_to_multiple(hr, factors)
+      hr = crop_to_multiple(hr, factors)
       entry['hr'] = hr
       entry['lr'] = np.stack([degrade.make_lr(hr[k], scale, degradation,
                                               rng=slice_rng(seed, vol.name, s))

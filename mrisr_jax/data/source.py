@@ -19,6 +19,7 @@ training.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import pathlib
@@ -48,7 +49,7 @@ class VolumeInfo:
   metadata: dict = dataclasses.field(default_factory=dict)   # format-specific (attrs, voxel sizes)
 
 
-class SliceSource:
+class SliceSource(abc.ABC):
   """Base class: validation of every file at construction, flat indexing, read checks, pickling."""
 
   format_name = 'slices'
@@ -102,14 +103,17 @@ class SliceSource:
     return info
 
   # --- to implement -------------------------------------------------------------------------
+  @abc.abstractmethod
   def inspect(self, path: pathlib.Path) -> VolumeInfo:
-    raise NotImplementedError
+    """Open and validate one file (DataError naming it), or VolumeExcluded by a filter."""
 
+  @abc.abstractmethod
   def read_slice(self, v: int, s: int) -> np.ndarray:
-    raise NotImplementedError
+    """Slice s of volume v, normalised to [0, 1]."""
 
   def read_lr_slice(self, v: int, s: int) -> np.ndarray:
-    raise NotImplementedError(f'{type(self).__name__} has no paired low-resolution images')
+    """The paired LR slice; only sources with `has_lr` (image folders) hold one."""
+    raise DataError(f'{type(self).__name__} has no paired low-resolution images')
 
   def close(self) -> None:
     """Drops open file handles (they reopen on the next read)."""
