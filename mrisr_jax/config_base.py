@@ -275,3 +275,19 @@ def fagan_config(scale: int, path: str, arg: str | None) -> ml_collections.Confi
     c.stages.gan.update(dict(epochs=5))
     quick_logging(c, every=100)
   return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of `FILE[:ARG]` (what --config takes), loaded by path; ConfigError if it cannot be."""
+  import importlib.util
+  import pathlib
+  from mrisr_jax.config_check import ConfigError
+  path, _, arg = str(spec).partition(':')
+  if not pathlib.Path(path).is_file():
+    raise ConfigError(f'{path}: no such config file')
+  module_spec = importlib.util.spec_from_file_location(f'config_{pathlib.Path(path).stem}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path}: has no get_config(arg) function')
+  return module.get_config(arg or None)

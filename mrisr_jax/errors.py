@@ -6,12 +6,15 @@ import sys
 from absl import logging
 
 
+class NonFiniteLossError(RuntimeError):
+  """A loss became NaN/inf: training stops before saving, keeping the last good checkpoint."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
   from mrisr_jax.config_check import ConfigError
   from mrisr_jax.data.errors import DataError
   from mrisr_jax.models.vgg import VGGWeightsError
   from mrisr_jax.registry import UnknownNameError
-  from mrisr_jax.train import NonFiniteLossError
   return (ConfigError, DataError, VGGWeightsError, UnknownNameError, NonFiniteLossError)
 
 

@@ -12,22 +12,14 @@ from typing import Callable
 
 import numpy as np
 
-from mrisr_jax import metrics, sharding
+from mrisr_jax import metrics, sharding, tiling
 from mrisr_jax.data import pipeline
-from mrisr_jax.data.degrade import bicubic_resize, bicubic_upsample, make_lr
+from mrisr_jax.data.degrade import bicubic_resize, make_lr
 
 
 def crop_to_multiple(vol: np.ndarray, multiple: int) -> np.ndarray:
   """Centre-crop the last two axes to multiples of `multiple` (the data layer's crop)."""
   return pipeline.crop_to_multiple(vol, (multiple, multiple))
-
-
-def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
-  """Edge-pad the last two axes at the bottom/right to multiples of `multiple`."""
-  h, w = x.shape[-2:]
-  ph, pw = (-h) % multiple, (-w) % multiple
-  pad = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
-  return np.pad(x, pad, mode='edge') if (ph or pw) else x
 
 
 @dataclasses.dataclass
@@ -67,26 +59,20 @@ class Validator:
       self.volumes.append(_Volume(v['name'], hr, lr, bic, metrics.volume_metrics(hr, bic)))
 
   def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray, bicubic: np.ndarray | None = None) -> np.ndarray:
-    """lr (S, h, w) -> SR (S, h*s, w*s) in [0, 1], batched over slices on the mesh.
+    """lr (S, h, w) -> SR (S, h*fy, w*fx) in [0, 1], batched over slices on the mesh.
 
     Models that take the upsampled LR get `bicubic` (the clipped bicubic of `lr`; computed if not given).
     """
-    s, h, w = lr.shape
-    x = lr
-    out_h, out_w = h * self.scale, w * self.scale
-    if self.upsampled_input:
-      x = np.clip(bicubic_upsample(lr, self.scale), 0.0, 1.0) if bicubic is None else bicubic
-      out_h, out_w = x.shape[-2:]
-    padded = pad_to_multiple(x.astype(np.float32), self.size_multiple)[..., None]
-    out = []
-    for i in range(0, s, self.batch):
-      chunk = padded[i:i + self.batch]
-      n = chunk.shape[0]
-      if n < self.batch:  # keep one compiled shape: repeat the last slice
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
-      batch = sharding.host_replicated_to_global(chunk, sharding.batch_sharding(self.mesh))
-      out.append(np.asarray(predict(g_vars, batch))[:n, :out_h, :out_w, 0])
-    return np.clip(np.concatenate(out), 0.0, 1.0)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+
+    def predict_fn(x):
+      return np.asarray(predict(g_vars, sharding.host_replicated_to_global(x, batch_sharding)))
+
+    factors = None
+    if bicubic is not None:
+      factors = tuple(b // l for b, l in zip(bicubic.shape[-2:], lr.shape[-2:]))
+    return tiling.super_resolve(predict_fn, lr, self.scale, self.size_multiple, self.upsampled_input,
+                                batch=self.batch, factors=factors, bicubic=bicubic, fixed_batch=True)
 
   def sample(self, predict: Callable, g_vars) -> tuple:
     """(LR, bicubic, SR, HR) of the middle slice of the first volume, for image grids."""

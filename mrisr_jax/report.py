@@ -7,6 +7,7 @@
 * :func:`save_png` — write an image array as PNG.
 * :func:`write_report` — ``report.md``, ``report.html`` and ``metrics.json`` for an
   evaluation run.
+* :func:`link_report` — list a report in a training workdir's ``index.html``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ __all__ = [
     "image_grid",
     "save_png",
     "to_uint8",
+    "link_report",
+    "replace_section",
+    "to_jsonable",
     "write_report",
 ]
 
@@ -357,13 +362,13 @@ def _html_table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _to_jsonable(x):
+def to_jsonable(x):
     if isinstance(x, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_to_jsonable(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _to_jsonable(x.tolist())
+        return to_jsonable(x.tolist())
     if isinstance(x, np.bool_):
         return bool(x)
     if isinstance(x, np.integer):
@@ -477,8 +482,8 @@ def write_report(
     # ---- json
     payload = {
         "title": title,
-        "summary": _to_jsonable(summary),
-        "per_volume": _to_jsonable(list(per_volume)),
+        "summary": to_jsonable(summary),
+        "per_volume": to_jsonable(list(per_volume)),
         "images": images,
         "notes": notes,
     }
@@ -486,3 +491,50 @@ def write_report(
     json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
     return {"markdown": str(md_path), "html": str(html_path), "json": str(json_path)}
+
+
+def link_report(workdir, title: str, target) -> str:
+    """List ``target`` (a report page or figure) in ``workdir/index.html``, the run's front page.
+
+    Entries live in ``workdir/reports.json`` as ``{'title', 'href'}`` with ``href`` relative to
+    the workdir; linking the same target again replaces its title. Returns the index path.
+    """
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    href = os.path.relpath(os.path.abspath(target), os.path.abspath(work)).replace(os.sep, "/")
+    listing = work / "reports.json"
+    try:
+        entries = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if isinstance(e, dict) and e.get("href") != href]
+    entries.append({"title": str(title), "href": href})
+    listing.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    esc = html.escape
+    items = "".join(
+        f'<li><a href="{esc(quote(e["href"]), quote=True)}">{esc(e["title"])}</a>'
+        f" <code>{esc(e['href'])}</code></li>"
+        for e in entries
+    )
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(work.name)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{esc(work.name)}</h1><h2>Reports</h2><ul>{items}</ul></body></html>\n"
+    )
+    index = work / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return str(index)
+
+
+def replace_section(path, section: str, heading: str) -> None:
+    """Put ``section`` (which starts and ends with its ``<!-- x:begin -->``/``<!-- x:end -->``
+    markers) into the markdown file ``path``: in place of the marked block, or appended under
+    ``heading`` when the file has none. The benchmark tools write ``docs/benchmarks.md`` so."""
+    begin, end = section.splitlines()[0], section.splitlines()[-1]
+    p = Path(path)
+    text = p.read_text(encoding="utf-8") if p.exists() else ""
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + f"\n\n{heading}\n\n" + section + "\n"
+    p.write_text(text, encoding="utf-8")

@@ -1,14 +1,15 @@
 """Whole-slice super-resolution in batches, optionally in overlapping tiles to bound memory.
 
-Without tiling a slice is run as validation runs it (evaluation.Validator.super_resolve): edge-padded
-at the bottom/right to the model's size multiple, the output cropped back. With tiling, every tile
+Without tiling a slice is edge-padded at the bottom/right to the model's size multiple and the
+output cropped back (training validation, `infer` and `evaluate` all run slices through here). With tiling, every tile
 has one shape (the tile size, legal for the size multiple), so the jitted predict compiles once;
 tiles start every tile - 2 * overlap pixels, the last one flush with the bottom/right edge, and
 each keeps only its interior (an overlap-wide border is dropped except at the image edges). When
 the model's receptive field fits in the overlap, tiled and untiled outputs agree to rounding.
 
 Models that take the bicubic-upsampled LR (SRCNN, DRRN) are tiled in the HR grid: `tile` and
-`overlap` are given in LR pixels and scaled by the scale there.
+`overlap` are given in LR pixels and scaled by each axis's factor there. Those models also serve
+thick-slice (through-plane) data, whose LR grid is coarse along one axis only (factors (s, 1)).
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from typing import Callable
 import numpy as np
 
 from mrisr_jax.data.degrade import bicubic_resize
+from mrisr_jax.data.errors import OneLineError
 
 
-class TilingError(ValueError):
+class TilingError(OneLineError):
   """A tile size that cannot work (too small for the overlap)."""
 
 
@@ -58,12 +60,19 @@ def _kept(start: int, size: int, length: int, overlap: int) -> tuple[int, int]:
 
 
 def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multiple: int,
-                  upsampled_input: bool, tile: int = 0, overlap: int = 16,
-                  batch: int = 8) -> np.ndarray:
-  """lr (S, h, w) float32 in [0, 1] -> SR (S, h*scale, w*scale) in [0, 1].
+                  upsampled_input: bool, tile: int = 0, overlap: int = 16, batch: int = 8, *,
+                  factors: tuple[int, int] | None = None, bicubic: np.ndarray | None = None,
+                  fixed_batch: bool = False, progress: Callable[[int], None] | None = None) -> np.ndarray:
+  """lr (S, h, w) float32 in [0, 1] -> SR (S, h*fy, w*fx) in [0, 1].
 
   predict_fn: x (B, H, W, 1) -> (B, H*f, W*f, 1), f = 1 for upsampled-input models, else scale.
   tile: LR tile side (0: whole slices); overlap: LR pixels of context each tile side drops.
+  factors: (fy, fx) of the LR grid, (scale, scale) by default; an anisotropic (thick-slice) pair
+    such as (scale, 1) needs a model that takes the upsampled input.
+  bicubic: the clipped bicubic of `lr` when the caller has it (upsampled-input models eat it).
+  fixed_batch: always run `batch` tiles per call (validation keeps one compiled, sharded shape);
+    otherwise a stack smaller than `batch` runs as one smaller batch.
+  progress: called with the number of slices finished after each batch.
   """
   lr = np.asarray(lr, np.float32)
   if lr.ndim != 3 or min(lr.shape) < 1:
@@ -71,28 +80,36 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
   if tile < 0 or overlap < 0 or batch < 1:
     raise TilingError(f'tile ({tile}) and overlap ({overlap}) must be >= 0 and batch ({batch}) >= 1')
   n, h, w = lr.shape
+  fy, fx = (scale, scale) if factors is None else (int(factors[0]), int(factors[1]))
   if upsampled_input:   # the model eats (and is tiled in) the HR grid
-    x = np.clip(bicubic_resize(lr, h * scale, w * scale), 0.0, 1.0).astype(np.float32)
-    f, grid = 1, scale
+    x = bicubic if bicubic is not None else np.clip(bicubic_resize(lr, h * fy, w * fx), 0.0, 1.0)
+    x = np.asarray(x, np.float32)
+    if x.shape != (n, h * fy, w * fx):
+      raise TilingError(f'super_resolve: bicubic input {x.shape} is not the LR {lr.shape} times {(fy, fx)}')
+    f, grid = 1, (fy, fx)
   else:
-    x, f, grid = lr, scale, 1
+    if (fy, fx) != (scale, scale):
+      raise TilingError(f'super_resolve: LR factors {(fy, fx)} need a model that takes the upsampled '
+                        f'input; this one upsamples both axes by {scale}')
+    x, f, grid = lr, scale, (1, 1)
   H, W = x.shape[1:]
   m = max(1, int(size_multiple))
-  ov = overlap * grid
+  ovy, ovx = overlap * grid[0], overlap * grid[1]
   if tile > 0 and (h > tile or w > tile):
-    t = max(m, (tile * grid) // m * m)
-    if t <= 2 * ov:
-      raise TilingError(f'tile {tile} (legal size {t // grid} for a size multiple of {m}) must exceed '
-                        f'2 * overlap = {2 * overlap}; use a larger --tile or a smaller --overlap')
-    th, tw = min(t, _round_up(H, m)), min(t, _round_up(W, m))
+    ty, tx = (max(m, (tile * g) // m * m) for g in grid)
+    if ty <= 2 * ovy or tx <= 2 * ovx:
+      raise TilingError(f'tile {tile} (legal size {min(ty // grid[0], tx // grid[1])} for a size multiple '
+                        f'of {m}) must exceed 2 * overlap = {2 * overlap}; use a larger --tile or a '
+                        'smaller --overlap')
+    th, tw = min(ty, _round_up(H, m)), min(tx, _round_up(W, m))
   else:   # whole slices: one tile each
-    th, tw, ov = _round_up(H, m), _round_up(W, m), 0
+    th, tw, ovy, ovx = _round_up(H, m), _round_up(W, m), 0, 0
   # edge-pad the bottom/right so a tile never runs past the image (as validation pads)
   x = np.pad(x, [(0, 0), (0, max(0, th - H)), (0, max(0, tw - W))], mode='edge')
-  ys, xs = _starts(H, th, th - 2 * ov), _starts(W, tw, tw - 2 * ov)
+  ys, xs = _starts(H, th, th - 2 * ovy), _starts(W, tw, tw - 2 * ovx)
   jobs = [(k, y, xx) for k in range(n) for y in ys for xx in xs]
   out = np.zeros((n, H * f, W * f), np.float32)
-  bsz = min(batch, len(jobs))   # one batch shape per call: the last batch is filled by repeats
+  bsz = batch if fixed_batch else min(batch, len(jobs))   # the last batch is filled by repeats
   for i in range(0, len(jobs), bsz):
     chunk = jobs[i:i + bsz]
     tiles = np.stack([x[k, y:y + th, xx:xx + tw] for k, y, xx in chunk])
@@ -100,7 +117,9 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
       tiles = np.concatenate([tiles, np.repeat(tiles[-1:], bsz - len(chunk), axis=0)])
     sr = np.asarray(predict_fn(tiles[..., None]))[:len(chunk), ..., 0]
     for (k, y, xx), o in zip(chunk, sr):
-      y0, y1 = _kept(y, th, H, ov)
-      x0, x1 = _kept(xx, tw, W, ov)
+      y0, y1 = _kept(y, th, H, ovy)
+      x0, x1 = _kept(xx, tw, W, ovx)
       out[k, y0 * f:y1 * f, x0 * f:x1 * f] = o[(y0 - y) * f:(y1 - y) * f, (x0 - xx) * f:(x1 - xx) * f]
+    if progress is not None:
+      progress(jobs[i + bsz][0] if i + bsz < len(jobs) else n)   # slices whose tiles are all done
   return np.clip(out, 0.0, 1.0)

@@ -17,11 +17,8 @@ from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like
 from mrisr_jax.data import pipeline
 from mrisr_jax.data.sample import resolve_data_root
 from mrisr_jax.evaluation import Validator, log_line
+from mrisr_jax.errors import NonFiniteLossError  # noqa: F401  (also raised as train.NonFiniteLossError)
 from mrisr_jax.recipe import Stage
-
-
-class NonFiniteLossError(RuntimeError):
-  pass
 
 
 def _format_eta(seconds: float) -> str:
@@ -44,6 +41,16 @@ def _flat_config(config) -> dict:
 
   walk('', config)
   return out
+
+
+def _plot_curves(workdir: pathlib.Path) -> str | None:
+  """report/curves.png from the run's event files; a plotting failure never fails the run."""
+  from mrisr_jax import run_curves
+  try:
+    return run_curves.plot_run(workdir)
+  except (run_curves.RunCurvesError, OSError, ImportError) as e:
+    logging.warning('training curves not plotted: %s', e)
+    return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -218,16 +225,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_eval = evaluate(make_predict(recipe.stage_generator(config, plan[-1])))
   if step >= total_steps and is_chief:
     grid_rel = write_grid(last_eval['sample'], step)
+    writer.flush()
+    curves = _plot_curves(workdir)
     paths = report.write_report(
         workdir / 'report', title=f'{config.name}: validation at step {step}',
         summary=last_eval['summary'], per_volume=last_eval['per_volume'],
-        images=[str(pathlib.Path('..') / grid_rel)],
+        images=[str(pathlib.Path('..') / grid_rel)] + ([pathlib.Path(curves).name] if curves else []),
         notes=[f'data: {"embedded sample (MNI ICBM152 2009a T1)" if is_sample else root}',
                f'best validation PSNR during the run: {best_psnr:.3f} dB',
                f'stages: {", ".join(s.name for s in plan)}; {total_steps} steps, global batch {config.batch_size}'] +
               (['perceptual loss used RANDOM VGG features (quick config)'] if vgg is not None
                and config.loss.allow_random_vgg and not config.loss.vgg_weights else []))
-    logging.info('report written to %s', paths.get('html', workdir / 'report'))
+    report.link_report(workdir, 'validation report', paths['html'])
+    if curves:
+      report.link_report(workdir, 'training curves', curves)
+    logging.info('report written to %s (linked from %s)', paths['html'], workdir / 'index.html')
   writer.flush()
   writer.close()
   ckpt.close()

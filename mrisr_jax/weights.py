@@ -13,12 +13,11 @@ import pathlib
 
 import numpy as np
 
+from mrisr_jax.data.errors import OneLineError
 
-class WeightsError(ValueError):
+
+class WeightsError(OneLineError):
   """One line naming the weights file or workdir at fault."""
-
-  def __init__(self, message: str):
-    super().__init__(' '.join(str(message).split()))
 
 
 def like_variables(config, model=None) -> dict:

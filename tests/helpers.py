@@ -28,9 +28,12 @@ def tiny_config():
   return c
 
 
-def run_main(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_main(*args: str, env: dict | None = None, timeout: int = 600, module: str = 'mrisr_jax.main',
+             ) -> subprocess.CompletedProcess:
+  """`python -m module args` from the repository root (a .py path runs as a script)."""
   full_env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', **(env or {})}
-  return subprocess.run([sys.executable, '-m', 'mrisr_jax.main', *args], cwd=REPO, env=full_env,
+  command = [module] if module.endswith('.py') else ['-m', module]
+  return subprocess.run([sys.executable, *command, *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
 
 

@@ -2,6 +2,7 @@
 import json
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -24,6 +25,30 @@ def test_readme_main_job_writes_checkpoint_events_images_and_report(tmp_path):
   metrics = json.loads((workdir / 'report' / 'metrics.json').read_text())
   assert metrics['summary']['model']['psnr'] > metrics['summary']['bicubic']['psnr'], metrics['summary']
   assert 'bicubic' in (workdir / 'report' / 'report.md').read_text()
+  # the run's front page links its report and the training curves plotted from its event files
+  assert (workdir / 'report' / 'curves.png').stat().st_size > 0
+  index = (workdir / 'index.html').read_text()
+  assert 'href="report/report.html"' in index and 'href="report/curves.png"' in index
+  assert 'curves.png' in (workdir / 'report' / 'report.md').read_text()
+
+  # the README's other uses, with its commands: super-resolve a scan, evaluate against bicubic
+  scan = run_main('--out', str(tmp_path / 'scan_lr.nii.gz'), '--scale', '4', module='tools/sample_scan.py')
+  assert scan.returncode == 0, scan.stderr[-2000:]
+  sr = run_main('--config', 'configs/casrgan_x4.py:quick', '--weights', str(workdir), '--input',
+                str(tmp_path / 'scan_lr.nii.gz'), '--output', str(tmp_path / 'scan_sr.nii.gz'), module='mrisr_jax.infer')
+  assert sr.returncode == 0, sr.stderr[-2000:]
+  out = nib.load(tmp_path / 'scan_sr.nii.gz')
+  assert out.shape == (192, 168, 8) and np.allclose(out.header.get_zooms(), (1, 1, 2))
+  ev = run_main('--config', 'configs/casrgan_x4.py:quick', '--weights', str(workdir), '--input',
+                'mrisr_jax/sample_data/val', '--report', str(workdir / 'eval'), '--json', str(tmp_path / 'eval.json'),
+                module='mrisr_jax.evaluate')
+  assert ev.returncode == 0, ev.stderr[-2000:]
+  scores = json.loads((tmp_path / 'eval.json').read_text())
+  # all 8 slices of the validation volume (validation scored 4 of them): the model still wins
+  assert scores['mean']['model']['psnr'] > scores['mean']['bicubic']['psnr'], scores['mean']
+  assert scores['volumes'][0]['slices'] == 8
+  assert 'mean (1)' in ev.stdout
+  assert 'href="eval/report.html"' in (workdir / 'index.html').read_text()
 
   again = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir))
   assert again.returncode == 0, again.stderr[-4000:]

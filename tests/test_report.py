@@ -210,3 +210,27 @@ def test_write_report_minimal(tmp_path):
     md = Path(paths["markdown"]).read_text()
     assert "20.00" in md and "—" in md
     assert json.loads(Path(paths["json"]).read_text())["per_volume"] == []
+
+
+def test_replace_section_replaces_only_its_block_or_appends(tmp_path):
+    from mrisr_jax.report import replace_section
+
+    page = tmp_path / "bench.md"
+    page.write_text("# B\n\n<!-- a:begin -->\nold a\n<!-- a:end -->\n\n<!-- b:begin -->\nold b\n<!-- b:end -->\n")
+    replace_section(page, "<!-- a:begin -->\nnew a\n<!-- a:end -->", "## A")
+    text = page.read_text()
+    assert "new a" in text and "old a" not in text and "old b" in text and "## A" not in text
+    replace_section(page, "<!-- c:begin -->\nc\n<!-- c:end -->", "## C")
+    assert page.read_text().endswith("## C\n\n<!-- c:begin -->\nc\n<!-- c:end -->\n")
+
+
+def test_link_report_lists_each_target_once(tmp_path):
+    from mrisr_jax.report import link_report
+
+    (tmp_path / "run" / "eval").mkdir(parents=True)
+    link_report(tmp_path / "run", "first", tmp_path / "run" / "eval" / "report.html")
+    index = link_report(tmp_path / "run", "again", tmp_path / "run" / "eval" / "report.html")
+    link_report(tmp_path / "run", "curves", tmp_path / "run" / "report" / "curves.png")
+    text = Path(index).read_text()
+    assert text.count('href="eval/report.html"') == 1 and ">again<" in text and ">first<" not in text
+    assert 'href="report/curves.png"' in text

@@ -17,7 +17,6 @@ import argparse
 import os
 import pathlib
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from mrisr_jax import report  # pylint: disable=g-import-not-at-top
 from mrisr_jax.data import fastmri, pipeline  # pylint: disable=g-import-not-at-top
 
 BEGIN, END = '<!-- data:begin -->', '<!-- data:end -->'
@@ -159,13 +159,7 @@ def main():
       END])
   print(section)
   if a.write:
-    path = pathlib.Path(a.write)
-    text = path.read_text() if path.exists() else ''
-    if BEGIN in text:
-      text = re.sub(re.escape(BEGIN) + '.*?' + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-      text = text.rstrip() + '\n\n## Data pipeline: HR patches per second\n\n' + section + '\n'
-    path.write_text(text)
+    report.replace_section(a.write, section, '## Data pipeline: HR patches per second')
 
 
 if __name__ == '__main__':

@@ -10,28 +10,20 @@ baseline), and reports the ratios.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import pathlib
 import platform
-import re
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrisr_jax import recipe, registry
+from mrisr_jax import config_base, recipe, registry, report
 from mrisr_jax.data.pipeline import patch_shape
 
 BEGIN, END = '<!-- train-step:begin -->', '<!-- train-step:end -->'
 
 
-def load_config(spec: str):
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+load_config = config_base.load_config
 
 
 def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | None) -> dict:
@@ -108,13 +100,7 @@ def main():
       END])
   print(section)
   if a.write:
-    path = pathlib.Path(a.write)
-    text = path.read_text() if path.exists() else ''
-    if BEGIN in text:
-      text = re.sub(re.escape(BEGIN) + '.*?' + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-      text = text.rstrip() + '\n\n## Train step: compile and step time\n\n' + section + '\n'
-    path.write_text(text)
+    report.replace_section(a.write, section, '## Train step: compile and step time')
 
 
 if __name__ == '__main__':

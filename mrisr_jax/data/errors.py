@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 
-class DataError(ValueError):
-  """One line: '<path>: <problem>' naming the file, key or value at fault."""
+class OneLineError(ValueError):
+  """A user-facing error: one line naming the file, key, option or value at fault."""
 
   def __init__(self, message: str):
-    # Exceptions from h5py/numpy can carry newlines; keep ours to one line.
+    # Exceptions from h5py/numpy/nibabel can carry newlines; keep ours to one line.
     super().__init__(' '.join(str(message).split()))
+
+
+class DataError(OneLineError):
+  """One line: '<path>: <problem>' naming the file, key or value at fault."""
 
 
 def one_line(err: BaseException) -> str:

@@ -354,11 +354,16 @@ def load_validation_volumes(data_cfg, scale: int | None = None, seed: int = 0) -
     elif source.has_lr:
       entry['hr'], entry['lr'] = hr, source.read_lr_volume(v, slices)
     else:
-      factors = degrade.lr_factors(degradation, scale)
-      hr = crop_to_multiple(hr, factors)
-      entry['hr'] = hr
-      entry['lr'] = np.stack([degrade.make_lr(hr[k], scale, degradation,
-                                              rng=slice_rng(seed, vol.name, s))
-                              for k, s in enumerate(slices)])
+      entry['hr'], entry['lr'] = degrade_volume(hr, vol.name, slices, scale, degradation, seed)
     out.append(entry)
   return out
+
+
+def degrade_volume(hr: np.ndarray, name: str, slices, scale: int, degradation: tuple,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(HR centre-cropped to multiples of the degradation's factors, its LR): each slice degraded with
+  the generator fixed per (seed, volume name, slice index), as validation does."""
+  hr = crop_to_multiple(np.asarray(hr, np.float32), degrade.lr_factors(degradation, scale))
+  lr = np.stack([degrade.make_lr(hr[k], scale, degradation, rng=slice_rng(seed, name, s))
+                 for k, s in enumerate(slices)])
+  return hr, lr

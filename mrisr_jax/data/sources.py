@@ -25,6 +25,7 @@ from absl import logging
 
 from mrisr_jax.data import sample
 from mrisr_jax.data.errors import DataError
+from mrisr_jax.data.images import SUFFIXES as IMAGE_SUFFIXES
 from mrisr_jax.data.source import SliceSource
 
 FORMATS = ('auto', 'fastmri', 'nifti', 'images')
@@ -68,6 +69,18 @@ def volume_name(path: pathlib.Path) -> str:
     if name.lower().endswith(suffix):
       return name[:-len(suffix)]
   return path.stem
+
+
+def file_format(path) -> str | None:
+  """'fastmri' | 'nifti' | 'npy' | 'image' from a single file's suffix, or None."""
+  name = pathlib.Path(path).name.lower()
+  if name.endswith(('.nii', '.nii.gz')):
+    return 'nifti'
+  if name.endswith(('.h5', '.hdf5')):
+    return 'fastmri'
+  if name.endswith('.npy'):
+    return 'npy'
+  return 'image' if name.endswith(IMAGE_SUFFIXES) else None   # what ImageFolderSource reads
 
 
 def detect_format(directory: pathlib.Path) -> str:
@@ -141,7 +154,7 @@ def _stamp(files) -> tuple:
   return tuple(out)
 
 
-def _build(fmt: str, directory: pathlib.Path, files, data_cfg, scale: int | None,
+def build_source(fmt: str, directory: pathlib.Path, files, data_cfg, scale: int | None,
            min_shape) -> SliceSource:
   common = dict(skip_bad_files=bool(cfg(data_cfg, 'skip_bad_files', False)), min_shape=min_shape)
   if fmt == 'fastmri':
@@ -183,7 +196,7 @@ def make_source(data_cfg, split: str, scale: int | None = None,
   with _CACHE_LOCK:
     source = _CACHE.get(key)
   if source is None:
-    source = _build(fmt, directory, files, data_cfg, scale, min_shape)
+    source = build_source(fmt, directory, files, data_cfg, scale, min_shape)
     with _CACHE_LOCK:
       _CACHE[key] = source
   if sample.resolve_data_root(cfg(data_cfg, 'root', ''))[1]:
