@@ -172,12 +172,9 @@ class Method:
 
   def super_resolve(self, lr: np.ndarray, bicubic: np.ndarray, factors) -> np.ndarray:
     from mrisr_jax import tiling
-    from mrisr_jax.infer import auto_batch
-    h, w = lr.shape[1:] if self.tile <= 0 else (min(self.tile, lr.shape[1]), min(self.tile, lr.shape[2]))
     return tiling.super_resolve(self.predict, lr, self.config.model.scale, self.model.size_multiple,
                                 bool(getattr(self.model, 'upsampled_input', False)), tile=self.tile,
-                                overlap=self.overlap, batch=auto_batch(h * w * factors[0] * factors[1], self.batch),
-                                factors=factors, bicubic=bicubic)
+                                overlap=self.overlap, batch=self.batch, factors=factors, bicubic=bicubic)
 
 
 def _baseline(spec: str, config, index: int, tile, overlap, batch) -> Method:
@@ -262,7 +259,7 @@ def _check_outputs(inputs, json_path, report_dir, overwrite: bool) -> None:
   if report_dir is not None:
     if report_dir.exists() and not report_dir.is_dir():
       raise EvaluateError(f'{report_dir}: exists and is not a directory')
-    if any(report_dir.resolve() in p.parents or p.parent == report_dir.resolve() for p in resolved):
+    if any(report_dir.resolve() in p.parents for p in resolved):
       raise EvaluateError(f'{report_dir}: holds input files; choose another --report folder')
     if report_dir.is_dir() and any(report_dir.iterdir()) and not overwrite:
       raise EvaluateError(f'{report_dir}: is not empty; pass --overwrite to replace its report')

@@ -43,7 +43,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('tile', 0, 'LR tile side for slices larger than this (0: whole slices).')
   flags.DEFINE_integer('overlap', 16, 'LR pixels of context each tile side discards.')
   flags.DEFINE_integer('batch', 0, 'Tiles (or slices) per forward pass; 0: as many as keep one pass '
-                       f'under {AUTO_BATCH_PIXELS >> 20} M output pixels (at most 8), which bounds memory.')
+                       '(mrisr_jax.tiling.AUTO_BATCH_PIXELS) output pixels, at most 8, which bounds memory.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing output file (never the input).')
   flags.DEFINE_integer('slice_axis', None, 'NIfTI: the stored axis the model steps along (in-plane '
                        'default 2; through-plane default the last axis that is not --thick_axis).')
@@ -53,7 +53,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config', 'weights', 'input', 'output'])
 
 
-AUTO_BATCH_PIXELS = 1 << 20   # SRCNN x2 at 1024x1024: ~0.7 GB of activations per plane on CPU
 # input kind -> output kinds it can be written as
 OUTPUTS = {'npy': ('npy', 'png'), 'png': ('png', 'npy'), 'nii': ('nii',), 'h5': ('npy', 'h5')}
 
@@ -153,11 +152,6 @@ def _write(path: pathlib.Path, kind: str, sr, info: dict, record: dict) -> None:
 # ---------------------------------------------------------------------------------------- driver
 
 
-def auto_batch(out_plane_pixels: int, batch: int) -> int:
-  """`batch` if set, else the planes (or tiles) per pass that keep it under AUTO_BATCH_PIXELS."""
-  return batch if batch > 0 else max(1, min(8, AUTO_BATCH_PIXELS // max(1, out_plane_pixels)))
-
-
 def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, batch: int = 0,
           overwrite: bool = False, slice_axis: int | None = None, thick_axis: int | None = None,
           progress: bool = False) -> dict:
@@ -187,11 +181,9 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
   predict = tiling.make_predict_fn(model, variables)
 
   def sr_stack(lr, bar=None):
-    h, w = lr.shape[1:] if tile <= 0 else (min(tile, lr.shape[1]), min(tile, lr.shape[2]))
     return tiling.super_resolve(predict, lr, scale, model.size_multiple,
                                 bool(getattr(model, 'upsampled_input', False)), tile=tile,
-                                overlap=overlap, batch=auto_batch(h * w * factors[0] * factors[1], batch),
-                                factors=factors, progress=bar)
+                                overlap=overlap, batch=batch, factors=factors, progress=bar)
 
   record = {'model': config.model.name, 'scale': scale, 'factors': tuple(factors),
             'weights': str(weights), 'input': str(src), 'output': str(dst), 'tile': tile,

@@ -21,6 +21,12 @@ from mrisr_jax.data.degrade import bicubic_resize
 from mrisr_jax.data.errors import OneLineError
 
 
+# batch=0: as many tiles per forward pass as keep it under this many output pixels (at most 8).
+# SRCNN x2 at 1024x1024 holds ~0.7 GB of activations per plane on CPU: activations, not the
+# volume, set the memory of whole-volume inference (tools/benchmark_infer.py).
+AUTO_BATCH_PIXELS = 1 << 20
+
+
 class TilingError(OneLineError):
   """A tile size that cannot work (too small for the overlap)."""
 
@@ -67,6 +73,7 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
 
   predict_fn: x (B, H, W, 1) -> (B, H*f, W*f, 1), f = 1 for upsampled-input models, else scale.
   tile: LR tile side (0: whole slices); overlap: LR pixels of context each tile side drops.
+  batch: tiles per forward pass; 0 picks it by size (AUTO_BATCH_PIXELS).
   factors: (fy, fx) of the LR grid, (scale, scale) by default; an anisotropic (thick-slice) pair
     such as (scale, 1) needs a model that takes the upsampled input.
   bicubic: the clipped bicubic of `lr` when the caller has it (upsampled-input models eat it).
@@ -77,8 +84,8 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
   lr = np.asarray(lr, np.float32)
   if lr.ndim != 3 or min(lr.shape) < 1:
     raise TilingError(f'super_resolve: expected a non-empty (S, h, w) stack, got shape {lr.shape}')
-  if tile < 0 or overlap < 0 or batch < 1:
-    raise TilingError(f'tile ({tile}) and overlap ({overlap}) must be >= 0 and batch ({batch}) >= 1')
+  if tile < 0 or overlap < 0 or batch < 0:
+    raise TilingError(f'tile ({tile}), overlap ({overlap}) and batch ({batch}) must be >= 0')
   n, h, w = lr.shape
   fy, fx = (scale, scale) if factors is None else (int(factors[0]), int(factors[1]))
   if upsampled_input:   # the model eats (and is tiled in) the HR grid
@@ -109,6 +116,8 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
   ys, xs = _starts(H, th, th - 2 * ovy), _starts(W, tw, tw - 2 * ovx)
   jobs = [(k, y, xx) for k in range(n) for y in ys for xx in xs]
   out = np.zeros((n, H * f, W * f), np.float32)
+  if batch == 0:
+    batch = max(1, min(8, AUTO_BATCH_PIXELS // (th * tw * f * f)))
   bsz = batch if fixed_batch else min(batch, len(jobs))   # the last batch is filled by repeats
   for i in range(0, len(jobs), bsz):
     chunk = jobs[i:i + bsz]
