@@ -32,6 +32,9 @@ def stage(**kw) -> ml_collections.ConfigDict:
       schedule_epochs=30,
       schedule_factor=0.5,
       schedule_factor_d=-1.0,  # D's factor; -1 = schedule_factor
+      # > 0: lr ramps linearly over this many epochs (float ok) from lr / warm-up steps to lr, then the
+      # schedule above continues (counted from the stage start); G and D alike. 0 = none.
+      warmup_epochs=0.0,
       # DeepNorm residual weight for this stage (CASR); -1 = the model's default ((2N)^(1/4)).
       deepnorm_alpha=-1.0,
       dropout=0.0,  # dropout in the transformer blocks (CASR)
@@ -97,17 +100,33 @@ def base_config(name: str, model: dict, scale: int) -> ml_collections.ConfigDict
   # > 0: keep an exponential moving average of the generator (BasicSR's net_g_ema, e.g. 0.999);
   # validation, images and `export --what ema` then use it. 0 = off.
   c.ema_decay = 0.0
+  # > 1: each step runs the global batch as this many micro-batches (rows j, j+k, ...) and sums their
+  # gradients before one update: batch_size / k crops in memory at a time. Must divide batch_size; keep
+  # the per-device batch a multiple of it so no rows move between devices.
+  c.grad_accum_steps = 1
+  # Learning rates for another global batch: lr_g/lr_d are the rates at base_batch_size, times
+  # batch_size / base_batch_size ('linear') or its square root ('sqrt'); 'none' = as written.
+  c.lr_scaling = 'none'
+  c.base_batch_size = 16  # the seed's batch
   c.lr_multipliers = ml_collections.ConfigDict()  # top-level generator param name -> lr factor
   c.stages = ml_collections.ConfigDict()
   c.stage_order = ()
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1 = every device
+  # Device mesh: batch over data x fsdp, kernels (and their Adam states) over fsdp; -1 = the remaining
+  # devices. e.g. --config.mesh.fsdp=8 shards the kernels over each host's 8 GPUs (docs/scaling.md).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # ((regex on the '/'-joined parameter path, 'fsdp_last' | 'fsdp_largest' | 'replicated'), ...) tried
+  # before sharding.DEFAULT_RULES (kernels' output channels over fsdp, the rest replicated).
+  c.sharding_rules = ()
 
   c.log_every_steps = 50
   c.image_every_steps = 500
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.stop_after_steps = 0  # > 0: save and exit at this global step (time-boxed jobs); rerun to resume
+  # a step with non-finite gradients is skipped inside the jitted step; this many in a row stop the run
+  c.max_consecutive_skipped_steps = 10
+  c.profile_steps = ''  # 'A:B': JAX profiler trace of steps A+1..B on process 0, in WORKDIR/profile
   c.keep_checkpoints = 3  # latest N, plus the best by validation PSNR
   c.eval_batch_size = 8  # slices per validation step (global)
   return c

@@ -10,6 +10,7 @@ from mrisr_jax.data.errors import DataError
 STAGE_KINDS = ('generator', 'gan')
 SCHEDULES = ('constant', 'linear', 'step')
 LOSS_WEIGHTS = ('pixel_weight', 'perceptual_weight', 'style_weight', 'adversarial_weight')
+LR_SCALINGS = ('none', 'linear', 'sqrt')
 
 
 class ConfigError(ValueError):
@@ -28,6 +29,10 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
            f'config.model.scale={m.scale!r} is not supported by {m.name} ({cls.__name__}); use one of '
            f'{cls.supported_scales}')
   registry.compute_dtype(m.dtype)
+  # float16 needs loss scaling (its range underflows small gradients), which is not implemented
+  for key, dtype in (('config.model.dtype', m.dtype),
+                     ('config.discriminator.dtype', config.discriminator.get('dtype'))):
+    _require(dtype != 'float16', f'{key}={dtype!r} is not supported (no loss scaling); use bfloat16 or float32')
   g = registry.build_generator(m)  # names any config field the module lacks
   try:
     ph, pw = pipeline.patch_shape(config.data)
@@ -71,6 +76,7 @@ def _check_stage(config: ml_collections.ConfigDict, name: str) -> None:
            f'{key}.pixel_loss={s.pixel_loss!r}; known: {", ".join(losses.PIXEL_LOSSES)}')
   _require(s.epochs >= 0, f'{key}.epochs={s.epochs} must be >= 0')
   _require(s.schedule_epochs > 0, f'{key}.schedule_epochs={s.schedule_epochs} must be > 0')
+  _require(s.get('warmup_epochs', 0.0) >= 0, f'{key}.warmup_epochs={s.get("warmup_epochs")} must be >= 0')
   for w in LOSS_WEIGHTS:
     _require(s[w] >= 0, f'{key}.{w}={s[w]} must be >= 0')
   _require(any(s[w] > 0 for w in LOSS_WEIGHTS), f'{key}: every loss weight is 0 ({", ".join(LOSS_WEIGHTS)})')
@@ -85,6 +91,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_data(config)
   _require(config.batch_size > 0, f'config.batch_size={config.batch_size} must be positive')
   _require(0 <= config.ema_decay < 1, f'config.ema_decay={config.ema_decay} must be in [0, 1) (0 = no EMA)')
+  k = config.get('grad_accum_steps', 1)
+  _require(isinstance(k, int) and k >= 1, f'config.grad_accum_steps={k!r} must be an integer >= 1')
+  _require(config.batch_size % k == 0, f'config.grad_accum_steps={k} does not divide config.batch_size='
+           f'{config.batch_size} (each step splits the batch into {k} equal micro-batches)')
+  rule = config.get('lr_scaling', 'none')
+  _require(rule in LR_SCALINGS, f'config.lr_scaling={rule!r}; known: {", ".join(LR_SCALINGS)}')
+  base = config.get('base_batch_size', 16)
+  _require(isinstance(base, int) and base > 0, f'config.base_batch_size={base!r} must be a positive integer')
   _require(len(config.stage_order) > 0, 'config.stage_order is empty')
   for name in config.stage_order:
     _require(name in config.stages, f'config.stage_order names {name!r}, which is not in config.stages '

@@ -54,7 +54,7 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
     raise TorchImportError(f'{what} {name!r} has no PyTorch layout yet; importable: '
                        f'{", ".join(sorted(convert.SUPPORTED))}')
   g, d = registry.build_generator(config.model), registry.build_discriminator(config)
-  spe = max(1, pipeline.num_train_slices(config.data, config.model.scale) // config.batch_size)
+  spe = recipe.steps_per_epoch(pipeline.num_train_slices(config.data, config.model.scale), config.batch_size)
   plan = recipe.stage_plan(config, spe)
   stage = stage or plan[0].name
   target = next((s for s in plan if s.name == stage), None)
@@ -82,7 +82,7 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)
   try:
     ckpt.save(target.start, state, {'stage': target.name, 'step': target.start,
-                                    'imported_from': str(checkpoint.absolute()), 'what': what}, None)
+                                    'imported_from': str(checkpoint.absolute()), 'what': what})
   finally:
     ckpt.close()
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))

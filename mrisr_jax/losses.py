@@ -75,10 +75,13 @@ def style(sr_feats: Sequence[jax.Array], hr_feats: Sequence[jax.Array], weights:
 # --- GAN losses on logits: r = D's logits on real (HR), f = on fake (SR) ---
 
 class GanLoss(NamedTuple):
-  """g(r, f) and d(r, f) give scalars; g ignores r (callers may pass None) unless g_needs_real."""
+  """g(r, f) and d(r, f) give scalars; g ignores r (callers may pass None) unless g_needs_real.
+  g_sums_batch: g is a sum over the batch, not a mean (gradient accumulation scales it by the number
+  of micro-batches so that it stays the whole batch's sum)."""
   g: Callable[[jax.Array | None, jax.Array], jax.Array]
   d: Callable[[jax.Array, jax.Array], jax.Array]
   g_needs_real: bool
+  g_sums_batch: bool = False
 
 
 def _bce_d(r, f):
@@ -143,7 +146,7 @@ def _ragan_g(r, f):
 
 
 GAN_LOSSES: dict[str, GanLoss] = {
-    'bce_sum': GanLoss(_bce_sum_g, _bce_d, g_needs_real=False),
+    'bce_sum': GanLoss(_bce_sum_g, _bce_d, g_needs_real=False, g_sums_batch=True),
     'nonsaturating': GanLoss(_nonsaturating_g, _bce_d, g_needs_real=False),
     'minimax': GanLoss(_minimax_g, _bce_d, g_needs_real=False),
     'lsgan': GanLoss(_lsgan_g, _lsgan_d, g_needs_real=False),

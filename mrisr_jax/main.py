@@ -21,19 +21,48 @@ _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
+_COORDINATOR_PORT = flags.DEFINE_integer('coordinator_port', None,
+                                         'SLURM: port of the coordinator on the first node (default: '
+                                         '$JAX_COORDINATOR_PORT, else 12345 + SLURM_JOB_ID % 1000).')
+_PREEMPTION_EXIT_CODE = flags.DEFINE_integer(
+    'preemption_exit_code', 0, 'Exit status after a SIGTERM/SIGINT made the run save and stop (e.g. 75 '
+    'for launch/slurm_gpu.sbatch, which requeues the job on it); 0 = a clean exit.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def distributed_kwargs(mode: str, env, coordinator_address=None, num_processes=None, process_id=None,
+                       port=None) -> dict | None:
+  """The jax.distributed.initialize arguments, or None to run single-process.
+
+  SLURM: computed by mrisr_jax.cluster (jax's own detection would give each process 1 GPU); TPU
+  pods: {} (jax reads the TPU metadata). Explicit flags win over the environment.
+  """
+  from mrisr_jax import cluster
+  if mode == 'off':
+    return None
+  detected = cluster.detect(env, port=port)
+  if mode == 'auto' and not coordinator_address and detected is None:
+    return None
+  kwargs = detected.kwargs() if detected else {}
+  explicit = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+  kwargs.update({k: v for k, v in explicit.items() if v is not None})
+  return kwargs
 
 
 def _init_distributed() -> None:
   import jax
-  mode = _DISTRIBUTED.value
-  cluster = any(k in os.environ for k in ('SLURM_NTASKS', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS'))
-  if mode == 'off' or (mode == 'auto' and not _COORDINATOR.value and not cluster):
+  from mrisr_jax import cluster, errors
+  try:
+    kwargs = distributed_kwargs(_DISTRIBUTED.value, os.environ, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                _PROCESS_ID.value, _COORDINATOR_PORT.value)
+  except cluster.ClusterError as e:
+    errors.exit_with(e)
+  if kwargs is None:
     return
+  logging.info('jax.distributed.initialize(%s)', ', '.join(f'{k}={v!r}' for k, v in kwargs.items()))
   # CPU devices need gloo for cross-process collectives; the option does not touch GPU/TPU clients.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                             process_id=_PROCESS_ID.value)
+  jax.distributed.initialize(**kwargs)
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -58,10 +87,14 @@ def main(argv):
     config.get('name')  # the file loads lazily: a missing or broken config file fails here
   except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
     _config_error(str(e))
+  from mrisr_jax.preemption import Preempted
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except errors.USER_ERRORS as e:
     errors.exit_with(e)
+  except Preempted:  # saved and logged; the scheduler may requeue on this status
+    logging.flush()
+    sys.exit(_PREEMPTION_EXIT_CODE.value)
 
 
 def _parse_flags(argv):

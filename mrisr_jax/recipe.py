@@ -28,24 +28,42 @@ class Stage:
   cfg: Any
   start: int  # global step at which the stage begins
   end: int  # global step at which it ends (exclusive)
+  lr_scale: float = 1.0  # config.lr_scaling's factor on lr_g and lr_d (see `lr_scale`)
+
+
+def steps_per_epoch(num_slices: int, batch_size: int) -> int:
+  """Optimizer steps in one epoch (one random crop of every training slice); the last partial batch
+  is dropped, and there is at least one step."""
+  return max(1, int(num_slices) // int(batch_size))
+
+
+def lr_scale(config: ml_collections.ConfigDict) -> float:
+  """The learning-rate factor for the global batch: (batch_size / base_batch_size) ('linear'), its square
+  root ('sqrt'), or 1 ('none'); the stages' lr_g / lr_d are the rates at base_batch_size."""
+  rule = config.get('lr_scaling', 'none')
+  ratio = config.batch_size / config.get('base_batch_size', 16)
+  return {'none': 1.0, 'linear': ratio, 'sqrt': ratio ** 0.5}[rule]
 
 
 def stage_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> list[Stage]:
-  plan, start = [], 0
+  plan, start, scale = [], 0, lr_scale(config)
   for name in config.stage_order:
     cfg = config.stages[name]
     end = start + int(cfg.epochs) * steps_per_epoch
-    plan.append(Stage(name, cfg, start, end))
+    plan.append(Stage(name, cfg, start, end, scale))
     start = end
   return plan
 
 
 def stage_schedules(stage: Stage, steps_per_epoch: int) -> dict:
-  """The G and D learning-rate schedules of a stage, counted from the stage start."""
+  """The G and D learning-rate schedules of a stage, counted from the stage start: the stage's lr_g / lr_d
+  times the batch-size factor, after its warm-up (stage field warmup_epochs)."""
   s = stage.cfg
   factor_d = s.schedule_factor if s.schedule_factor_d < 0 else s.schedule_factor_d
-  return {'g': make_schedule(s.schedule, s.lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor),
-          'd': make_schedule(s.schedule, s.lr_d, steps_per_epoch, s.schedule_epochs, factor_d)}
+  warmup = float(s.get('warmup_epochs', 0.0))
+  lr_g, lr_d = s.lr_g * stage.lr_scale, s.lr_d * stage.lr_scale  # x * 1.0 == x: unscaled runs unchanged
+  return {'g': make_schedule(s.schedule, lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor, warmup),
+          'd': make_schedule(s.schedule, lr_d, steps_per_epoch, s.schedule_epochs, factor_d, warmup)}
 
 
 def _scale_by_name(multipliers: dict) -> optax.GradientTransformation:
@@ -101,14 +119,16 @@ def needs_vgg(config: ml_collections.ConfigDict, stages: list[Stage]) -> bool:
   return any(loss_spec(config, s).uses_vgg for s in stages)
 
 
-def load_perceptual(loss_cfg) -> tuple[Callable, Any]:
-  """The frozen VGG feature function vgg(params, rgb) -> tapped features, and its params
-  (ImageNet weights, or random for quick runs)."""
+def load_perceptual(loss_cfg, dtype: str = 'float32') -> tuple[Callable, Any]:
+  """The frozen VGG feature function vgg(params, rgb) -> tapped features (float32), and its params
+  (ImageNet weights, or random for quick runs). dtype: the compute dtype's name (config.model.dtype);
+  the params stay float32."""
   taps, _, _ = _taps(loss_cfg)
   last = max(taps)
   arch = loss_cfg.vgg_arch
   model = vgg_lib.VGGFeatures(arch=arch, last_layer=last, taps=tuple(taps),
-                              normalize_input=bool(loss_cfg.vgg_imagenet_norm))
+                              normalize_input=bool(loss_cfg.vgg_imagenet_norm),
+                              dtype=registry.compute_dtype(dtype))
   if loss_cfg.vgg_weights:
     try:
       params = vgg_lib.load_vgg_params(loss_cfg.vgg_weights, arch, last)
@@ -130,7 +150,8 @@ def load_perceptual(loss_cfg) -> tuple[Callable, Any]:
 
 
 def _apply_vgg(model, params, x):
-  return model.apply({'params': params}, x)
+  # losses are taken in float32 whatever the compute dtype (a no-op in float32)
+  return jax.tree.map(lambda f: f.astype(jnp.float32), model.apply({'params': params}, x))
 
 
 def network_inits(config: ml_collections.ConfigDict, g_model, d_model) -> tuple[Callable, Callable]:
@@ -169,8 +190,9 @@ def stage_step(config: ml_collections.ConfigDict, stage: Stage, g_model, d_model
   """The pure step of a stage: (state, batch, vgg_params) -> (state, metrics)."""
   spec = loss_spec(config, stage)
   ema = float(config.get('ema_decay', 0.0))
+  accum = int(config.get('grad_accum_steps', 1))
   if stage.cfg.kind == 'gan':
     return functools.partial(steps.gan_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
-                             loss=spec, vgg=vgg, ema_decay=ema)
+                             loss=spec, vgg=vgg, ema_decay=ema, grad_accum_steps=accum)
   return functools.partial(steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg,
-                           ema_decay=ema)
+                           ema_decay=ema, grad_accum_steps=accum)

@@ -1,23 +1,36 @@
-"""The training loop: stages of the recipe, sharded steps, validation, checkpoints, logs, report."""
+"""The training loop: stages of the recipe, sharded steps, validation, checkpoints, logs, report.
+
+`train_and_evaluate` reads as the run: `setup` (mesh, models, restore or init, data from the saved
+position), `compile_stages` (every remaining stage's step, compiled ahead of time with its memory
+report), `run_stages` (the loop, under a preemption guard), then `write_run_report`. The
+checkpoint policy (`CheckpointPolicy`) decides when to save: every `checkpoint_every_steps`, at each
+stage end, and at the step all processes agree on after a SIGTERM/SIGINT.
+"""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
+import shutil
+import tempfile
 import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 
 from mrisr_jax import config_check, recipe, registry, report, sharding, steps
-from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like
+from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like, workdir_path
 from mrisr_jax.data import pipeline
 from mrisr_jax.data.sample import resolve_data_root
-from mrisr_jax.evaluation import Validator, log_line
 from mrisr_jax.errors import NonFiniteLossError  # noqa: F401  (also raised as train.NonFiniteLossError)
+from mrisr_jax.evaluation import Validator, log_line
+from mrisr_jax.preemption import Preempted, PreemptionGuard
 from mrisr_jax.recipe import Stage
 
 
@@ -43,23 +56,63 @@ def _flat_config(config) -> dict:
   return out
 
 
-def _plot_curves(workdir: pathlib.Path) -> str | None:
-  """report/curves.png from the run's event files; a plotting failure never fails the run."""
-  from mrisr_jax import run_curves
-  try:
-    return run_curves.plot_run(workdir)
-  except (run_curves.RunCurvesError, OSError, ImportError) as e:
-    logging.warning('training curves not plotted: %s', e)
-    return None
+def _is_local(path: epath.Path) -> bool:
+  return '://' not in str(path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) every stage of the recipe in `workdir`; returns the final validation summary."""
+@dataclasses.dataclass
+class Run:
+  """What `setup` builds once and the loop, the validation and the report share."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  files: pathlib.Path  # local folder for images and the report (the workdir, or a staging copy)
+  mesh: Any
+  plan: list[Stage]
+  steps_per_epoch: int
+  total_steps: int
+  state: Any
+  state_sharding: Any
+  batch_sharding: Any
+  ckpt: Checkpointer
+  data_iter: Any
+  data_position: int  # samples of the global stream consumed so far (all processes)
+  first_batch: dict  # the next batch, drawn early for its shapes
+  d_model: Any
+  vgg: Callable | None
+  vgg_params: Any
+  validator: Validator
+  writer: Any
+  best_psnr: float
+  resumed: bool
+  is_sample: bool
+  data_root: Any
+
+  @property
+  def is_chief(self) -> bool:
+    return jax.process_index() == 0
+
+  @property
+  def step(self) -> int:
+    return int(self.state.step)
+
+
+@dataclasses.dataclass
+class CompiledStage:
+  stage: Stage
+  train_step: Callable  # (state, batch) -> (state, metrics)
+  init_optimizers: Callable  # state -> state with fresh optimizer states
+  predict: Callable
+  lr_fns: dict
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Mesh, models, the train state (restored from the newest good checkpoint, or fresh) and the
+  input pipeline from the state's data position."""
   config_check.validate(config)
-  workdir = pathlib.Path(workdir)
+  if config.profile_steps:
+    parse_profile_steps(config.profile_steps)
+  workdir = workdir_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  is_chief = jax.process_index() == 0
-
   mesh = sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % dp or config.batch_size % jax.process_count():
@@ -73,175 +126,369 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   d_model = registry.build_discriminator(config)
   root, is_sample = resolve_data_root(config.data.root)  # the pipeline logs when it is the sample
   scale = config.model.scale
-  train_ds = pipeline.make_train_dataset(config.data, scale=scale, global_batch_size=config.batch_size,
-                                         seed=config.seed, process_index=jax.process_index(),
-                                         process_count=jax.process_count(),
-                                         upsampled_input=g_model0.upsampled_input)
-  data_iter = iter(train_ds)
   n_slices = pipeline.num_train_slices(config.data, scale)
-  steps_per_epoch = max(1, n_slices // config.batch_size)
+  steps_per_epoch = recipe.steps_per_epoch(n_slices, config.batch_size)
   plan = recipe.stage_plan(config, steps_per_epoch)
-  total_steps = plan[-1].end
   logging.info('%d training slices, %d steps per epoch; stages: %s', n_slices, steps_per_epoch,
                ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan))
 
   vgg = vgg_params = None
   if recipe.needs_vgg(config, plan):  # before anything slow: missing VGG weights fail at once
-    vgg, vgg_params = recipe.load_perceptual(config.loss)
-  init_state = recipe.init_state_fn(config, g_model0, d_model, *recipe.make_optimizers(config, plan[0], steps_per_epoch))
-
+    vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
+  init_state = recipe.init_state_fn(config, g_model0, d_model,
+                                    *recipe.make_optimizers(config, plan[0], steps_per_epoch))
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
+  state_sharding = sharding.state_shardings(mesh, abstract_state, sharding.rules_for(config))
   repl = sharding.replicated(mesh)
-  state_sharding = jax.tree.map(lambda _: repl, abstract_state)
-  batch_sh = sharding.batch_sharding(mesh)
 
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   best_psnr = -float('inf')
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, meta = ckpt.restore(latest, abstract_like(abstract_state, state_sharding), data_iter)
+  restored = ckpt.restore_latest(abstract_like(abstract_state, state_sharding))
+  if restored is not None:
+    step, state, meta = restored
     best_psnr = meta.get('best_val_psnr', best_psnr)
-    logging.info('resumed from %s at step %d (stage %s)%s', ckpt.directory, latest, meta.get('stage'),
+    # checkpoints without a position (imported weights, older runs) continue where an
+    # uninterrupted run of this config would be
+    data_position = int(meta.get('data_position', step * config.batch_size))
+    logging.info('resumed from %s at step %d (stage %s), data position %d%s', ckpt.directory, step,
+                 meta.get('stage'), data_position,
                  f" imported from {meta['imported_from']}" if 'imported_from' in meta else '')
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
+    data_position = 0
     n_params = sum(x.size for x in jax.tree.leaves(state.g_params))
     logging.info('new run: generator %s with %d parameters', config.model.name, n_params)
 
   if vgg is not None:
     vgg_params = jax.device_put(vgg_params, repl)
+  data_iter = iter(pipeline.make_train_dataset(
+      config.data, scale=scale, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      upsampled_input=g_model0.upsampled_input, start=data_position))
+  first_batch = pipeline.next_batch(data_iter)
 
-  validator = Validator(pipeline.load_validation_volumes(config.data, scale, config.seed), scale, g_model0.size_multiple, mesh,
-                        config.eval_batch_size, degradation=tuple(config.data.degradation),
-                        upsampled_input=g_model0.upsampled_input)
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief, asynchronous=True)
-  if latest is None:
+  validator = Validator(pipeline.load_validation_volumes(config.data, scale, config.seed), scale,
+                        g_model0.size_multiple, mesh, config.eval_batch_size,
+                        degradation=tuple(config.data.degradation), upsampled_input=g_model0.upsampled_input)
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() != 0,
+                                                asynchronous=True)
+  files = pathlib.Path(str(workdir)) if _is_local(workdir) else pathlib.Path(tempfile.mkdtemp(prefix='mrisr_'))
+  if restored is None:
     writer.write_hparams(_flat_config(config))
-    if is_chief:
+    if jax.process_index() == 0:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  return Run(config=config, workdir=workdir, files=files, mesh=mesh, plan=plan,
+             steps_per_epoch=steps_per_epoch, total_steps=plan[-1].end, state=state,
+             state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh), ckpt=ckpt,
+             data_iter=data_iter, data_position=data_position, first_batch=first_batch, d_model=d_model,
+             vgg=vgg, vgg_params=vgg_params, validator=validator, writer=writer, best_psnr=best_psnr,
+             resumed=restored is not None, is_sample=is_sample, data_root=root)
 
-  step = int(state.step)
-  stop_at = int(config.stop_after_steps) if config.get('stop_after_steps', 0) else total_steps
-  last_eval = None
-  pending: list[dict] = []  # device-side metrics since the last log line
-  t_log, step_log = time.time(), step
 
-  def flush_metrics(stage: Stage, lr_fns) -> None:
-    nonlocal pending, t_log, step_log
-    if not pending:
+def _make_predict(run: Run, g_model) -> Callable:
+  g_vars_sharding = steps.generator_variables(run.state_sharding)
+  return jax.jit(functools.partial(steps.predict, g_model=g_model),
+                 in_shardings=(g_vars_sharding, run.batch_sharding), out_shardings=sharding.replicated(run.mesh))
+
+
+def compile_stage(run: Run, stage: Stage) -> CompiledStage:
+  """The stage's train step compiled ahead of time on the mesh; logs its memory per device."""
+  config = run.config
+  g_model = recipe.stage_generator(config, stage)
+  g_tx, d_tx = recipe.make_optimizers(config, stage, run.steps_per_epoch)
+  lr_fns = recipe.stage_schedules(stage, run.steps_per_epoch)
+  if stage.cfg.kind != 'gan':
+    del lr_fns['d']  # D is not trained in this stage
+  repl = sharding.replicated(run.mesh)
+  fn = recipe.stage_step(config, stage, g_model, run.d_model, g_tx, d_tx, run.vgg)
+  jitted = jax.jit(fn, in_shardings=(run.state_sharding, run.batch_sharding, repl),
+                   out_shardings=(run.state_sharding, repl), donate_argnums=0)
+  abstract_state = abstract_like(run.state, run.state_sharding)
+  abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype,
+                                            sharding=run.batch_sharding) for k, v in run.first_batch.items()}
+  t0 = time.time()
+  compiled = jitted.lower(abstract_state, abstract_batch, run.vgg_params).compile()
+  logging.info('stage %s: step compiled in %.1f s; %s', stage.name, time.time() - t0,
+               sharding.memory_report(compiled))
+  vgg_params = run.vgg_params
+  init_optimizers = jax.jit(lambda st: st.replace(g_opt_state=g_tx.init(st.g_params),
+                                                  d_opt_state=d_tx.init(st.d_params)),
+                            out_shardings=run.state_sharding, donate_argnums=0)
+  return CompiledStage(stage=stage, train_step=lambda st, b: compiled(st, b, vgg_params),
+                       init_optimizers=init_optimizers, predict=_make_predict(run, g_model), lr_fns=lr_fns)
+
+
+def compile_stages(run: Run, stop_at: int) -> list[CompiledStage]:
+  """Every stage the run still has to train, compiled before the first step (an out-of-memory
+  stage fails now, not after days of the stages before it)."""
+  return [compile_stage(run, s) for s in run.plan if s.start < s.end and run.step < s.end and s.start < stop_at]
+
+
+class MetricsLog:
+  """Device metrics since the last log line: fetched, checked, averaged and written together.
+
+  Steps whose update the jitted step skipped (non-finite gradients: metrics['skipped'] == 1) are
+  counted and left out of the means; `max_skips` in a row stop the run.
+  """
+
+  def __init__(self, run: Run):
+    self.run = run
+    self.pending: list[dict] = []
+    self.consecutive_skips = 0
+    self.total_skips = 0
+    self.max_skips = int(run.config.max_consecutive_skipped_steps)
+    self.t_log, self.step_log = time.time(), run.step
+
+  def add(self, metrics: dict) -> None:
+    self.pending.append(metrics)
+
+  @property
+  def last_step_skipped(self) -> bool:
+    return self.consecutive_skips > 0
+
+  def flush(self, step: int, stage: Stage, lr_fns: dict) -> None:
+    if not self.pending:
       return
-    host = jax.device_get(pending)
-    pending = []
-    mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    bad = [k for k, v in mean.items() if not np.isfinite(v)]
-    if bad:
+    host = jax.device_get(self.pending)
+    self.pending = []
+    good = []
+    for m in host:
+      if float(m.get('skipped', 0.0)) > 0:
+        self.consecutive_skips += 1
+        self.total_skips += 1
+      else:
+        self.consecutive_skips = 0
+        good.append(m)
+    skipped = len(host) - len(good)
+    run = self.run
+    if skipped:
+      logging.warning('step %d: %d of the last %d steps had non-finite gradients and were skipped '
+                      '(%d in a row, %d in this run)', step, skipped, len(host), self.consecutive_skips,
+                      self.total_skips)
+    if self.consecutive_skips >= self.max_skips:
       raise NonFiniteLossError(
-          f'non-finite {", ".join(bad)} at step {step} (stage {stage.name}); training stopped, '
-          f'the last good checkpoint in {ckpt.directory} is kept (step {ckpt.latest_step()})')
+          f'non-finite gradients in {self.consecutive_skips} consecutive steps up to step {step} '
+          f'(stage {stage.name}; config.max_consecutive_skipped_steps={self.max_skips}); training stopped, '
+          f'the last good checkpoint in {run.ckpt.directory} is kept (step {run.ckpt.latest_step()})')
+    scalars = {'train/skipped_steps': float(skipped)}
     lrs = {f'lr_{k}': float(fn(step - 1 - stage.start)) for k, fn in lr_fns.items()}
-    writer.write_scalars(step, {f'train/{k}': v for k, v in {**mean, **lrs}.items()})
+    mean = {}
+    if good:
+      mean = {k: float(np.mean([m[k] for m in good])) for k in good[0] if k != 'skipped'}
+      scalars.update({f'train/{k}': v for k, v in {**mean, **lrs}.items()})
+    run.writer.write_scalars(step, scalars)
     now = time.time()
-    sps = (step - step_log) / max(now - t_log, 1e-9)
-    t_log, step_log = now, step
+    sps = (step - self.step_log) / max(now - self.t_log, 1e-9)
+    self.t_log, self.step_log = now, step
     terms = ' '.join(f'{k}={v:.4g}' for k, v in mean.items() if not k.startswith('grad'))
     lr_text = ' '.join(f'{k}={v:.2e}' for k, v in lrs.items())
-    logging.info('[%s] step %d/%d %s %s | %.2f steps/s, ETA %s', stage.name, step, total_steps, terms,
-                 lr_text, sps, _format_eta((total_steps - step) / max(sps, 1e-9)))
+    logging.info('[%s] step %d/%d %s %s | %.2f steps/s, ETA %s', stage.name, step, run.total_steps, terms,
+                 lr_text, sps, _format_eta((run.total_steps - step) / max(sps, 1e-9)))
 
-  def make_predict(g_model):
-    g_vars_sharding = steps.generator_variables(state_sharding)
-    return jax.jit(functools.partial(steps.predict, g_model=g_model),
-                   in_shardings=(g_vars_sharding, batch_sh), out_shardings=repl)
 
-  def write_grid(sample, tag_step: int) -> str:
-    grid = report.image_grid(*sample)
-    rel = f'images/grid_{tag_step:07d}.png'
-    if is_chief:
-      (workdir / 'images').mkdir(exist_ok=True)
-      report.save_png(workdir / rel, grid)
-    writer.write_images(tag_step, {'val/lr_bicubic_sr_hr': grid[None]})
-    return rel
+def _meta(run: Run, stage: Stage, step: int) -> dict:
+  return {'stage': stage.name, 'step': step, 'best_val_psnr': run.best_psnr,
+          'data_position': run.data_position, 'process_count': jax.process_count(),
+          'device_count': jax.device_count(), 'config': json.loads(run.config.to_json_best_effort())}
 
-  def evaluate(predict) -> dict:
-    nonlocal best_psnr
-    result = validator.run(predict, steps.generator_variables(state))
-    summ = result['summary']
-    scalars = {f'val/{who}_{k}': v for who in ('model', 'bicubic') for k, v in summ[who].items()}
-    scalars['val/psnr_gain'] = summ['model']['psnr'] - summ['bicubic']['psnr']
-    writer.write_scalars(step, scalars)
-    best_psnr = max(best_psnr, summ['model']['psnr'])
-    logging.info('step %d: %s', step, log_line(summ))
-    return result
 
-  for stage in plan:
-    if step >= stage.end or step >= stop_at:
-      continue
-    g_model = recipe.stage_generator(config, stage)
-    g_tx, d_tx = recipe.make_optimizers(config, stage, steps_per_epoch)
-    s = stage.cfg
-    lr_fns = recipe.stage_schedules(stage, steps_per_epoch)
-    if s.kind != 'gan':
-      del lr_fns['d']  # D is not trained in this stage
-    if step == stage.start:  # a new stage starts with fresh optimizer states and schedules
-      state = jax.jit(lambda st: st.replace(g_opt_state=g_tx.init(st.g_params),
-                                            d_opt_state=d_tx.init(st.d_params)),
-                      out_shardings=state_sharding, donate_argnums=0)(state)
-    fn = recipe.stage_step(config, stage, g_model, d_model, g_tx, d_tx, vgg)
-    jitted = jax.jit(fn, in_shardings=(state_sharding, batch_sh, repl),
-                     out_shardings=(state_sharding, repl), donate_argnums=0)
-    train_step = lambda st, b: jitted(st, b, vgg_params)  # noqa: E731
-    predict = make_predict(g_model)
-    logging.info('stage %s (%s): steps [%d, %d), alpha=%s dropout=%s', stage.name, s.kind, stage.start,
-                 stage.end, s.deepnorm_alpha, s.dropout)
+class CheckpointPolicy:
+  """When to save: periodically, at stage ends and at the preemption step; never a state whose last
+  step was skipped for non-finite gradients (the save waits for a good step)."""
 
-    end = min(stage.end, stop_at)
-    while step < end:
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = sharding.global_batch(pipeline.next_batch(data_iter), batch_sh)
-        state, metrics = train_step(state, batch)
-      step += 1
-      pending.append(metrics)
-      progress(step)
-      last = step == end
-      if step % config.log_every_steps == 0 or last:
-        flush_metrics(stage, lr_fns)
-      if step % config.eval_every_steps == 0 or last:
-        last_eval = evaluate(predict)
-        last_eval['step'] = step
-      if step % config.image_every_steps == 0 or last:
-        write_grid(validator.sample(predict, steps.generator_variables(state)), step)
-      if step % config.checkpoint_every_steps == 0 or last:
-        flush_metrics(stage, lr_fns)  # never checkpoint a state whose losses are not finite
-        val = last_eval['summary']['model']['psnr'] if last_eval and last_eval.get('step') == step else None
-        meta = {'stage': stage.name, 'step': step, 'best_val_psnr': best_psnr,
-                'config': json.loads(config.to_json_best_effort())}
-        ckpt.save(step, state, meta, data_iter, metrics={BEST_METRIC: val} if val is not None else None)
-    writer.flush()
+  def __init__(self, run: Run, guard: PreemptionGuard):
+    self.run, self.guard = run, guard
 
-  ckpt.wait()
-  if last_eval is None:  # resumed a finished run: evaluate what it holds
-    last_eval = evaluate(make_predict(recipe.stage_generator(config, plan[-1])))
-  if step >= total_steps and is_chief:
-    grid_rel = write_grid(last_eval['sample'], step)
-    writer.flush()
-    curves = _plot_curves(workdir)
-    paths = report.write_report(
-        workdir / 'report', title=f'{config.name}: validation at step {step}',
-        summary=last_eval['summary'], per_volume=last_eval['per_volume'],
-        images=[str(pathlib.Path('..') / grid_rel)] + ([pathlib.Path(curves).name] if curves else []),
-        notes=[f'data: {"embedded sample (MNI ICBM152 2009a T1)" if is_sample else root}',
-               f'best validation PSNR during the run: {best_psnr:.3f} dB',
-               f'stages: {", ".join(s.name for s in plan)}; {total_steps} steps, global batch {config.batch_size}'] +
-              (['perceptual loss used RANDOM VGG features (quick config)'] if vgg is not None
-               and config.loss.allow_random_vgg and not config.loss.vgg_weights else []))
-    report.link_report(workdir, 'validation report', paths['html'])
-    if curves:
-      report.link_report(workdir, 'training curves', curves)
-    logging.info('report written to %s (linked from %s)', paths['html'], workdir / 'index.html')
-  writer.flush()
-  writer.close()
-  ckpt.close()
-  return last_eval['summary']
+  def maybe_save(self, step: int, stage: Stage, is_stage_end: bool, metrics_log: MetricsLog,
+                 lr_fns: dict, last_eval: dict | None) -> None:
+    run = self.run
+    preempted = self.guard.reached(step)  # every process calls this at every step
+    if preempted:
+      metrics_log.flush(step, stage, lr_fns)
+      run.ckpt.save(step, run.state, _meta(run, stage, step))
+      run.ckpt.wait()
+      run.writer.flush()
+      logging.warning('preempted: saved step %d in %s; run the same command to resume', step, run.ckpt.directory)
+      raise Preempted(step, run.ckpt.directory)
+    if step % run.config.checkpoint_every_steps == 0 or is_stage_end:
+      metrics_log.flush(step, stage, lr_fns)
+      if metrics_log.last_step_skipped:
+        logging.warning('step %d: checkpoint deferred, the last step had non-finite gradients', step)
+        return
+      val = last_eval['summary']['model']['psnr'] if last_eval and last_eval.get('step') == step else None
+      run.ckpt.save(step, run.state, _meta(run, stage, step),
+                    metrics={BEST_METRIC: val} if val is not None else None)
 
+
+def parse_profile_steps(spec: str) -> tuple[int, int]:
+  """'A:B' -> (A, B) with 0 <= A < B; one-line ConfigError otherwise."""
+  a, sep, b = str(spec).partition(':')
+  if not (sep and a.strip().isdigit() and b.strip().isdigit() and int(a) < int(b)):
+    raise config_check.ConfigError(f'config.profile_steps={spec!r} must be A:B with 0 <= A < B (steps)')
+  return int(a), int(b)
+
+
+class Profiler:
+  """`config.profile_steps='A:B'`: a JAX profiler trace of steps A+1..B on process 0, in
+  WORKDIR/profile (open with TensorBoard's profile plugin)."""
+
+  def __init__(self, spec: str, workdir: epath.Path):
+    self.start = self.stop = -1
+    if spec:
+      self.start, self.stop = parse_profile_steps(spec)
+    self.directory = str(workdir / 'profile')
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    if step == self.start and jax.process_index() == 0:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+      logging.info('profiling steps %d to %d into %s', self.start + 1, self.stop, self.directory)
+
+  def after_step(self, step: int) -> None:
+    if self.active and step >= self.stop:
+      jax.profiler.stop_trace()
+      self.active = False
+
+  def close(self) -> None:
+    self.after_step(self.stop)
+
+
+def _write_grid(run: Run, sample, tag_step: int) -> str:
+  grid = report.image_grid(*sample)
+  rel = f'images/grid_{tag_step:07d}.png'
+  if run.is_chief:
+    (run.files / 'images').mkdir(parents=True, exist_ok=True)
+    report.save_png(run.files / rel, grid)
+  run.writer.write_images(tag_step, {'val/lr_bicubic_sr_hr': grid[None]})
+  return rel
+
+
+def _evaluate(run: Run, predict, step: int) -> dict:
+  result = run.validator.run(predict, steps.generator_variables(run.state))
+  summ = result['summary']
+  scalars = {f'val/{who}_{k}': v for who in ('model', 'bicubic') for k, v in summ[who].items()}
+  scalars['val/psnr_gain'] = summ['model']['psnr'] - summ['bicubic']['psnr']
+  run.writer.write_scalars(step, scalars)
+  run.best_psnr = max(run.best_psnr, summ['model']['psnr'])
+  logging.info('step %d: %s', step, log_line(summ))
+  result['step'] = step
+  return result
+
+
+def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
+  """Trains every remaining stage up to `stop_at`; returns the last validation result."""
+  config = run.config
+  compiled_stages = compile_stages(run, stop_at)
+  progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=run.writer)
+  metrics_log = MetricsLog(run)  # after the compiles, so steps/s and the ETA measure training
+  policy = CheckpointPolicy(run, guard)
+  profiler = Profiler(config.profile_steps, run.workdir)
+  last_eval = None
+  batch = run.first_batch
+  try:
+    for compiled in compiled_stages:
+      stage, step = compiled.stage, run.step
+      if step == stage.start:  # a new stage starts with fresh optimizer states and schedules
+        run.state = compiled.init_optimizers(run.state)
+      s = stage.cfg
+      logging.info('stage %s (%s): steps [%d, %d), alpha=%s dropout=%s', stage.name, s.kind, stage.start,
+                   stage.end, s.deepnorm_alpha, s.dropout)
+      end = min(stage.end, stop_at)
+      while step < end:
+        profiler.before_step(step)
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          global_batch = sharding.global_batch(batch, run.batch_sharding)
+          run.state, metrics = compiled.train_step(run.state, global_batch)
+        step += 1
+        run.data_position += config.batch_size
+        profiler.after_step(step)
+        metrics_log.add(metrics)
+        progress(step)
+        last = step == end
+        if step % config.log_every_steps == 0 or last:
+          metrics_log.flush(step, stage, compiled.lr_fns)
+        if step % config.eval_every_steps == 0 or last:
+          last_eval = _evaluate(run, compiled.predict, step)
+        if step % config.image_every_steps == 0 or last:
+          _write_grid(run, run.validator.sample(compiled.predict, steps.generator_variables(run.state)), step)
+        policy.maybe_save(step, stage, last, metrics_log, compiled.lr_fns, last_eval)
+        if step < run.total_steps and step < stop_at:
+          batch = pipeline.next_batch(run.data_iter)
+      run.writer.flush()
+  finally:
+    profiler.close()
+  if stop_at < run.total_steps and run.step >= stop_at:
+    logging.info('stopped at step %d (config.stop_after_steps); run the same command to resume', run.step)
+  return last_eval
+
+
+def write_run_report(run: Run, last_eval: dict) -> None:
+  """The validation report, the image grid and the training curves of a finished run."""
+  config, step = run.config, run.step
+  grid_rel = _write_grid(run, last_eval['sample'], step)
+  run.writer.flush()
+  curves = _plot_curves(run.files) if _is_local(run.workdir) else None
+  random_vgg = run.vgg is not None and config.loss.allow_random_vgg and not config.loss.vgg_weights
+  paths = report.write_report(
+      run.files / 'report', title=f'{config.name}: validation at step {step}',
+      summary=last_eval['summary'], per_volume=last_eval['per_volume'],
+      images=[str(pathlib.Path('..') / grid_rel)] + ([pathlib.Path(curves).name] if curves else []),
+      notes=[f'data: {"embedded sample (MNI ICBM152 2009a T1)" if run.is_sample else run.data_root}',
+             f'best validation PSNR during the run: {run.best_psnr:.3f} dB',
+             f'stages: {", ".join(s.name for s in run.plan)}; {run.total_steps} steps, global batch '
+             f'{config.batch_size}'] +
+            (['perceptual loss used RANDOM VGG features (quick config)'] if random_vgg else []))
+  report.link_report(run.files, 'validation report', paths['html'])
+  if curves:
+    report.link_report(run.files, 'training curves', curves)
+  logging.info('report written to %s (linked from %s)', run.workdir / 'report' / 'report.html',
+               run.workdir / 'index.html')
+
+
+def _plot_curves(workdir: pathlib.Path) -> str | None:
+  """report/curves.png from the run's event files; a plotting failure never fails the run."""
+  from mrisr_jax import run_curves
+  try:
+    return run_curves.plot_run(workdir)
+  except (run_curves.RunCurvesError, OSError, ImportError) as e:
+    logging.warning('training curves not plotted: %s', e)
+    return None
+
+
+def _upload_files(run: Run) -> None:
+  """A remote workdir (gs://...) gets the images and report written in the local staging folder."""
+  if _is_local(run.workdir) or not run.is_chief:
+    return
+  for path in run.files.rglob('*'):
+    if path.is_file():
+      target = run.workdir / str(path.relative_to(run.files))
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(path.read_bytes())
+  shutil.rmtree(run.files, ignore_errors=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) every stage of the recipe in `workdir`; returns the final validation summary.
+
+  Raises preemption.Preempted after saving when SIGTERM/SIGINT asked the run to stop.
+  """
+  with PreemptionGuard() as guard:
+    run = setup(config, workdir)
+    try:
+      stop_at = int(config.stop_after_steps) if config.get('stop_after_steps', 0) else run.total_steps
+      last_eval = run_stages(run, guard, stop_at)
+      run.ckpt.wait()
+      if last_eval is None:  # resumed a finished run (or stopped on a boundary): evaluate what it holds
+        stage = next((s for s in reversed(run.plan) if s.start <= max(run.step - 1, 0)), run.plan[0])
+        last_eval = _evaluate(run, _make_predict(run, recipe.stage_generator(config, stage)), run.step)
+      if run.step >= run.total_steps and run.is_chief:
+        write_run_report(run, last_eval)
+      return last_eval['summary']
+    finally:
+      run.writer.flush()
+      run.writer.close()
+      run.ckpt.close()
+      _upload_files(run)
+      run.data_iter = None

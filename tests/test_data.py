@@ -232,9 +232,9 @@ def test_bicubic_resize_matches_torch_non_integer():
 # ----------------------------------------------------------------------------------------------
 # training pipeline
 # ----------------------------------------------------------------------------------------------
-def make_ds(root, seed=0, batch=4, pi=0, pc=1, scale=2, **cfg):
+def make_ds(root, seed=0, batch=4, pi=0, pc=1, scale=2, start=0, **cfg):
   return pipeline.make_train_dataset(data_cfg(root, **cfg), scale=scale, global_batch_size=batch,
-                                     seed=seed, process_index=pi, process_count=pc)
+                                     seed=seed, process_index=pi, process_count=pc, start=start)
 
 
 def test_batches_have_the_documented_shapes(train_root):
@@ -300,8 +300,9 @@ def test_two_processes_cover_each_epoch_exactly_once(indexed_root):
     ids = [slice_ids(b['hr']) for b in take(it, 4)]
     epoch0 = ids[0] + ids[1]
     epoch1 = ids[2] + ids[3]
-    assert epoch0 == pipeline.epoch_slice_order(12, seed=11, epoch=0, process_index=pi, process_count=2)
-    assert epoch1 == pipeline.epoch_slice_order(12, seed=11, epoch=1, process_index=pi, process_count=2)
+    order = pipeline.host_slice_order(12, seed=11, start=0, count=12, local_batch=3, process_index=pi,
+                                      process_count=2)
+    assert epoch0 + epoch1 == order
     seen[pi] = (epoch0, epoch1)
   for epoch in (0, 1):
     both = seen[0][epoch] + seen[1][epoch]
@@ -310,13 +311,29 @@ def test_two_processes_cover_each_epoch_exactly_once(indexed_root):
   assert seen[0][0] + seen[1][0] != list(range(12))            # shuffled at all
 
 
-def test_uneven_slice_count_keeps_hosts_disjoint():
+def test_uneven_slice_count_still_covers_every_epoch_once():
+  # 13 slices over 3 hosts (global batch 3): hosts take turns along one global stream, so each
+  # epoch is read once in all, whatever the process count.
+  orders = [pipeline.host_slice_order(13, seed=1, start=0, count=13, local_batch=1, process_index=pi,
+                                      process_count=3) for pi in range(3)]
+  stream = [orders[k % 3][k // 3] for k in range(39)]
   for epoch in range(3):
-    orders = [pipeline.epoch_slice_order(13, seed=1, epoch=epoch, process_index=pi, process_count=3)
-              for pi in range(3)]
-    flat = [i for o in orders for i in o]
-    assert [len(o) for o in orders] == [4, 4, 4]
-    assert len(set(flat)) == 12 and set(flat) <= set(range(13))
+    assert sorted(stream[13 * epoch:13 * (epoch + 1)]) == list(range(13))
+  assert stream == pipeline.host_slice_order(13, seed=1, start=0, count=39, local_batch=3)
+
+
+def test_global_batches_do_not_depend_on_the_process_count(indexed_root):
+  """Elastic resume: from any global position, the processes' local batches side by side (process
+  order, as the global array is assembled) are exactly the 1-process global batch."""
+  batch, start = 8, 20
+  one = take(iter(make_ds(indexed_root, seed=2, batch=batch, hr_patch_size=4, start=start)), 3)
+  assert not batches_equal(one, take(iter(make_ds(indexed_root, seed=2, batch=batch, hr_patch_size=4)), 3))
+  for pc in (2, 4):
+    shares = [take(iter(make_ds(indexed_root, seed=2, batch=batch, pi=pi, pc=pc, hr_patch_size=4,
+                                start=start)), 3) for pi in range(pc)]
+    for b in range(3):
+      for key in ('lr', 'hr'):
+        np.testing.assert_array_equal(np.concatenate([s[b][key] for s in shares]), one[b][key])
 
 
 def test_multiprocess_workers_give_the_same_batches(indexed_root):

@@ -1,25 +1,30 @@
 """Training and validation input pipelines (grain Dataset API).
 
-Training order (all hosts build the same global order, then each takes its share):
+Training order: one global stream of slices, the same for any number of hosts, from which each host
+takes its share:
 
   MapDataset.source(SliceSource)                n slices of the train split (data/sources.py)
-    .shuffle(shuffle_seed)                      global shuffle; epoch e uses seed + e
-    [:m]                                        m = n - n % process_count (equal shares)
+    .shuffle(shuffle_seed)                      global shuffle of one epoch
+    .repeat(None)                               infinite; epoch e is reshuffled with shuffle_seed + e
     .random_map(MakeTrainingPair, seed=aug_seed)  aligned crop, degradation, flips
-    [process_index::process_count]              this host's share of every epoch
-    .repeat(None)                               infinite, reshuffled per epoch
+    HostShare(start, local_batch, p, P)          this host's block of every global batch (below)
     .to_iter_dataset(ReadOptions)               thread prefetch
     [.mp_prefetch(num_workers)]                 optional process prefetch (per element)
     .batch(global_batch_size // process_count, drop_remainder=True)
 
-`random_map` sits before the host split, so the RNG of an element is seeded by
-(aug_seed, global position e * m + j): the crops and flips depend only on `seed`
-and the position in the global stream, not on the number of hosts or workers.
+Global batch b is the stream's positions [start + b*B, start + (b+1)*B); host p reads the block
+p*B/P ... (p+1)*B/P - 1 of it, so the hosts' batches side by side are exactly the 1-host global
+batch, with the same crops, for any process count P dividing B. `random_map` sits before the host
+split, so the RNG of an element is seeded by (aug_seed, global position): crops and flips depend
+only on `seed` and the position, not on the number of hosts or workers. Resuming needs only the
+global position `start` (samples consumed so far): a checkpoint written by P processes resumes on
+P' processes at the same place in the stream, even with another global batch size.
 `shuffle_seed` and `aug_seed` both derive from `seed` (numpy SeedSequence).
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 import zlib
 
@@ -101,25 +106,47 @@ def _process_index_count(process_index, process_count) -> tuple[int, int]:
   return process_index, process_count
 
 
-def _global_order(ds: grain.MapDataset, num_slices: int, shuffle_seed: int,
-                  process_count: int) -> grain.MapDataset:
-  """Shuffled order of one epoch (reshuffled per epoch), trimmed to a multiple of the hosts."""
-  usable = num_slices - num_slices % process_count
-  return ds.shuffle(seed=shuffle_seed)[:usable]
+class HostShare(grain.MapDataset):
+  """One host's elements of an infinite global stream, from global position `start` on.
 
-
-def epoch_slice_order(num_slices: int, *, seed: int, epoch: int, process_index: int = 0,
-                      process_count: int = 1) -> list[int]:
-  """The flat slice indices (into the train source) one host reads in `epoch`.
-
-  Uses the same index arithmetic as `make_train_dataset`, in order.
+  Global batch b is the stream's positions [start + b*B, start + (b+1)*B); host p holds the
+  contiguous block p*Bl ... (p+1)*Bl - 1 of it (Bl = B / P), so the processes' local batches,
+  concatenated in process order (as `jax.make_array_from_process_local_data` places them), are
+  exactly the 1-process global batch, for any process count.
   """
+
+  def __init__(self, parent: grain.MapDataset, *, start: int, local_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._start, self._local = int(start), int(local_batch)
+    self._index, self._count = int(process_index), int(process_count)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def global_position(self, index: int) -> int:
+    b, k = divmod(index, self._local)
+    return self._start + (b * self._count + self._index) * self._local + k
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.global_position(index)]
+
+  def __str__(self) -> str:
+    return f'HostShare(start={self._start}, host {self._index}/{self._count}, local batch {self._local})'
+
+
+def host_slice_order(num_slices: int, *, seed: int, start: int, count: int, local_batch: int,
+                     process_index: int = 0, process_count: int = 1) -> list[int]:
+  """The slice indices (into the train source) of one host's first `count` elements of the stream
+  resumed at global position `start`. Same index arithmetic as `make_train_dataset`."""
   shuffle_seed, _ = derive_seeds(seed)
   process_index, process_count = _process_index_count(process_index, process_count)
-  ds = _global_order(grain.MapDataset.range(num_slices), num_slices, shuffle_seed, process_count)
-  ds = ds[process_index::process_count]
-  per_host = len(ds)
-  return [int(ds[epoch * per_host + j]) for j in range(per_host)]
+  ds = grain.MapDataset.range(num_slices).shuffle(seed=shuffle_seed).repeat(None)
+  ds = HostShare(ds, start=start, local_batch=local_batch, process_index=process_index,
+                 process_count=process_count)
+  return [int(ds[j]) for j in range(count)]
 
 
 def crop_to_multiple(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
@@ -228,14 +255,14 @@ def num_train_slices(data_cfg, scale: int | None = None) -> int:
 
 def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: int,
                        process_index: int | None = None, process_count: int | None = None,
-                       upsampled_input: bool = False) -> grain.IterDataset:
+                       upsampled_input: bool = False, start: int = 0) -> grain.IterDataset:
   """Infinite, host-sharded, deterministic training batches.
 
   Yields {'lr': float32 (b, ph/s, pw/s, 1), 'hr': float32 (b, ph, pw, 1)} with
   b = global_batch_size // process_count and (ph, pw) = data.hr_patch_size ('lr' is (b, ph, pw, 1),
   bicubic-upsampled, when `upsampled_input`: for models that take the upsampled LR).
-  `iter(ds)` is a grain DatasetIterator: get_state()/set_state(), checkpointable with
-  grain.checkpoint.CheckpointSave / CheckpointRestore.
+  `start` is the global stream position to begin at (samples already consumed by all hosts
+  together: a multiple of the process count); training resumes with it, on any process count.
   """
   if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
     raise DataError(f'scale: {scale!r} must be a positive integer')
@@ -266,19 +293,13 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
     raise DataError(f'{split_dir}: the LR files are HR-sized (downsample.py -k), which only models that '
                     'take the upsampled input can use; set data.lr_source=degrade or use srcnn/drrn')
   n = len(source)
-  if n < process_count:
-    raise DataError(f'{split_dir}: {n} training slices cannot be shared by {process_count} processes')
-  if n % process_count:
-    logging.info('train split %s: %d slices, %d processes: each epoch leaves out %d '
-                 '(different) slices so hosts stay in step', split_dir, n, process_count,
-                 n % process_count)
-
+  if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+    raise DataError(f'data position: {start!r} must be a non-negative integer')
   pair = MakeTrainingPair(patch, scale, flips, degradation, upsampled_input, transposes)
-  ds = grain.MapDataset.source(source)
-  ds = _global_order(ds, n, shuffle_seed, process_count)
+  ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat(None)
   ds = ds.random_map(pair, seed=aug_seed)
-  ds = ds[process_index::process_count]
-  ds = ds.repeat(None)
+  ds = HostShare(ds, start=int(start), local_batch=local_batch, process_index=process_index,
+                 process_count=process_count)
   if prefetch_buffer > 0:
     read_options = grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
                                      prefetch_buffer_size=prefetch_buffer)
@@ -294,10 +315,10 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
         num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_buffer)))
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
   lr_desc = 'LR files' if source.has_lr else ' -> '.join(degradation)
-  logging.info('train pipeline: %d slices in %d volumes (%s) from %s; host %d/%d takes %d per epoch; '
+  logging.info('train pipeline: %d slices in %d volumes (%s) from %s; host %d/%d from global position %d; '
                'local batch %d; HR patch %dx%d, scale %d, LR = %s%s, flips %s, transposes %s, workers %d',
                n, len(source.volumes), source.format_name, split_dir, process_index, process_count,
-               (n - n % process_count) // process_count, local_batch, *patch, scale, lr_desc,
+               start, local_batch, *patch, scale, lr_desc,
                ' -> bicubic to HR size' if upsampled_input else '', flips, transposes, num_workers)
   return it_ds
 
