@@ -115,10 +115,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % dp or config.batch_size % jax.process_count():
+  k = int(config.get('grad_accum_steps', 1))
+  # each device's rows split evenly over the k micro-batches, so no rows move between devices
+  if config.batch_size % (dp * k) or config.batch_size % jax.process_count():
     raise config_check.ConfigError(
-        f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} '
-        f'and the process count {jax.process_count()}')
+        f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} times '
+        f'config.grad_accum_steps={k} and by the process count {jax.process_count()}')
   logging.info('mesh %s over %d devices (%d processes), global batch %d', dict(mesh.shape),
                mesh.size, jax.process_count(), config.batch_size)
 

@@ -156,7 +156,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(two_by_two, devices, tm
   assert_same_losses(straight, elastic, range(saved + 1, TOTAL + 1), rel=1e-4)
 
 
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_profiling(tmp_path, caplog):
   from mrisr_jax import train
   from tests.helpers import tiny_config
   config = tiny_config()
@@ -164,7 +164,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   config.stages.finetune.epochs = 0
   config.stages.gan.epochs = 0
   config.stop_after_steps = 4
+  config.profile_steps = '1:3'  # the same run checks the profiler trace (steps 2 and 3)
   train.train_and_evaluate(config, str(tmp_path / 'run'))
+  traces = list((tmp_path / 'run' / 'profile').rglob('*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
+  config.profile_steps = ''
   ckpts = tmp_path / 'run' / 'checkpoints'
   assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ['2', '4']
   damaged = [p for p in (ckpts / '4' / 'state').rglob('*') if p.is_file() and p.stat().st_size > 0

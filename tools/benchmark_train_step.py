@@ -45,7 +45,7 @@ def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | N
   state = recipe.init_state_fn(config, g, d, g_tx, d_tx)(jax.random.PRNGKey(0))
   vgg, vgg_params = None, None
   if recipe.needs_vgg(config, [stage]):
-    vgg, vgg_params = recipe.load_perceptual(config.loss)
+    vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
   fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg)
   args = (state, data, vgg_params)
   t0 = time.perf_counter()
