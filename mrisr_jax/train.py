@@ -109,7 +109,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Mesh, models, the train state (restored from the newest good checkpoint, or fresh) and the
   input pipeline from the state's data position."""
   config_check.validate(config)
-  if config.profile_steps:
+  if config.get('profile_steps', ''):
     parse_profile_steps(config.profile_steps)
   workdir = workdir_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +239,7 @@ class MetricsLog:
     self.pending: list[dict] = []
     self.consecutive_skips = 0
     self.total_skips = 0
-    self.max_skips = int(run.config.max_consecutive_skipped_steps)
+    self.max_skips = int(run.config.get('max_consecutive_skipped_steps', 10))
     self.t_log, self.step_log = time.time(), run.step
 
   def add(self, metrics: dict) -> None:
@@ -386,7 +386,7 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
   progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=run.writer)
   metrics_log = MetricsLog(run)  # after the compiles, so steps/s and the ETA measure training
   policy = CheckpointPolicy(run, guard)
-  profiler = Profiler(config.profile_steps, run.workdir)
+  profiler = Profiler(config.get('profile_steps', ''), run.workdir)
   last_eval = None
   batch = run.first_batch
   try:
