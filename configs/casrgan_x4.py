@@ -1,15 +1,11 @@
-"""CASRGAN x4: the seed's recipe (L1 pre-training, DeepNorm-off fine-tuning, GAN training).
+"""CASRGAN x4: an alias of configs/casrgan.py:scale=4 (the name the README and users know).
 
-Use: python -m mrisr_jax.main --config configs/casrgan_x4.py --workdir DIR
-     python -m mrisr_jax.main --config configs/casrgan_x4.py:quick --workdir DIR   (CPU, minutes)
-Override any field: --config.data.root=/data/fastmri_knee --config.batch_size=64
+Arguments: quick.
 """
 from mrisr_jax import config_base
 
+casrgan = config_base.load_sibling(__file__, 'casrgan.py')
+
 
 def get_config(arg: str | None = None):
-  tokens = config_base.parse_arg(arg, 'configs/casrgan_x4.py', ('quick',))
-  config = config_base.casrgan_config(scale=4)
-  if 'quick' in tokens:
-    config_base.make_quick(config, pretrain_epochs=100)  # the README's main job: minutes on 2 CPU cores
-  return config
+  return casrgan.build(scale=4, **config_base.parse_args(arg, 'configs/casrgan_x4.py', dict(quick=False)))

@@ -1,12 +1,11 @@
-"""FA-GAN x2 (Jiang et al. 2021, seeds/001): LFFB trunk, GFFB attention, x2 upsampling stages,
-spectrally normalised discriminator; MSE pre-training, then VGG + MSE + adversarial training.
-The paper's open numbers and our choices are commented in mrisr_jax/config_base.py:fagan_config.
+"""FA-GAN x2: an alias of configs/fagan.py:scale=2 (the name the README and users know).
 
-Arguments: quick (a small model on the embedded sample, CPU minutes).
-  python -m mrisr_jax.main --config configs/fagan_x2.py --workdir DIR
+Arguments: quick.
 """
 from mrisr_jax import config_base
 
+fagan = config_base.load_sibling(__file__, 'fagan.py')
+
 
 def get_config(arg: str | None = None):
-  return config_base.fagan_config(2, 'configs/fagan_x2.py', arg)
+  return fagan.fagan_config(scale=2, **config_base.parse_args(arg, 'configs/fagan_x2.py', dict(quick=False)))

@@ -19,11 +19,13 @@ import dataclasses
 import re
 from typing import Mapping
 
+from mrisr_jax.errors import UserError
+
 DEFAULT_PORT = 12345  # plus SLURM_JOB_ID % 1000, so two jobs sharing a node do not collide
 TPU_VARS = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError, ValueError):
   """The cluster environment is inconsistent (one line naming the variables)."""
 
 

@@ -13,31 +13,30 @@ slice), or a directory of such files. Every input file is one volume.
 Protocol (the one training validation uses): each HR slice is centre-cropped to a multiple of the
 degradation's LR factors; the LR is the config's `data.degradation` of it, seeded per (config.seed,
 volume, slice); the model's input is edge-padded to its size multiple and the output cropped back
-(mrisr_jax.tiling). Bicubic (a = -0.75) of the same LR is the reference. Scores follow fastMRI:
-per volume, PSNR and NMSE over the whole volume and SSIM averaged over slices, with data range =
-the volume's maximum; per slice, the same three with the same data range. `psnr_gain` is the
-model's PSNR minus bicubic's. Means are over volumes.
+(mrisr_jax.predictor, as validation and `infer` run models). Bicubic (a = -0.75) of the same LR is
+the reference. Scores follow fastMRI: per volume, PSNR and NMSE over the whole volume and SSIM
+averaged over slices, with data range = the volume's maximum; per slice, the same three with the
+same data range. `psnr_gain` is the model's PSNR minus bicubic's. Means are over volumes.
 """
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 import numpy as np
 
+from mrisr_jax import cli
 from mrisr_jax.data.errors import OneLineError
-from mrisr_jax.data.sources import IMAGE_SUFFIXES, file_format
+from mrisr_jax.data.splits import IMAGE_SUFFIXES, file_format
+from mrisr_jax.spec import data_spec
 
 
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
-  config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:ARG; its data.degradation '
-                                  'makes the LR inputs and its data fields read the scans.', lock_config=True)
+  flags.DEFINE_string('config', None, 'Config file, optionally FILE:ARGS; its data.degradation makes the LR '
+                      'inputs and its data fields read the scans; --config.KEY=VALUE overrides a field.')
   flags.DEFINE_string('weights', None, 'Training workdir (latest checkpoint; its EMA when the config '
                       'keeps one) or a .pth/.safetensors state_dict.')
   flags.DEFINE_multi_string('input', None, 'High-resolution scan(s): .h5 (fastMRI), .nii/.nii.gz, .npy, '
@@ -97,13 +96,13 @@ def expand_inputs(paths) -> list[pathlib.Path]:
 
 def read_truth(path: pathlib.Path, data_cfg) -> dict:
   """{'name', 'path', 'hr' float32 (S, H, W) in [0, 1], 'slices' (indices in the file), 'notes'}."""
-  from mrisr_jax.data import sources
+  from mrisr_jax.data import splits
   from mrisr_jax.data.errors import DataError
   kind = file_format(path)
   notes = []
   if kind in ('fastmri', 'nifti'):
     try:
-      source = sources.build_source(kind, path.parent, [path], data_cfg, None, None)
+      source = splits.build_source(kind, path.parent, [path], data_cfg, None, None)
     except DataError as e:
       raise EvaluateError(str(e)) from None
     try:
@@ -114,10 +113,10 @@ def read_truth(path: pathlib.Path, data_cfg) -> dict:
     finally:
       source.close()
   elif kind == 'npy':
-    from mrisr_jax.infer import InferError, read_stack
+    from mrisr_jax import fileio
     try:   # a 2-D slice or (S, H, W) stack, finite, real
-      hr, _ = read_stack(path, 'npy')
-    except InferError as e:
+      hr, _ = fileio.read_stack(path, 'npy')
+    except fileio.FileError as e:
       raise EvaluateError(str(e)) from None
     if hr.min() < 0:
       raise EvaluateError(f'{path}: has negative values (min {hr.min():g}); expected magnitudes')
@@ -160,21 +159,18 @@ def _zoom_region(err: np.ndarray) -> tuple[int, int, int, int]:
 
 
 class Method:
-  """A generator to score: weights under a config, run through mrisr_jax.tiling."""
+  """A generator to score: weights under a config, run by a mrisr_jax.predictor.Predictor."""
 
   def __init__(self, label: str, config, weights, tile: int, overlap: int, batch: int):
-    from mrisr_jax import registry, tiling
-    from mrisr_jax.weights import load_generator_variables
+    from mrisr_jax import network_variables, registry
+    from mrisr_jax.predictor import Predictor
     self.label, self.config, self.weights = label, config, str(weights)
     self.model = registry.build_generator(config.model)
-    self.predict = tiling.make_predict_fn(self.model, load_generator_variables(config, weights, self.model))
-    self.tile, self.overlap, self.batch = tile, overlap, batch
+    variables = network_variables.load_generator_variables(config, weights, self.model)
+    self.predictor = Predictor(self.model, variables, tile=tile, overlap=overlap, batch=batch)
 
   def super_resolve(self, lr: np.ndarray, bicubic: np.ndarray, factors) -> np.ndarray:
-    from mrisr_jax import tiling
-    return tiling.super_resolve(self.predict, lr, self.config.model.scale, self.model.size_multiple,
-                                bool(getattr(self.model, 'upsampled_input', False)), tile=self.tile,
-                                overlap=self.overlap, batch=self.batch, factors=factors, bicubic=bicubic)
+    return self.predictor(lr, factors=factors, bicubic=bicubic)
 
 
 def _baseline(spec: str, config, index: int, tile, overlap, batch) -> Method:
@@ -194,7 +190,7 @@ def evaluate_volume(truth: dict, methods: list[Method], config) -> dict:
   """Scores of one volume for bicubic and every method, with the arrays a figure needs."""
   from mrisr_jax import metrics
   from mrisr_jax.data import degrade, pipeline
-  steps = pipeline.degradation_steps(config.data)
+  steps = data_spec(config.data).degradation
   scale = config.model.scale
   factors = degrade.lr_factors(steps, scale)
   hr0 = truth['hr']
@@ -266,11 +262,9 @@ def _check_outputs(inputs, json_path, report_dir, overwrite: bool) -> None:
 
 
 def _write_json(path: pathlib.Path, payload: dict) -> None:
+  from mrisr_jax import fileio
   from mrisr_jax.report import to_jsonable
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.tmp{os.getpid()}.{path.name}')
-  tmp.write_text(json.dumps(to_jsonable(payload), indent=2) + '\n', encoding='utf-8')
-  os.replace(tmp, path)
+  fileio.write_json(path, to_jsonable(payload))
 
 
 def write_report(report_dir: pathlib.Path, result: dict, figures: list[dict], title: str,
@@ -308,7 +302,7 @@ def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=Non
   json_path = pathlib.Path(json_path) if json_path else None
   report_dir = pathlib.Path(report_dir) if report_dir else None
   _check_outputs(files, json_path, report_dir, overwrite)
-  steps = pipeline.degradation_steps(config.data)
+  steps = data_spec(config.data).degradation
   degrade.parse_degradation(steps)
   methods = [Method('model', config, weights, tile, overlap, batch)]
   methods += [_baseline(spec, config, i, tile, overlap, batch) for i, spec in enumerate(baselines)]
@@ -354,19 +348,19 @@ def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=Non
   return result
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from mrisr_jax import errors
+def main(config):
   f = flags.FLAGS
-  try:
-    evaluate(f.config, f.weights, f.input, scale=f.scale, json_path=f.json, report_dir=f.report,
-             baselines=f.baselines, tile=f.tile, overlap=f.overlap, batch=f.batch,
-             overwrite=f.overwrite, progress=f.progress)
-  except (OneLineError, ImportError) + errors.USER_ERRORS as e:   # weights, inputs, tiles, volumes
-    errors.exit_with(e)
+  evaluate(config, f.weights, f.input, scale=f.scale, json_path=f.json, report_dir=f.report,
+           baselines=f.baselines, tile=f.tile, overlap=f.overlap, batch=f.batch,
+           overwrite=f.overwrite, progress=f.progress)
+
+
+def run():
+  """`python -m mrisr_jax.evaluate` and `mrisr-evaluate`: a user error (or a missing optional package)
+  is one line and exit 2 (mrisr_jax.cli)."""
+  define_flags()
+  cli.run(main, user_errors=(ImportError,))
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  run()

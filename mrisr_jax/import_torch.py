@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import pathlib
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
+
+from mrisr_jax import cli
+from mrisr_jax.errors import UserError
 
 
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
-  config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:ARG.', lock_config=True)
+  flags.DEFINE_string('config', None, cli.CONFIG_HELP)
   flags.DEFINE_string('checkpoint', None, 'Reference-layout state_dict: .pth/.pt or .safetensors.')
   flags.DEFINE_string('workdir', None, 'New training workdir to create.')
   flags.DEFINE_string('stage', None, 'Stage to continue with (default: the first one).')
@@ -31,7 +33,7 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config', 'checkpoint', 'workdir'])
 
 
-class TorchImportError(ValueError):
+class TorchImportError(UserError, ValueError):
   """One line naming the file, stage or workdir at fault."""
 
 
@@ -40,10 +42,10 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
   """Writes the orbax checkpoint; returns {'step', 'stage', 'keys'}."""
   import jax
   import numpy as np
-  from mrisr_jax import recipe, registry
+  from mrisr_jax import fileio, network_variables, recipe, registry, spec
   from mrisr_jax.checkpoint import Checkpointer
   from mrisr_jax.data import pipeline
-  from mrisr_jax.interop import convert, state_dict_io
+  from mrisr_jax.interop import convert
   checkpoint, workdir = pathlib.Path(checkpoint), pathlib.Path(workdir)
   if not checkpoint.is_file():
     raise TorchImportError(f'{checkpoint}: no such file')
@@ -54,8 +56,8 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
     raise TorchImportError(f'{what} {name!r} has no PyTorch layout yet; importable: '
                        f'{", ".join(sorted(convert.SUPPORTED))}')
   g, d = registry.build_generator(config.model), registry.build_discriminator(config)
-  spe = recipe.steps_per_epoch(pipeline.num_train_slices(config.data, config.model.scale), config.batch_size)
-  plan = recipe.stage_plan(config, spe)
+  config = spec.resolve(config)
+  spe, plan = recipe.plan_run(config, pipeline.num_train_slices(config.data, config.scale))
   stage = stage or plan[0].name
   target = next((s for s in plan if s.name == stage), None)
   if target is None:
@@ -68,9 +70,9 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
   if getattr(shapes, f'{prefix}_batch_stats'):
     like['batch_stats'] = getattr(shapes, f'{prefix}_batch_stats')
   try:
-    loaded = convert.state_dict_to_flax(name, state_dict_io.load_state_dict(checkpoint), like)
-  except ValueError as e:
-    raise TorchImportError(f'{checkpoint}: {e}') from None
+    loaded = network_variables.from_state_dict_file(checkpoint, name, like)
+  except network_variables.WeightsError as e:
+    raise TorchImportError(str(e)) from None
   state = jax.device_get(jax.jit(init)(rng))   # the rest of the state, as a fresh run has it
   updates = {f'{prefix}_params': loaded['params'], 'step': np.asarray(target.start, np.int32)}
   if 'batch_stats' in loaded:
@@ -85,24 +87,24 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
                                     'imported_from': str(checkpoint.absolute()), 'what': what})
   finally:
     ckpt.close()
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  fileio.write_text(workdir / 'config.json', config.config.to_json_best_effort(indent=2))
   return {'step': target.start, 'stage': target.name, 'keys': len(jax.tree.leaves(loaded))}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from mrisr_jax import errors
+def main(config):
   f = flags.FLAGS
-  try:
-    out = import_checkpoint(f.config, f.checkpoint, f.workdir, stage=f.stage, what=f.what)
-  except (TorchImportError, ImportError) + errors.USER_ERRORS as e:
-    errors.exit_with(e)
+  out = import_checkpoint(config, f.checkpoint, f.workdir, stage=f.stage, what=f.what)
   print(f'wrote {f.workdir}: {f.what} from {f.checkpoint} ({out["keys"]} arrays) at step '
         f'{out["step"]}, the start of stage {out["stage"]}; continue with python -m mrisr_jax.main '
         f'--config ... --workdir {f.workdir}')
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m mrisr_jax.import_torch` and `mrisr-import`: a user error (or a missing optional package)
+  is one line and exit 2 (mrisr_jax.cli)."""
   define_flags()
-  app.run(main)
+  cli.run(main, user_errors=(ImportError,))
+
+
+if __name__ == '__main__':
+  run()

@@ -27,15 +27,16 @@ import os
 import pathlib
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from mrisr_jax import cli
 from mrisr_jax.data.errors import OneLineError
+from mrisr_jax.spec import data_spec
 
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
-  config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:ARG.', lock_config=True)
+  flags.DEFINE_string('config', None, cli.CONFIG_HELP)
   flags.DEFINE_string('weights', None, 'Training workdir (latest checkpoint) or a .pth/.safetensors '
                       'state_dict.')
   flags.DEFINE_string('input', None, 'Input: .npy, .png, .nii, .nii.gz or fastMRI .h5.')
@@ -61,94 +62,6 @@ class InferError(OneLineError):
   """One line naming the file or option at fault."""
 
 
-def _kind(path: pathlib.Path) -> str | None:
-  from mrisr_jax.data.sources import file_format
-  fmt = file_format(path)
-  if fmt == 'image':
-    return 'png' if path.suffix.lower() == '.png' else None
-  return {'nifti': 'nii', 'fastmri': 'h5', 'npy': 'npy'}.get(fmt)
-
-
-def _tmp_path(path: pathlib.Path) -> pathlib.Path:
-  # keep the full suffix (.nii.gz picks compression)
-  return path.with_name(f'.tmp{os.getpid()}.{path.name}')
-
-
-def _atomic(path: pathlib.Path, write) -> None:
-  tmp = _tmp_path(path)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-
-def read_stack(path: pathlib.Path, kind: str):
-  """(stack (S, h, w) float32 in [0, 1], info for writing)."""
-  import numpy as np
-  if kind == 'npy':
-    try:
-      x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise InferError(f'{path}: cannot read as .npy ({e})') from None
-    if x.ndim not in (2, 3) or x.size == 0 or x.dtype.kind not in 'biuf':
-      raise InferError(f'{path}: expected a real 2-D slice or (S, H, W) stack, got {x.dtype} {x.shape}')
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-      raise InferError(f'{path}: has non-finite values')
-    return (x[None] if x.ndim == 2 else x), {'ndim': x.ndim}
-  if kind == 'png':
-    from mrisr_jax.data.images import read_image
-    x, info = read_image(path)
-    return x[None], {'ndim': 2, 'bit_depth': 16 if info['bit_depth'] == 16 else 8}
-  from mrisr_jax.data.fastmri import FastMRISliceSource
-  src = FastMRISliceSource([path])
-  try:
-    vol = src.volumes[0]
-    stack = np.stack([src.read_slice(0, s) for s in range(vol.num_slices)])
-  finally:
-    src.close()
-  return np.clip(stack, 0.0, 1.0), {'ndim': 3, 'max': float(vol.metadata['max']),
-                                    'target': vol.metadata['target'], 'attrs': vol.metadata['attrs']}
-
-
-# ---------------------------------------------------------------------------------------- writing
-
-
-def _write(path: pathlib.Path, kind: str, sr, info: dict, record: dict) -> None:
-  import numpy as np
-  if kind == 'npy':
-    arr = sr[0] if info['ndim'] == 2 else sr
-    def save(tmp):
-      with open(tmp, 'wb') as f:
-        np.save(f, arr.astype(np.float32))
-    _atomic(path, save)
-  elif kind == 'png':
-    from mrisr_jax.data.images import write_grey
-    write_grey(path, sr[0], bit_depth=info.get('bit_depth', 8))
-  else:
-    import h5py
-
-    def save(tmp):
-      with h5py.File(tmp, 'w') as f:
-        f.create_dataset('reconstruction_sr', data=(sr * np.float32(info['max'])).astype(np.float32))
-        for k, v in info['attrs'].items():
-          try:
-            f.attrs[k] = v
-          except (TypeError, ValueError):
-            pass   # attributes h5py cannot store back as plain values are left out
-        f.attrs['max'] = float(np.max(sr) * info['max'])
-        f.attrs['sr_input_max'] = info['max']
-        f.attrs['sr_target'] = info['target']
-        for k in ('model', 'scale', 'weights', 'input', 'tile', 'overlap'):
-          f.attrs[f'sr_{k}'] = record[k]
-    _atomic(path, save)
-
-
 # ---------------------------------------------------------------------------------------- driver
 
 
@@ -156,11 +69,11 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
           overwrite: bool = False, slice_axis: int | None = None, thick_axis: int | None = None,
           progress: bool = False) -> dict:
   """Reads `input`, super-resolves every slice, writes `output`; returns a summary record."""
-  from mrisr_jax import nifti_volume, registry, tiling
+  from mrisr_jax import fileio, network_variables, nifti_volume, registry
   from mrisr_jax.data import degrade, pipeline
-  from mrisr_jax.weights import load_generator_variables
+  from mrisr_jax.predictor import Predictor
   src, dst = pathlib.Path(input), pathlib.Path(output)
-  in_kind, out_kind = _kind(src), _kind(dst)
+  in_kind, out_kind = fileio.stack_kind(src), fileio.stack_kind(dst)
   if in_kind is None:
     raise InferError(f'{src}: unknown input suffix; use .npy, .png, .nii, .nii.gz or .h5')
   if not src.is_file():
@@ -175,15 +88,13 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
   if in_kind != 'nii' and (slice_axis is not None or thick_axis is not None):
     raise InferError(f'{src}: --slice_axis/--thick_axis apply to NIfTI volumes only')
   model = registry.build_generator(config.model)
-  variables = load_generator_variables(config, weights, model)
+  variables = network_variables.load_generator_variables(config, weights, model)
   scale = config.model.scale
-  factors = degrade.lr_factors(pipeline.degradation_steps(config.data), scale)
-  predict = tiling.make_predict_fn(model, variables)
+  factors = degrade.lr_factors(data_spec(config.data).degradation, scale)
+  predictor = Predictor(model, variables, tile=tile, overlap=overlap, batch=batch)
 
   def sr_stack(lr, bar=None):
-    return tiling.super_resolve(predict, lr, scale, model.size_multiple,
-                                bool(getattr(model, 'upsampled_input', False)), tile=tile,
-                                overlap=overlap, batch=batch, factors=factors, progress=bar)
+    return predictor(lr, factors=factors, progress=bar)
 
   record = {'model': config.model.name, 'scale': scale, 'factors': tuple(factors),
             'weights': str(weights), 'input': str(src), 'output': str(dst), 'tile': tile,
@@ -200,7 +111,10 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
                   lr_shape=tuple(n // f for n, f in zip(done['shape'], done['factors'])),
                   sr_shape=done['shape'], zooms=done['zooms'], seconds=time.perf_counter() - start)
     return record
-  lr, info = read_stack(src, in_kind)
+  try:
+    lr, info = fileio.read_stack(src, in_kind)
+  except fileio.FileError as e:
+    raise InferError(str(e)) from None
   if out_kind == 'png' and info['ndim'] != 2:
     raise InferError(f'{dst}: a .png output needs a 2-D input; {src} holds {lr.shape[0]} slices')
   from tqdm import tqdm
@@ -209,7 +123,8 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
   record.update(mode='in-plane' if factors[0] == factors[1] else 'through-plane',
                 slices=int(lr.shape[0]), lr_shape=tuple(lr.shape[1:]), sr_shape=tuple(sr.shape[1:]),
                 seconds=time.perf_counter() - start)
-  _write(dst, out_kind, sr, info, record)
+  fileio.write_stack(dst, out_kind, sr, info,
+                     {k: record[k] for k in ('model', 'scale', 'weights', 'input', 'tile', 'overlap')})
   return record
 
 
@@ -221,20 +136,20 @@ def summary_line(r: dict) -> str:
           f'({r["model"]} x{r["scale"]} {r["mode"]}{tiles}) in {r["seconds"]:.1f} s')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from mrisr_jax import errors
+def main(config):
   f = flags.FLAGS
-  try:
-    record = infer(f.config, f.weights, f.input, f.output, tile=f.tile, overlap=f.overlap,
-                   batch=f.batch, overwrite=f.overwrite, slice_axis=f.slice_axis,
-                   thick_axis=f.thick_axis, progress=f.progress)
-  except (OneLineError, ImportError) + errors.USER_ERRORS as e:   # weights, inputs, tiles, volumes
-    errors.exit_with(e)
+  record = infer(config, f.weights, f.input, f.output, tile=f.tile, overlap=f.overlap,
+                 batch=f.batch, overwrite=f.overwrite, slice_axis=f.slice_axis,
+                 thick_axis=f.thick_axis, progress=f.progress)
   print(summary_line(record))
 
 
-if __name__ == '__main__':
+def run():
+  """`python -m mrisr_jax.infer` and `mrisr-infer`: a user error (or a missing optional package)
+  is one line and exit 2 (mrisr_jax.cli)."""
   define_flags()
-  app.run(main)
+  cli.run(main, user_errors=(ImportError,))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,4 +1,4 @@
-"""Entry point: python -m mrisr_jax.main --config configs/casrgan_x4.py[:quick] --workdir DIR
+"""Entry point: python -m mrisr_jax.main (or mrisr-train) --config configs/casrgan.py[:ARGS] --workdir DIR
 
 Overrides: --config.a.b=value. Running again with the same --workdir resumes from its latest
 checkpoint. Multi-host: start one process per host; jax.distributed is initialised from the flags
@@ -10,10 +10,11 @@ import logging as pylogging
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:ARG.', lock_config=True)
+from mrisr_jax import cli
+
+_CONFIG = flags.DEFINE_string('config', None, cli.CONFIG_HELP)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, images and the report.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                                  'Call jax.distributed.initialize: auto = when a coordinator is given or '
@@ -73,54 +74,25 @@ class _QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+def main(config):
+  """Trains `config` (loaded by cli.run, with its overrides) in --workdir."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _init_distributed()
   import jax
-  from mrisr_jax import errors, train
+  from mrisr_jax import train
   logging.info('JAX %s on %s: %d processes, %d devices (%d local)', jax.__version__, jax.default_backend(),
                jax.process_count(), jax.device_count(), jax.local_device_count())
-  try:
-    config = _CONFIG.value
-    config.get('name')  # the file loads lazily: a missing or broken config file fails here
-  except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
-    _config_error(str(e))
   from mrisr_jax.preemption import Preempted
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except errors.USER_ERRORS as e:
-    errors.exit_with(e)
   except Preempted:  # saved and logged; the scheduler may requeue on this status
     logging.flush()
     sys.exit(_PREEMPTION_EXIT_CODE.value)
 
 
-def _parse_flags(argv):
-  """absl's parser, but a bad --config override (mistyped key, wrong type) is one line, exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    message = str(e)
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    message = str(e).strip("'\"")
-  _config_error(message)
-
-
-def _config_error(message: str) -> None:
-  message = message.replace('\\n', '\n').replace("\\'", "'")
-  if 'Traceback' in message or 'Attempted' in message:  # keep the line that says what failed
-    message = [line for line in message.splitlines() if line.strip()][-1]
-  print(f'mrisr_jax: error: bad config: {" ".join(message.split())}', file=sys.stderr)
-  sys.exit(2)
-
-
 def run():
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except KeyboardInterrupt:
-    sys.exit(130)
+  """`python -m mrisr_jax.main` and `mrisr-train`: a user error is one line and exit 2 (mrisr_jax.cli)."""
+  cli.run(main)
 
 
 if __name__ == '__main__':

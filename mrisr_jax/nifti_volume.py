@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from mrisr_jax import fileio
 from mrisr_jax.data.errors import OneLineError
 
 PERCENTILE = 99.5
@@ -226,17 +227,12 @@ class StreamWriter:
     self._release()
     try:
       if self.path.name.lower().endswith('.gz'):
-        fd, name = tempfile.mkstemp(suffix='.nii.gz', prefix=f'.{self.path.name}.', dir=self.path.parent)
-        gz = pathlib.Path(name)
-        try:
-          with os.fdopen(fd, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=1) as out, \
+        def compress(gz):
+          with open(gz, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=1) as out, \
               open(self.tmp, 'rb') as src:
             shutil.copyfileobj(src, out, 1 << 22)
-          os.replace(gz, self.path)
-        finally:
-          if gz.exists():
-            gz.unlink()
-      else:
+        fileio.atomic_write(self.path, compress)
+      else:   # the finished memory-mapped temp file is the output: one rename puts it in place
         os.replace(self.tmp, self.path)
     finally:
       if self.tmp.exists():

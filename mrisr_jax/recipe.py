@@ -1,7 +1,9 @@
-"""From a config to the pure pieces of a run: stages, models, optimizers, the initial state, the steps.
+"""From a resolved run (spec.RunSpec) to the pure pieces of a run: stages with their step boundaries,
+models, optimizers, the initial state, the steps.
 
 train.py adds the loop (data, jit on the mesh, checkpoints, logs); benchmarks and tests use these
-pieces directly, so they time and test exactly what training runs.
+pieces directly, so they time and test exactly what training runs. Every function here takes the
+RunSpec (a ConfigDict is resolved first, so direct callers get the same checks).
 """
 from __future__ import annotations
 
@@ -11,24 +13,27 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from absl import logging
 
 from mrisr_jax import registry, steps
-from mrisr_jax.data.pipeline import patch_shape
 from mrisr_jax.models import vgg as vgg_lib
 from mrisr_jax.schedules import make_schedule
+from mrisr_jax.spec import LossConfig, RunSpec, StageSpec, resolve
 from mrisr_jax.train_state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  name: str
-  cfg: Any
+  """A stage of the recipe placed on the step axis."""
+  spec: StageSpec
   start: int  # global step at which the stage begins
   end: int  # global step at which it ends (exclusive)
-  lr_scale: float = 1.0  # config.lr_scaling's factor on lr_g and lr_d (see `lr_scale`)
+  lr_scale: float = 1.0  # the run's batch-size factor on lr_g and lr_d (RunSpec.lr_scale)
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
 
 
 def steps_per_epoch(num_slices: int, batch_size: int) -> int:
@@ -37,20 +42,20 @@ def steps_per_epoch(num_slices: int, batch_size: int) -> int:
   return max(1, int(num_slices) // int(batch_size))
 
 
-def lr_scale(config: ml_collections.ConfigDict) -> float:
-  """The learning-rate factor for the global batch: (batch_size / base_batch_size) ('linear'), its square
-  root ('sqrt'), or 1 ('none'); the stages' lr_g / lr_d are the rates at base_batch_size."""
-  rule = config.get('lr_scaling', 'none')
-  ratio = config.batch_size / config.get('base_batch_size', 16)
-  return {'none': 1.0, 'linear': ratio, 'sqrt': ratio ** 0.5}[rule]
+def plan_run(run: RunSpec, num_slices: int) -> tuple[int, list[Stage]]:
+  """(steps per epoch, stage plan) of a run over `num_slices` training slices."""
+  run = resolve(run)
+  spe = steps_per_epoch(num_slices, run.batch_size)
+  return spe, stage_plan(run, spe)
 
 
-def stage_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> list[Stage]:
-  plan, start, scale = [], 0, lr_scale(config)
-  for name in config.stage_order:
-    cfg = config.stages[name]
-    end = start + int(cfg.epochs) * steps_per_epoch
-    plan.append(Stage(name, cfg, start, end, scale))
+def stage_plan(run: RunSpec, steps_per_epoch: int) -> list[Stage]:
+  """The stages in order, each [start, end) in global steps."""
+  run = resolve(run)
+  plan, start = [], 0
+  for s in run.stages:
+    end = start + s.epochs * steps_per_epoch
+    plan.append(Stage(s, start, end, run.lr_scale))
     start = end
   return plan
 
@@ -58,12 +63,11 @@ def stage_plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> list[
 def stage_schedules(stage: Stage, steps_per_epoch: int) -> dict:
   """The G and D learning-rate schedules of a stage, counted from the stage start: the stage's lr_g / lr_d
   times the batch-size factor, after its warm-up (stage field warmup_epochs)."""
-  s = stage.cfg
-  factor_d = s.schedule_factor if s.schedule_factor_d < 0 else s.schedule_factor_d
-  warmup = float(s.get('warmup_epochs', 0.0))
+  s = stage.spec
   lr_g, lr_d = s.lr_g * stage.lr_scale, s.lr_d * stage.lr_scale  # x * 1.0 == x: unscaled runs unchanged
-  return {'g': make_schedule(s.schedule, lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor, warmup),
-          'd': make_schedule(s.schedule, lr_d, steps_per_epoch, s.schedule_epochs, factor_d, warmup)}
+  return {'g': make_schedule(s.schedule, lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor,
+                             s.warmup_epochs),
+          'd': make_schedule(s.schedule, lr_d, steps_per_epoch, s.schedule_epochs, s.factor_d, s.warmup_epochs)}
 
 
 def _scale_by_name(multipliers: dict) -> optax.GradientTransformation:
@@ -77,52 +81,56 @@ def _scale_by_name(multipliers: dict) -> optax.GradientTransformation:
   return optax.stateless(scale)
 
 
-def make_optimizers(config: ml_collections.ConfigDict, stage: Stage, steps_per_epoch: int):
+def make_optimizers(run: RunSpec, stage: Stage, steps_per_epoch: int):
   """Separate Adam optimizers for G and D, each with its own schedule."""
   schedules = stage_schedules(stage, steps_per_epoch)
-  s = stage.cfg
+  s = stage.spec
   g_tx = optax.adam(schedules['g'], b1=s.b1, b2=s.b2, eps=1e-8)
-  multipliers = dict(config.get('lr_multipliers', {}) or {})
+  multipliers = dict(resolve(run).lr_multipliers)
   if multipliers:
     g_tx = optax.chain(g_tx, _scale_by_name(multipliers))
   return g_tx, optax.adam(schedules['d'], b1=s.b1, b2=s.b2, eps=1e-8)
 
 
-def stage_generator(config: ml_collections.ConfigDict, stage: Stage):
-  alpha = float(stage.cfg.deepnorm_alpha)
-  overrides = dict(dropout=float(stage.cfg.dropout))
+def stage_generator(run: RunSpec, stage: Stage):
+  """The generator as the stage trains it (its DeepNorm alpha and dropout)."""
+  alpha = float(stage.spec.deepnorm_alpha)
+  overrides = dict(dropout=float(stage.spec.dropout))
   if alpha >= 0:
     overrides['deepnorm_alpha'] = alpha
-  return registry.build_generator(config.model, **overrides)
+  return registry.build_generator(resolve(run).model, **overrides)
 
 
-def _taps(loss_cfg) -> tuple[list[int], list[float], list[float]]:
+def _taps(loss: LossConfig) -> tuple[list[int], list[float], list[float]]:
   """VGG tap indices (perceptual layers, then style layers) and their weights."""
-  arch = loss_cfg.vgg_arch
-  perceptual = dict(loss_cfg.perceptual_layers)
-  style = dict(loss_cfg.style_layers)
+  arch = loss.vgg_arch
+  perceptual = dict(loss.perceptual_layers)
+  style = dict(loss.style_layers)
   taps = [vgg_lib.vgg_layer_index(arch, n) for n in perceptual] + [vgg_lib.vgg_layer_index(arch, n) for n in style]
   return taps, list(perceptual.values()), list(style.values())
 
 
-def loss_spec(config: ml_collections.ConfigDict, stage: Stage) -> steps.LossSpec:
-  s = stage.cfg
-  _, p_weights, s_weights = _taps(config.loss)
+def loss_spec(run: RunSpec, stage: Stage) -> steps.LossSpec:
+  s, loss = stage.spec, resolve(run).loss
+  _, p_weights, s_weights = _taps(loss)
   return steps.LossSpec(
       pixel=s.pixel_loss, pixel_weight=float(s.pixel_weight), perceptual_weight=float(s.perceptual_weight),
-      perceptual_layer_weights=tuple(map(float, p_weights)), perceptual_criterion=config.loss.perceptual_criterion,
+      perceptual_layer_weights=tuple(map(float, p_weights)), perceptual_criterion=loss.perceptual_criterion,
       style_weight=float(s.style_weight), style_layer_weights=tuple(map(float, s_weights)),
-      adversarial_weight=float(s.adversarial_weight) if s.kind == 'gan' else 0.0, gan=config.loss.gan)
+      adversarial_weight=float(s.adversarial_weight) if s.kind == 'gan' else 0.0, gan=loss.gan)
 
 
-def needs_vgg(config: ml_collections.ConfigDict, stages: list[Stage]) -> bool:
-  return any(loss_spec(config, s).uses_vgg for s in stages)
+def needs_vgg(run: RunSpec, stages: list[Stage]) -> bool:
+  return any(loss_spec(run, s).uses_vgg for s in stages)
 
 
-def load_perceptual(loss_cfg, dtype: str = 'float32') -> tuple[Callable, Any]:
+def load_perceptual(loss_cfg: LossConfig, dtype: str = 'float32') -> tuple[Callable, Any]:
   """The frozen VGG feature function vgg(params, rgb) -> tapped features (float32), and its params
   (ImageNet weights, or random for quick runs). dtype: the compute dtype's name (config.model.dtype);
   the params stay float32."""
+  if not isinstance(loss_cfg, LossConfig):  # a config.loss section
+    from mrisr_jax.spec import loss_config
+    loss_cfg = loss_config(loss_cfg)
   taps, _, _ = _taps(loss_cfg)
   last = max(taps)
   arch = loss_cfg.vgg_arch
@@ -154,24 +162,25 @@ def _apply_vgg(model, params, x):
   return jax.tree.map(lambda f: f.astype(jnp.float32), model.apply({'params': params}, x))
 
 
-def network_inits(config: ml_collections.ConfigDict, g_model, d_model) -> tuple[Callable, Callable]:
+def network_inits(run: RunSpec, g_model, d_model) -> tuple[Callable, Callable]:
   """(g_init, d_init): rng -> the variables of one network, initialised on one training crop.
 
   A fresh run draws them from jax.random.split(PRNGKey(seed)): the first key for G, the second for D.
   """
-  scale = config.model.scale
-  hr_h, hr_w = patch_shape(config.data)
-  in_h, in_w = registry.input_size(g_model, (hr_h // scale, hr_w // scale))
-  g_init = lambda rng: g_model.init({'params': rng}, jnp.zeros((1, in_h, in_w, config.model.in_channels)),  # noqa: E731
+  run = resolve(run)
+  hr_h, hr_w = run.data.hr_patch_size
+  in_h, in_w = registry.input_size(g_model, run.lr_patch_shape)
+  g_init = lambda rng: g_model.init({'params': rng}, jnp.zeros((1, in_h, in_w, run.model.in_channels)),  # noqa: E731
                                     train=False)
-  d_init = lambda rng: d_model.init({'params': rng}, jnp.zeros((1, hr_h, hr_w, config.model.out_channels)),  # noqa: E731
+  d_init = lambda rng: d_model.init({'params': rng}, jnp.zeros((1, hr_h, hr_w, run.model.out_channels)),  # noqa: E731
                                     train=False)
   return g_init, d_init
 
 
-def init_state_fn(config: ml_collections.ConfigDict, g_model, d_model, g_tx, d_tx) -> Callable:
+def init_state_fn(run: RunSpec, g_model, d_model, g_tx, d_tx) -> Callable:
   """rng -> a fresh TrainState: generator and discriminator initialised on one training crop."""
-  g_init, d_init = network_inits(config, g_model, d_model)
+  run = resolve(run)
+  g_init, d_init = network_inits(run, g_model, d_model)
 
   def init(rng):
     g_rng, d_rng = jax.random.split(rng)
@@ -179,19 +188,18 @@ def init_state_fn(config: ml_collections.ConfigDict, g_model, d_model, g_tx, d_t
     return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'],
                       g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
                       d_batch_stats=d_vars.get('batch_stats', {}), g_opt_state=g_tx.init(g_vars['params']),
-                      d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(config.seed + 1),
-                      g_ema_params=g_vars['params'] if config.get('ema_decay', 0.0) > 0 else {})
+                      d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(run.seed + 1),
+                      g_ema_params=g_vars['params'] if run.ema_decay > 0 else {})
 
   return init
 
 
-def stage_step(config: ml_collections.ConfigDict, stage: Stage, g_model, d_model, g_tx, d_tx,
-               vgg: Callable | None) -> Callable:
+def stage_step(run: RunSpec, stage: Stage, g_model, d_model, g_tx, d_tx, vgg: Callable | None) -> Callable:
   """The pure step of a stage: (state, batch, vgg_params) -> (state, metrics)."""
-  spec = loss_spec(config, stage)
-  ema = float(config.get('ema_decay', 0.0))
-  accum = int(config.get('grad_accum_steps', 1))
-  if stage.cfg.kind == 'gan':
+  run = resolve(run)
+  spec = loss_spec(run, stage)
+  ema, accum = run.ema_decay, run.grad_accum_steps
+  if stage.spec.kind == 'gan':
     return functools.partial(steps.gan_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
                              loss=spec, vgg=vgg, ema_decay=ema, grad_accum_steps=accum)
   return functools.partial(steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg,

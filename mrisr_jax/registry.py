@@ -2,22 +2,29 @@
 
 `config.model` / `config.discriminator` hold `name` plus fields named exactly as the module's
 attributes, so building a model is `Module(**fields)`; a field the module lacks is an error that
-names it. Loss names (pixel, GAN) resolve through `losses.PIXEL_LOSSES` / `losses.GAN_LOSSES`
-with the same `lookup`.
+names it. Each model's entry also names its PyTorch mirror (`interop.torch_models`) and its
+state_dict key map (`interop.convert`), so interop asks here. Loss names (pixel, GAN) resolve
+through `losses.PIXEL_LOSSES` / `losses.GAN_LOSSES` with the same `lookup`.
+
+Importing this module imports neither jax nor torch (`interop.convert` needs only numpy).
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
-import jax.numpy as jnp
 import ml_collections
-from flax import linen as nn
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+from mrisr_jax.errors import UserError
+
+if TYPE_CHECKING:
+  from flax import linen as nn
+
+_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError, ValueError):
   pass
 
 
@@ -27,27 +34,43 @@ def lookup(table: dict, kind: str, name: str):
   return table[name]
 
 
-# name -> 'module:Class' (imported on use, so a config names a model without importing all of them)
-GENERATORS: dict[str, str] = {
-    'casr': 'mrisr_jax.models.casr:CASR',
-    'srcnn': 'mrisr_jax.models.srcnn:SRCNN',
-    'drrn': 'mrisr_jax.models.drrn:DRRN',
-    'edsr': 'mrisr_jax.models.edsr:EDSR',
-    'rdn': 'mrisr_jax.models.rdn:RDN',
-    'fagan': 'mrisr_jax.models.fagan:FAGANGenerator',
-    'srdcgan': 'mrisr_jax.models.srdcgan:SRDCGANGenerator',
-    'perceptual_sr': 'mrisr_jax.models.perceptual_sr:PerceptualSRNet',
+class Model(NamedTuple):
+  """A model's entry; every part is imported on use (a config names a model without importing all)."""
+  kind: str  # 'generator' or 'discriminator'
+  module: str  # 'module:Class' of the flax module
+  torch: str  # its mirror, a class in mrisr_jax.interop.torch_models
+  key_map: str  # in mrisr_jax.interop.convert: params -> {torch key: (flax path, transform)}
+
+
+_G, _D = 'generator', 'discriminator'
+# System by system, generator before discriminator: the order `convert.SUPPORTED` lists them in.
+MODELS: dict[str, Model] = {
+    'srcnn': Model(_G, 'mrisr_jax.models.srcnn:SRCNN', 'TorchSRCNN', 'srcnn_key_map'),
+    'drrn': Model(_G, 'mrisr_jax.models.drrn:DRRN', 'TorchDRRN', 'drrn_key_map'),
+    'edsr': Model(_G, 'mrisr_jax.models.edsr:EDSR', 'TorchEDSR', 'edsr_key_map'),
+    'rdn': Model(_G, 'mrisr_jax.models.rdn:RDN', 'TorchRDN', 'rdn_key_map'),
+    'casr': Model(_G, 'mrisr_jax.models.casr:CASR', 'TorchCASR', 'casr_key_map'),
+    'casrgan_d': Model(_D, 'mrisr_jax.models.discriminator:CASRGANDiscriminator',
+                       'TorchGANDiscriminator', 'casrgan_d_key_map'),
+    'fagan': Model(_G, 'mrisr_jax.models.fagan:FAGANGenerator', 'TorchFAGANGenerator', 'fagan_key_map'),
+    'fagan_sn_d': Model(_D, 'mrisr_jax.models.fagan:FAGANDiscriminator', 'TorchFAGANDiscriminator',
+                        'fagan_sn_d_key_map'),
+    'srdcgan': Model(_G, 'mrisr_jax.models.srdcgan:SRDCGANGenerator', 'TorchSRDCGANGenerator',
+                     'srdcgan_key_map'),
+    'srdcgan_d': Model(_D, 'mrisr_jax.models.srdcgan:SRDCGANDiscriminator', 'TorchSRDCGANDiscriminator',
+                       'srdcgan_d_key_map'),
+    'perceptual_sr': Model(_G, 'mrisr_jax.models.perceptual_sr:PerceptualSRNet', 'TorchPerceptualSRNet',
+                           'perceptual_sr_key_map'),
 }
-DISCRIMINATORS: dict[str, str] = {
-    'casrgan_d': 'mrisr_jax.models.discriminator:CASRGANDiscriminator',
-    'fagan_sn_d': 'mrisr_jax.models.fagan:FAGANDiscriminator',
-    'srdcgan_d': 'mrisr_jax.models.srdcgan:SRDCGANDiscriminator',
-}
+# name -> 'module:Class', by kind
+GENERATORS: dict[str, str] = {n: m.module for n, m in MODELS.items() if m.kind == _G}
+DISCRIMINATORS: dict[str, str] = {n: m.module for n, m in MODELS.items() if m.kind == _D}
 SCALES = (2, 3, 4, 8)  # union over the models; each model class says which it supports
 
 
 def compute_dtype(name: str):
-  return lookup(_DTYPES, 'config.model.dtype', name)
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return getattr(jnp, lookup({n: n for n in _DTYPES}, 'config.model.dtype', name))
 
 
 def resolve_scan_unroll(scan_unroll: int, depth: int) -> int:
@@ -64,6 +87,16 @@ def generator_class(name: str) -> type[nn.Module]:
 
 def discriminator_class(name: str) -> type[nn.Module]:
   return _import(lookup(DISCRIMINATORS, 'config.discriminator.name', name))
+
+
+def torch_mirror_class(name: str) -> type:
+  """The torch.nn mirror of generator or discriminator `name` (imports torch)."""
+  return _import(f'mrisr_jax.interop.torch_models:{lookup(MODELS, "model", name).torch}')
+
+
+def key_map_function(name: str) -> Callable:
+  """`f(params) -> {torch key: (flax path, transform)}`, the state_dict layout of model `name`."""
+  return _import(f'mrisr_jax.interop.convert:{lookup(MODELS, "model", name).key_map}')
 
 
 def _import(target: str):
@@ -98,9 +131,9 @@ def build_generator(model_cfg: ml_collections.ConfigDict, **overrides) -> nn.Mod
     kw['scan_unroll'] = resolve_scan_unroll(kw['scan_unroll'], kw.get('depth', 1))
   known = _fields(cls)
   kw.update({k: v for k, v in overrides.items() if k in known})
-  if kw.get('scale', 4) not in cls.supported_scales:
-    raise UnknownNameError(f'config.model.scale={kw.get("scale")}: {cls.__name__} supports scales '
-                           f'{", ".join(map(str, cls.supported_scales))}')
+  error = cls.scale_error(kw.get('scale', cls.scale))
+  if error:
+    raise UnknownNameError(f'config.{error}')
   return cls(**kw)
 
 

@@ -1,4 +1,4 @@
-"""Comparison images and evaluation reports (numpy + pillow only).
+"""Comparison images and evaluation reports (numpy + pillow; every file written atomically).
 
 * :func:`to_uint8` / :func:`apply_colormap` — display conversions.
 * :func:`image_grid` — one row ``LR | bicubic | SR | HR | |SR-HR|`` with captions, and
@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mrisr_jax import fileio
 
 __all__ = [
     "CAPTION_H",
@@ -262,10 +264,7 @@ def save_png(path, array) -> str:
         if not np.issubdtype(a.dtype, np.floating):
             raise TypeError(f"save_png expects uint8 or float data, got {a.dtype}")
         a = to_uint8(a)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path, format="PNG")
-    return str(path)
+    return str(fileio.write_png(path, a))
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,7 +448,7 @@ def write_report(
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md).rstrip("\n") + "\n", encoding="utf-8")
+    fileio.write_text(md_path, "\n".join(md).rstrip("\n") + "\n")
 
     # ---- html
     esc = html.escape
@@ -477,7 +476,7 @@ def write_report(
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     parts.append("</body></html>")
     html_path = out / "report.html"
-    html_path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    fileio.write_text(html_path, "\n".join(parts) + "\n")
 
     # ---- json
     payload = {
@@ -488,7 +487,7 @@ def write_report(
         "notes": notes,
     }
     json_path = out / "metrics.json"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    fileio.write_json(json_path, payload)
 
     return {"markdown": str(md_path), "html": str(html_path), "json": str(json_path)}
 
@@ -509,7 +508,7 @@ def link_report(workdir, title: str, target) -> str:
         entries = []
     entries = [e for e in entries if isinstance(e, dict) and e.get("href") != href]
     entries.append({"title": str(title), "href": href})
-    listing.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    fileio.write_json(listing, entries)   # atomic: evaluations may link concurrently
     esc = html.escape
     items = "".join(
         f'<li><a href="{esc(quote(e["href"]), quote=True)}">{esc(e["title"])}</a>'
@@ -522,7 +521,7 @@ def link_report(workdir, title: str, target) -> str:
         f"<h1>{esc(work.name)}</h1><h2>Reports</h2><ul>{items}</ul></body></html>\n"
     )
     index = work / "index.html"
-    index.write_text(page, encoding="utf-8")
+    fileio.write_text(index, page)
     return str(index)
 
 
@@ -537,4 +536,4 @@ def replace_section(path, section: str, heading: str) -> None:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip() + f"\n\n{heading}\n\n" + section + "\n"
-    p.write_text(text, encoding="utf-8")
+    fileio.write_text(p, text)

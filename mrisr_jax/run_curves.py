@@ -10,11 +10,12 @@ train.py writes with clu's ``create_default_writer`` (TF2 summary writer): scala
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from mrisr_jax.errors import UserError
 
 __all__ = ['RunCurvesError', 'read_scalars', 'plot_curves', 'plot_run']
 
@@ -24,7 +25,7 @@ PSNR_TAGS = (('val/model_psnr', 'model'), ('val/bicubic_psnr', 'bicubic'))
 Scalars = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-class RunCurvesError(ValueError):
+class RunCurvesError(UserError, ValueError):
   """A workdir without usable scalars, or nothing to plot (one-line message)."""
 
 
@@ -147,21 +148,10 @@ def _plot_psnr(ax, scalars, tags) -> None:
 
 def _write_png_atomic(fig, out: Path) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from mrisr_jax import fileio
   FigureCanvasAgg(fig)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  # Same folder so os.replace is a rename: readers never see a half-written PNG.
-  fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      fig.savefig(f, format='png')
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-    os.replace(tmp, out)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except FileNotFoundError:
-      pass
-    raise
+  # readers (a browser on the run's index) never see a half-written PNG
+  fileio.atomic_write(out, lambda tmp: fig.savefig(tmp, format='png'))
 
 
 def plot_curves(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]], out_path: str | os.PathLike,

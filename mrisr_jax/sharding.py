@@ -43,9 +43,9 @@ DEFAULT_RULES = (
 )
 
 
-def rules_for(config) -> tuple:
-  """config.sharding_rules (tried first), then DEFAULT_RULES."""
-  return tuple(tuple(r) for r in (config.get('sharding_rules', ()) or ())) + DEFAULT_RULES
+def rules_for(run) -> tuple:
+  """The run's sharding_rules (spec.RunSpec; tried first), then DEFAULT_RULES."""
+  return tuple(run.sharding_rules) + DEFAULT_RULES
 
 
 def _error(message: str) -> ValueError:

@@ -1,11 +1,12 @@
 """Whole-slice super-resolution in batches, optionally in overlapping tiles to bound memory.
 
 Without tiling a slice is edge-padded at the bottom/right to the model's size multiple and the
-output cropped back (training validation, `infer` and `evaluate` all run slices through here). With tiling, every tile
-has one shape (the tile size, legal for the size multiple), so the jitted predict compiles once;
-tiles start every tile - 2 * overlap pixels, the last one flush with the bottom/right edge, and
-each keeps only its interior (an overlap-wide border is dropped except at the image edges). When
-the model's receptive field fits in the overlap, tiled and untiled outputs agree to rounding.
+output cropped back (`mrisr_jax.predictor.Predictor` runs every model through here for training
+validation, `infer` and `evaluate`). With tiling, every tile has one shape (the tile size, legal for
+the size multiple), so the jitted predict compiles once; tiles start every tile - 2 * overlap
+pixels, the last one flush with the bottom/right edge, and each keeps only its interior (an
+overlap-wide border is dropped except at the image edges). When the model's receptive field fits
+in the overlap, tiled and untiled outputs agree to rounding.
 
 Models that take the bicubic-upsampled LR (SRCNN, DRRN) are tiled in the HR grid: `tile` and
 `overlap` are given in LR pixels and scaled by each axis's factor there. Those models also serve
@@ -29,21 +30,6 @@ AUTO_BATCH_PIXELS = 1 << 20
 
 class TilingError(OneLineError):
   """A tile size that cannot work (too small for the overlap)."""
-
-
-_JITTED = None
-
-
-def make_predict_fn(model, variables) -> Callable[[np.ndarray], np.ndarray]:
-  """x (B, H, W, C) -> numpy SR. One module-level jit with the (hashable) model static, so each
-  model and tile/batch shape compiles once per process, however many files are processed."""
-  global _JITTED
-  import jax
-  from mrisr_jax import steps
-  if _JITTED is None:
-    _JITTED = jax.jit(steps.predict, static_argnames='g_model')
-  variables = jax.device_put(variables)
-  return lambda x: np.asarray(_JITTED(variables, x, g_model=model))
 
 
 def _round_up(n: int, m: int) -> int:

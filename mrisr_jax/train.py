@@ -24,12 +24,13 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from mrisr_jax import config_check, recipe, registry, report, sharding, steps
+from mrisr_jax import recipe, registry, report, sharding, spec, steps
 from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like, workdir_path
 from mrisr_jax.data import pipeline
 from mrisr_jax.data.sample import resolve_data_root
+from mrisr_jax.config_check import ConfigError
 from mrisr_jax.errors import NonFiniteLossError  # noqa: F401  (also raised as train.NonFiniteLossError)
-from mrisr_jax.evaluation import Validator, log_line
+from mrisr_jax.validation import Validator, log_line
 from mrisr_jax.preemption import Preempted, PreemptionGuard
 from mrisr_jax.recipe import Stage
 
@@ -63,7 +64,7 @@ def _is_local(path: epath.Path) -> bool:
 @dataclasses.dataclass
 class Run:
   """What `setup` builds once and the loop, the validation and the report share."""
-  config: ml_collections.ConfigDict
+  config: spec.RunSpec
   workdir: epath.Path
   files: pathlib.Path  # local folder for images and the report (the workdir, or a staging copy)
   mesh: Any
@@ -97,6 +98,40 @@ class Run:
 
 
 @dataclasses.dataclass
+class StageStep:
+  """A stage's train step jitted on the mesh, as training runs it; benchmarks and parity checks use it
+  too, so they measure and compare exactly this."""
+  stage: Stage
+  g_model: Any
+  g_tx: Any
+  d_tx: Any
+  step: Callable  # jitted (state, batch, vgg_params) -> (state, metrics); the state is donated
+  lr_fns: dict  # 'g' (and 'd' in a gan stage): step within the stage -> learning rate
+
+
+def state_layout(config: spec.RunSpec, mesh, init_state: Callable) -> tuple[Any, Any]:
+  """(abstract TrainState, its shardings on `mesh`) for `init_state(rng)`: kernels and their Adam
+  states over fsdp as the rules say, the rest replicated."""
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+  return abstract_state, sharding.state_shardings(mesh, abstract_state, sharding.rules_for(config))
+
+
+def jit_stage_step(config: spec.RunSpec, stage: Stage, steps_per_epoch: int, mesh, state_sharding, d_model,
+                   vgg: Callable | None) -> StageStep:
+  """The stage's generator, optimizers and pure step, jitted with the state and batch laid out on `mesh`."""
+  g_model = recipe.stage_generator(config, stage)
+  g_tx, d_tx = recipe.make_optimizers(config, stage, steps_per_epoch)
+  lr_fns = recipe.stage_schedules(stage, steps_per_epoch)
+  if stage.spec.kind != 'gan':
+    del lr_fns['d']  # D is not trained in this stage
+  repl = sharding.replicated(mesh)
+  fn = recipe.stage_step(config, stage, g_model, d_model, g_tx, d_tx, vgg)
+  step = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), repl),
+                 out_shardings=(state_sharding, repl), donate_argnums=0)
+  return StageStep(stage=stage, g_model=g_model, g_tx=g_tx, d_tx=d_tx, step=step, lr_fns=lr_fns)
+
+
+@dataclasses.dataclass
 class CompiledStage:
   stage: Stage
   train_step: Callable  # (state, batch) -> (state, metrics)
@@ -105,43 +140,39 @@ class CompiledStage:
   lr_fns: dict
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run:
   """Mesh, models, the train state (restored from the newest good checkpoint, or fresh) and the
   input pipeline from the state's data position."""
-  config_check.validate(config)
-  if config.get('profile_steps', ''):
-    parse_profile_steps(config.profile_steps)
+  config = spec.resolve(config)  # the one place a run's config is checked; below, only the RunSpec
   workdir = workdir_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(dict(config.mesh))
   dp = sharding.data_parallel_size(mesh)
-  k = int(config.get('grad_accum_steps', 1))
+  k = config.grad_accum_steps
   # each device's rows split evenly over the k micro-batches, so no rows move between devices
   if config.batch_size % (dp * k) or config.batch_size % jax.process_count():
-    raise config_check.ConfigError(
+    raise ConfigError(
         f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} times '
         f'config.grad_accum_steps={k} and by the process count {jax.process_count()}')
   logging.info('mesh %s over %d devices (%d processes), global batch %d', dict(mesh.shape),
                mesh.size, jax.process_count(), config.batch_size)
 
-  g_model0 = registry.build_generator(config.model)
   d_model = registry.build_discriminator(config)
   root, is_sample = resolve_data_root(config.data.root)  # the pipeline logs when it is the sample
-  scale = config.model.scale
-  n_slices = pipeline.num_train_slices(config.data, scale)
-  steps_per_epoch = recipe.steps_per_epoch(n_slices, config.batch_size)
-  plan = recipe.stage_plan(config, steps_per_epoch)
+  scale = config.scale
+  train_split = pipeline.train_source(config.data, scale)  # read once; the pipeline below reuses it
+  n_slices = len(train_split[0])
+  steps_per_epoch, plan = recipe.plan_run(config, n_slices)
   logging.info('%d training slices, %d steps per epoch; stages: %s', n_slices, steps_per_epoch,
                ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan))
 
   vgg = vgg_params = None
   if recipe.needs_vgg(config, plan):  # before anything slow: missing VGG weights fail at once
     vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
-  init_state = recipe.init_state_fn(config, g_model0, d_model,
+  init_state = recipe.init_state_fn(config, registry.build_generator(config.model), d_model,
                                     *recipe.make_optimizers(config, plan[0], steps_per_epoch))
   rng = jax.random.PRNGKey(config.seed)
-  abstract_state = jax.eval_shape(init_state, rng)
-  state_sharding = sharding.state_shardings(mesh, abstract_state, sharding.rules_for(config))
+  abstract_state, state_sharding = state_layout(config, mesh, init_state)
   repl = sharding.replicated(mesh)
 
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -164,22 +195,23 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
   if vgg is not None:
     vgg_params = jax.device_put(vgg_params, repl)
-  data_iter = iter(pipeline.make_train_dataset(
+  dataset, _ = pipeline.make_train_dataset(
       config.data, scale=scale, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      upsampled_input=g_model0.upsampled_input, start=data_position))
+      upsampled_input=config.model.upsampled_input, start=data_position, split=train_split)
+  data_iter = iter(dataset)
   first_batch = pipeline.next_batch(data_iter)
 
   validator = Validator(pipeline.load_validation_volumes(config.data, scale, config.seed), scale,
-                        g_model0.size_multiple, mesh, config.eval_batch_size,
-                        degradation=tuple(config.data.degradation), upsampled_input=g_model0.upsampled_input)
+                        config.model.size_multiple, mesh, config.eval_batch_size,
+                        degradation=config.data.degradation, upsampled_input=config.model.upsampled_input)
   writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() != 0,
                                                 asynchronous=True)
   files = pathlib.Path(str(workdir)) if _is_local(workdir) else pathlib.Path(tempfile.mkdtemp(prefix='mrisr_'))
-  if restored is None:
-    writer.write_hparams(_flat_config(config))
+  if restored is None and config.config is not None:
+    writer.write_hparams(_flat_config(config.config))
     if jax.process_index() == 0:
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+      (workdir / 'config.json').write_text(config.config.to_json_best_effort(indent=2))
   return Run(config=config, workdir=workdir, files=files, mesh=mesh, plan=plan,
              steps_per_epoch=steps_per_epoch, total_steps=plan[-1].end, state=state,
              state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh), ckpt=ckpt,
@@ -197,20 +229,13 @@ def _make_predict(run: Run, g_model) -> Callable:
 def compile_stage(run: Run, stage: Stage) -> CompiledStage:
   """The stage's train step compiled ahead of time on the mesh; logs its memory per device."""
   config = run.config
-  g_model = recipe.stage_generator(config, stage)
-  g_tx, d_tx = recipe.make_optimizers(config, stage, run.steps_per_epoch)
-  lr_fns = recipe.stage_schedules(stage, run.steps_per_epoch)
-  if stage.cfg.kind != 'gan':
-    del lr_fns['d']  # D is not trained in this stage
-  repl = sharding.replicated(run.mesh)
-  fn = recipe.stage_step(config, stage, g_model, run.d_model, g_tx, d_tx, run.vgg)
-  jitted = jax.jit(fn, in_shardings=(run.state_sharding, run.batch_sharding, repl),
-                   out_shardings=(run.state_sharding, repl), donate_argnums=0)
+  parts = jit_stage_step(config, stage, run.steps_per_epoch, run.mesh, run.state_sharding, run.d_model, run.vgg)
+  g_model, g_tx, d_tx = parts.g_model, parts.g_tx, parts.d_tx
   abstract_state = abstract_like(run.state, run.state_sharding)
   abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype,
                                             sharding=run.batch_sharding) for k, v in run.first_batch.items()}
   t0 = time.time()
-  compiled = jitted.lower(abstract_state, abstract_batch, run.vgg_params).compile()
+  compiled = parts.step.lower(abstract_state, abstract_batch, run.vgg_params).compile()
   logging.info('stage %s: step compiled in %.1f s; %s', stage.name, time.time() - t0,
                sharding.memory_report(compiled))
   vgg_params = run.vgg_params
@@ -218,7 +243,7 @@ def compile_stage(run: Run, stage: Stage) -> CompiledStage:
                                                   d_opt_state=d_tx.init(st.d_params)),
                             out_shardings=run.state_sharding, donate_argnums=0)
   return CompiledStage(stage=stage, train_step=lambda st, b: compiled(st, b, vgg_params),
-                       init_optimizers=init_optimizers, predict=_make_predict(run, g_model), lr_fns=lr_fns)
+                       init_optimizers=init_optimizers, predict=_make_predict(run, g_model), lr_fns=parts.lr_fns)
 
 
 def compile_stages(run: Run, stop_at: int) -> list[CompiledStage]:
@@ -239,7 +264,7 @@ class MetricsLog:
     self.pending: list[dict] = []
     self.consecutive_skips = 0
     self.total_skips = 0
-    self.max_skips = int(run.config.get('max_consecutive_skipped_steps', 10))
+    self.max_skips = run.config.max_consecutive_skipped_steps
     self.t_log, self.step_log = time.time(), run.step
 
   def add(self, metrics: dict) -> None:
@@ -292,7 +317,7 @@ class MetricsLog:
 def _meta(run: Run, stage: Stage, step: int) -> dict:
   return {'stage': stage.name, 'step': step, 'best_val_psnr': run.best_psnr,
           'data_position': run.data_position, 'process_count': jax.process_count(),
-          'device_count': jax.device_count(), 'config': json.loads(run.config.to_json_best_effort())}
+          'device_count': jax.device_count(), 'config': _config_json(run.config)}
 
 
 class CheckpointPolicy:
@@ -323,22 +348,18 @@ class CheckpointPolicy:
                     metrics={BEST_METRIC: val} if val is not None else None)
 
 
-def parse_profile_steps(spec: str) -> tuple[int, int]:
-  """'A:B' -> (A, B) with 0 <= A < B; one-line ConfigError otherwise."""
-  a, sep, b = str(spec).partition(':')
-  if not (sep and a.strip().isdigit() and b.strip().isdigit() and int(a) < int(b)):
-    raise config_check.ConfigError(f'config.profile_steps={spec!r} must be A:B with 0 <= A < B (steps)')
-  return int(a), int(b)
+def _config_json(run: spec.RunSpec) -> dict:
+  return json.loads(run.config.to_json_best_effort()) if run.config is not None else {'name': run.name}
 
 
 class Profiler:
   """`config.profile_steps='A:B'`: a JAX profiler trace of steps A+1..B on process 0, in
   WORKDIR/profile (open with TensorBoard's profile plugin)."""
 
-  def __init__(self, spec: str, workdir: epath.Path):
+  def __init__(self, steps: str, workdir: epath.Path):
     self.start = self.stop = -1
-    if spec:
-      self.start, self.stop = parse_profile_steps(spec)
+    if steps:
+      self.start, self.stop = spec.parse_profile_steps(steps)
     self.directory = str(workdir / 'profile')
     self.active = False
 
@@ -386,7 +407,7 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
   progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=run.writer)
   metrics_log = MetricsLog(run)  # after the compiles, so steps/s and the ETA measure training
   policy = CheckpointPolicy(run, guard)
-  profiler = Profiler(config.get('profile_steps', ''), run.workdir)
+  profiler = Profiler(config.profile_steps, run.workdir)
   last_eval = None
   batch = run.first_batch
   try:
@@ -394,7 +415,7 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
       stage, step = compiled.stage, run.step
       if step == stage.start:  # a new stage starts with fresh optimizer states and schedules
         run.state = compiled.init_optimizers(run.state)
-      s = stage.cfg
+      s = stage.spec
       logging.info('stage %s (%s): steps [%d, %d), alpha=%s dropout=%s', stage.name, s.kind, stage.start,
                    stage.end, s.deepnorm_alpha, s.dropout)
       end = min(stage.end, stop_at)
@@ -471,7 +492,7 @@ def _upload_files(run: Run) -> None:
   shutil.rmtree(run.files, ignore_errors=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> dict:
   """Runs (or resumes) every stage of the recipe in `workdir`; returns the final validation summary.
 
   Raises preemption.Preempted after saving when SIGTERM/SIGINT asked the run to stop.
@@ -479,12 +500,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with PreemptionGuard() as guard:
     run = setup(config, workdir)
     try:
-      stop_at = int(config.stop_after_steps) if config.get('stop_after_steps', 0) else run.total_steps
+      stop_at = run.config.stop_after_steps or run.total_steps
       last_eval = run_stages(run, guard, stop_at)
       run.ckpt.wait()
       if last_eval is None:  # resumed a finished run (or stopped on a boundary): evaluate what it holds
         stage = next((s for s in reversed(run.plan) if s.start <= max(run.step - 1, 0)), run.plan[0])
-        last_eval = _evaluate(run, _make_predict(run, recipe.stage_generator(config, stage)), run.step)
+        last_eval = _evaluate(run, _make_predict(run, recipe.stage_generator(run.config, stage)), run.step)
       if run.step >= run.total_steps and run.is_chief:
         write_run_report(run, last_eval)
       return last_eval['summary']

@@ -9,3 +9,47 @@ import tempfile
 
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), f'mrisr_jax_test_xla_cache_{os.getuid()}'))
+
+import pytest
+
+TIERS = ('unit', 'integration', 'e2e')  # pyproject.toml describes them; README names the fast command
+
+
+def _closest_tiers(item) -> list:
+  """A test's tier markers: its own (function or parametrize id), else its class's, else its module's
+  `pytestmark`. A test's own tier replaces its module's: that is how a module overrides one test."""
+  for node in item.listchain()[::-1]:
+    own = [m for m in node.own_markers if m.name in TIERS]
+    if own:
+      return own
+  return []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+  """A test file (or class) with a test that has no tier, or two, is a collection error naming the
+  tests, with or without xdist and whatever `-m` selects, so a new test cannot forget its tier."""
+  report = yield
+  if report.passed and isinstance(collector, (pytest.Module, pytest.Class)):
+    bad = [f'{item.nodeid}: {" + ".join(m.name for m in tiers) or "no tier marker"}'
+           for item in report.result if isinstance(item, pytest.Function)
+           if len(tiers := _closest_tiers(item)) != 1]
+    if bad:
+      report.outcome, report.result = 'failed', []
+      report.longrepr = (f'every test needs exactly one tier marker of {", ".join(TIERS)}: a module '
+                         '`pytestmark = pytest.mark.unit` (say) plus `@pytest.mark.integration` on the tests '
+                         'that differ (the tiers: pyproject.toml, README "The two commands"):\n  ' + '\n  '.join(bad))
+  return report
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+  """Each test's one tier moves onto the test itself, so `-m unit` does not also see the module's
+  tier on a test that overrides it."""
+  tiers = {item: _closest_tiers(item) for item in items}
+  for item in items:
+    for node in item.listchain()[:-1]:
+      node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+  for item, found in tiers.items():
+    if len(found) == 1 and not any(m.name in TIERS for m in item.own_markers):
+      item.add_marker(found[0].name)

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The reference's state_dict layouts (keys, shapes, dtypes, counts), vendored: tests/data/README.md.
+REFERENCE_JSON = REPO / 'tests' / 'data' / 'reference_state_dicts.json'
 
 
 def tiny_config():
@@ -30,7 +32,10 @@ def tiny_config():
 
 def run_main(*args: str, env: dict | None = None, timeout: int = 600, module: str = 'mrisr_jax.main',
              ) -> subprocess.CompletedProcess:
-  """`python -m module args` from the repository root (a .py path runs as a script)."""
+  """`python -m module args` from the repository root (a .py path runs as a script).
+
+  `timeout` guards against a hang, it is not a speed test: the runs that use the default (one-line
+  errors, a few training steps) take well under a minute even on 2 loaded cores; pass more for more."""
   full_env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', **(env or {})}
   command = [module] if module.endswith('.py') else ['-m', module]
   return subprocess.run([sys.executable, *command, *args], cwd=REPO, env=full_env,

@@ -8,6 +8,8 @@ from mrisr_jax.models import casr as casr_lib
 from mrisr_jax.models import layers
 from mrisr_jax.models import swin
 
+pytestmark = pytest.mark.unit
+
 torch = pytest.importorskip('torch')
 
 SMALL = dict(growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, patch_size=2,

@@ -1,8 +1,11 @@
 """Checkpoint retention: the latest N survive, and so does the best by validation PSNR."""
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer
+
+pytestmark = pytest.mark.unit
 
 
 def test_keeps_latest_n_and_the_best_by_psnr(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +16,9 @@ from mrisr_jax.models.drrn import DRRN
 from mrisr_jax.models.edsr import EDSR
 from mrisr_jax.models.rdn import RDN
 from mrisr_jax.models.srcnn import SRCNN
+from tests.helpers import REFERENCE_JSON  # the vendored contract: tests/data/README.md
 
-REFERENCE_JSON = '/work/shared/reference/reference_state_dicts.json'
+pytestmark = pytest.mark.unit
 
 # The JSON configurations, as constructors of our modules.
 REFERENCE_CONFIGS = {
@@ -40,8 +40,6 @@ SCALES = (2, 3, 4)
 
 
 def _reference(name):
-  if not os.path.exists(REFERENCE_JSON):
-    pytest.skip(f'{REFERENCE_JSON} is not available')
   with open(REFERENCE_JSON) as f:
     return json.load(f)[name]
 

@@ -9,11 +9,14 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.integration  # every test runs a CLI in a subprocess
+
 MODULES = ['main', 'export', 'import_torch', 'infer', 'evaluate']
 TOOLS = sorted(p.name for p in (REPO / 'tools').glob('*.py'))
 
 
 def _help(command: list[str]) -> str:
+  # timeout: a hang guard, not a speed test (the slowest --help takes ~10 s on 2 busy cores)
   proc = subprocess.run([sys.executable, *command, '--help'], cwd=REPO, capture_output=True, text=True,
                         timeout=180, env={'TF_CPP_MIN_LOG_LEVEL': '3', **__import__('os').environ})
   text = proc.stdout + proc.stderr

@@ -4,6 +4,8 @@ import pytest
 from mrisr_jax import cluster
 from mrisr_jax.main import distributed_kwargs
 
+pytestmark = pytest.mark.unit
+
 NODES, GPUS = 4, 8
 HOSTS = ['gpu001', 'gpu002', 'gpu003', 'gpu004']
 

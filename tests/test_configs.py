@@ -1,11 +1,13 @@
 """Every config file with every argument builds a valid config; every `quick` argument trains to the end on
-the embedded sample (slow: marked, and run by .ci/run)."""
+the embedded sample (tier e2e; .ci/run runs it)."""
 import math
 
 import pytest
 
 from mrisr_jax import config_check, train
 from tests.test_models import load_config
+
+pytestmark = pytest.mark.unit
 
 # Every argument each config file accepts (besides combinations of the same tokens).
 ARGS = {
@@ -62,7 +64,7 @@ def test_config_arguments_are_checked():
   assert dict(load_config('srcnn.py', None).lr_multipliers) == {'reconstruction': 0.1}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize('file,arg', QUICK, ids=[f'{f[:-3]}:{a}' for f, a in QUICK])
 def test_quick_argument_trains_to_the_end(tmp_path, file, arg):
   config = load_config(file, arg)

@@ -16,6 +16,8 @@ from mrisr_jax.data import pipeline
 from mrisr_jax.data import sample
 from mrisr_jax.data.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -234,7 +236,7 @@ def test_bicubic_resize_matches_torch_non_integer():
 # ----------------------------------------------------------------------------------------------
 def make_ds(root, seed=0, batch=4, pi=0, pc=1, scale=2, start=0, **cfg):
   return pipeline.make_train_dataset(data_cfg(root, **cfg), scale=scale, global_batch_size=batch,
-                                     seed=seed, process_index=pi, process_count=pc, start=start)
+                                     seed=seed, process_index=pi, process_count=pc, start=start)[0]
 
 
 def test_batches_have_the_documented_shapes(train_root):
@@ -336,6 +338,7 @@ def test_global_batches_do_not_depend_on_the_process_count(indexed_root):
         np.testing.assert_array_equal(np.concatenate([s[b][key] for s in shares]), one[b][key])
 
 
+@pytest.mark.integration  # grain worker processes
 def test_multiprocess_workers_give_the_same_batches(indexed_root):
   a = take(iter(make_ds(indexed_root, seed=5, batch=4, hr_patch_size=4)), 4)
   it = iter(make_ds(indexed_root, seed=5, batch=4, hr_patch_size=4, num_workers=2))

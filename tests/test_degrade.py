@@ -7,6 +7,8 @@ import pytest
 
 from mrisr_jax.data import degrade, pipeline
 
+pytestmark = pytest.mark.unit
+
 
 def test_antialiased_bicubic_is_torchs_algorithm_with_the_chosen_kernel():
   torch = pytest.importorskip('torch')
@@ -50,9 +52,9 @@ def test_make_lr_applies_the_steps_in_order_and_rejects_bad_ones():
 def test_pipeline_gives_upsampled_input_and_rectangular_crops():
   data = dict(hr_patch_size=(32, 48), degradation=('bicubic', 'blur:1.0'), flips=False)
   plain = next(iter(pipeline.make_train_dataset(data, scale=4, global_batch_size=2, seed=3,
-                                                process_index=0, process_count=1)))
+                                                process_index=0, process_count=1)[0]))
   up = next(iter(pipeline.make_train_dataset(data, scale=4, global_batch_size=2, seed=3,
-                                             process_index=0, process_count=1, upsampled_input=True)))
+                                             process_index=0, process_count=1, upsampled_input=True)[0]))
   assert plain['hr'].shape == (2, 32, 48, 1) and plain['lr'].shape == (2, 8, 12, 1)
   np.testing.assert_array_equal(up['hr'], plain['hr'])
   assert up['lr'].shape == (2, 32, 48, 1)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +17,9 @@ tnn = torch.nn
 torch.set_num_threads(2)
 
 from mrisr_jax.interop.torch_models import TorchGANDiscriminator  # noqa: E402  (needs torch)
+from tests.helpers import REFERENCE_JSON  # noqa: E402  (the vendored contract: tests/data/README.md)
 
-REFERENCE_JSON = '/work/shared/reference/reference_state_dicts.json'
+pytestmark = pytest.mark.unit
 
 
 def _expected_state_dict():
@@ -89,11 +89,10 @@ def test_param_count_and_shapes():
 def test_key_map_matches_reference_contract():
   km = torch_key_map()
   assert list(km) == [k for k, _, _ in EXPECTED]
-  if os.path.exists(REFERENCE_JSON):  # the embedded list is a copy of the shared contract
-    with open(REFERENCE_JSON) as f:
-      ref = json.load(f)['discriminator']
-    assert [(k, tuple(s), d) for k, s, d in ref['state_dict']] == EXPECTED
-    assert ref['num_params'] == NUM_PARAMS
+  with open(REFERENCE_JSON) as f:  # the embedded list is a copy of the contract
+    ref = json.load(f)['discriminator']
+  assert [(k, tuple(s), d) for k, s, d in ref['state_dict']] == EXPECTED
+  assert ref['num_params'] == NUM_PARAMS
   tm = TorchGANDiscriminator()
   got = [(k, tuple(v.shape), str(v.dtype).replace('torch.', ''))
          for k, v in tm.state_dict().items()]

@@ -14,10 +14,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mrisr_jax import evaluate, weights
+from mrisr_jax import evaluate, network_variables
 from mrisr_jax.data.images import write_grey
+from mrisr_jax.spec import data_spec
 from mrisr_jax.interop import convert, state_dict_io
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.unit
 
 skm = pytest.importorskip('skimage.metrics')
 
@@ -31,7 +34,7 @@ def _config(name, arg):
 def _identity_srcnn(config) -> dict:
   """SRCNN weights that copy the input: a centre tap 1 through channel 0 of every layer, biases 0
   (ReLU passes the non-negative input unchanged)."""
-  like = weights.like_variables(config)['params']
+  like = network_variables.like_variables(config)['params']
   p = {k: {'kernel': np.zeros(v['kernel'].shape, np.float32), 'bias': np.zeros(v['bias'].shape, np.float32)}
        for k, v in like.items()}
   for layer in p.values():
@@ -99,7 +102,7 @@ def test_scores_follow_fastmri_volume_conventions(identity, tmp_path):
   hr[1] *= 0.5   # slices with different maxima: the data range must be the volume's
   np.save(tmp_path / 'v.npy', hr)
   out = evaluate.evaluate(config, path, [tmp_path / 'v.npy'], log=lambda *_: None)['volumes'][0]
-  _, lr = pipeline.degrade_volume(hr, 'v', [0, 1, 2], 2, pipeline.degradation_steps(config.data), config.seed)
+  _, lr = pipeline.degrade_volume(hr, 'v', [0, 1, 2], 2, data_spec(config.data).degradation, config.seed)
   bic = np.clip(degrade.bicubic_resize(lr, 32, 28), 0, 1).astype(np.float64)
   r = hr.max()
   gt = hr.astype(np.float64)
@@ -155,19 +158,21 @@ def test_errors_are_one_line_and_outputs_are_protected(identity, inputs, tmp_pat
   np.save(tmp_path / 'bad.npy', np.full((2, 16, 16), np.nan, np.float32))
   with pytest.raises(evaluate.EvaluateError, match='bad.npy: has non-finite values'):
     evaluate.evaluate(config, path, [tmp_path / 'bad.npy'], **quiet)
-  with pytest.raises(weights.WeightsError, match='shape mismatch|does not fit|missing'):
+  with pytest.raises(network_variables.WeightsError, match='shape mismatch|does not fit|missing'):
     evaluate.evaluate(_config('edsr', 'x2,quick'), path, [inputs / 'stack.npy'], **quiet)
   with pytest.raises(evaluate.EvaluateError, match='scale 4 does not match'):
     evaluate.evaluate(config, path, [inputs / 'stack.npy'], baselines=[f'{path}@{REPO / "configs" / "srcnn.py"}:quick'], **quiet)
 
 
+@pytest.mark.integration  # subprocess
 def test_cli_stops_with_one_line_on_a_scale_mismatch(identity, inputs, tmp_path):
   """(--help is checked for every entry point in test_cli_help.py.)"""
   config, path = identity
+  # timeout: a hang guard, not a speed test (this run takes a few seconds)
   run = subprocess.run([sys.executable, '-m', 'mrisr_jax.evaluate', '--config', 'configs/srcnn.py:x2,quick',
                         '--weights', str(path), '--input', str(inputs / 'stack.npy'), '--scale', '3',
                         '--json', str(tmp_path / 'o.json')], cwd=REPO, capture_output=True, text=True,
                        timeout=300)
-  assert run.returncode == 1 and 'Traceback' not in run.stderr
+  assert run.returncode == 2 and 'Traceback' not in run.stderr   # a user error: exit 2 (issue 13)
   assert run.stderr.strip().splitlines()[-1].startswith('mrisr_jax: error: --scale 3 does not match')
   assert not (tmp_path / 'o.json').exists()

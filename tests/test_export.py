@@ -15,6 +15,8 @@ from mrisr_jax.checkpoint import Checkpointer
 from mrisr_jax.interop import state_dict_io, torch_models
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.unit
+
 
 def srcnn_config(seed=0):
   sys.path.insert(0, str(REPO))

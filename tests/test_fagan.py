@@ -13,6 +13,8 @@ from flax import traverse_util
 from mrisr_jax.models.fagan import (GFFB, LFFB, ChannelAttention, FAGANDiscriminator,
                                     FAGANGenerator, SelfAttention, connect_branches)
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(n_feats=8, n_lffb=1)
 
 

@@ -10,7 +10,9 @@ import pytest
 
 from mrisr_jax.data import fastmri
 from mrisr_jax.data.errors import DataError
-from mrisr_jax.data.source import SliceSource
+from mrisr_jax.data.slice_source import SliceSource
+
+pytestmark = pytest.mark.unit
 
 NS = 'http://www.ismrm.org/ISMRMRD'
 

@@ -15,6 +15,8 @@ from mrisr_jax.data import degrade
 from mrisr_jax.data import images
 from mrisr_jax.data.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 H, W = 24, 36
 LSB = 1 / 255
@@ -334,7 +336,9 @@ def test_downsample_converts_colour_with_one_warning(tmp_path, capsys):
   assert capsys.readouterr().err == ''
 
 
+@pytest.mark.integration  # subprocess
 def test_downsample_help_runs_as_a_script(tmp_path):
+  # timeout: a hang guard, not a speed test (this takes about a second)
   proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'downsample.py'), '--help'],
                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr

@@ -11,6 +11,8 @@ from mrisr_jax import export, import_torch, train
 from mrisr_jax.checkpoint import Checkpointer
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.unit
+
 
 def config(arg='quick', seed=0):
   sys.path.insert(0, str(REPO))
@@ -30,6 +32,7 @@ def restored(workdir, step):
     ckpt.close()
 
 
+@pytest.mark.integration  # training loop
 def test_imported_generator_is_what_training_continues_from(tmp_path):
   export.export(config(seed=7), tmp_path / 'g.safetensors')   # stands in for a PyTorch checkpoint
   out = import_torch.import_checkpoint(config(seed=0), tmp_path / 'g.safetensors', tmp_path / 'run')

@@ -1,4 +1,5 @@
-"""mrisr_jax.infer / tiling / weights: tiled vs whole-slice SR, file round trips, weights sources.
+"""mrisr_jax.infer / tiling / network_variables: tiled vs whole-slice SR, file round trips, weights
+sources.
 
 Weights are random (numpy) rather than a model init: jitting a discriminator init costs ~10 s on
 CPU, and these tests only need fixed generator weights. The SRCNN weights reach a training workdir
@@ -14,12 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrisr_jax import export, infer, registry, tiling, weights
+from mrisr_jax import export, infer, network_variables, registry, tiling
 from mrisr_jax.checkpoint import Checkpointer
 from mrisr_jax.data.images import write_grey
 from mrisr_jax.interop import convert, state_dict_io
+from mrisr_jax.predictor import Predictor
 from mrisr_jax.train_state import TrainState
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.unit
 
 
 def _config(name, arg):
@@ -31,7 +35,7 @@ def _config(name, arg):
 def _random_variables(config, seed):
   """He-scaled random weights, last-layer bias 0.5 so SR values mostly stay inside [0, 1]."""
   rng = np.random.default_rng(seed)
-  like = weights.like_variables(config)
+  like = network_variables.like_variables(config)
 
   def draw(path, s):
     name = '/'.join(str(getattr(p, 'key', p)) for p in path)
@@ -80,7 +84,8 @@ def edsr_x2(tmp_path_factory):
 
 def _predict(config, weights_path):
   model = registry.build_generator(config.model)
-  return model, tiling.make_predict_fn(model, weights.load_generator_variables(config, weights_path))
+  variables = network_variables.load_generator_variables(config, weights_path)
+  return model, Predictor(model, variables).forward   # one forward pass, as tiling calls it
 
 
 def test_tiles_have_one_legal_shape_and_stitch_exactly():
@@ -219,24 +224,24 @@ def test_workdir_and_exported_file_give_identical_outputs(srcnn, tmp_path):
 def test_weights_errors_are_one_line(srcnn, edsr_x2, tmp_path):
   _, path = edsr_x2
   x4 = _config('edsr', 'x4,quick')
-  with pytest.raises(weights.WeightsError) as e:
-    weights.load_generator_variables(x4, path)
+  with pytest.raises(network_variables.WeightsError) as e:
+    network_variables.load_generator_variables(x4, path)
   assert str(path) in str(e.value) and 'missing 1 keys (model_3.0.model.2.weight)' in str(e.value)
   assert '\n' not in str(e.value)
   np.save(tmp_path / 'x.npy', _smooth((1, 8, 8)))
-  with pytest.raises(weights.WeightsError, match='does not fit edsr'):
+  with pytest.raises(network_variables.WeightsError, match='does not fit edsr'):
     infer.infer(x4, path, tmp_path / 'x.npy', tmp_path / 'y.npy')
   assert not (tmp_path / 'y.npy').exists()
-  with pytest.raises(weights.WeightsError, match='no such weights file'):
-    weights.load_generator_variables(x4, tmp_path / 'nope.pth')
+  with pytest.raises(network_variables.WeightsError, match='no such weights file'):
+    network_variables.load_generator_variables(x4, tmp_path / 'nope.pth')
   (tmp_path / 'w.ckpt').write_bytes(b'')
-  with pytest.raises(weights.WeightsError, match="unknown weights suffix '.ckpt'"):
-    weights.load_generator_variables(x4, tmp_path / 'w.ckpt')
-  with pytest.raises(weights.WeightsError, match='no checkpoints directory'):
-    weights.load_generator_variables(x4, tmp_path)
+  with pytest.raises(network_variables.WeightsError, match="unknown weights suffix '.ckpt'"):
+    network_variables.load_generator_variables(x4, tmp_path / 'w.ckpt')
+  with pytest.raises(network_variables.WeightsError, match='no checkpoints directory'):
+    network_variables.load_generator_variables(x4, tmp_path)
   srcnn_config, workdir, _ = srcnn
-  with pytest.raises(weights.WeightsError, match='checkpoint does not fit edsr: missing'):
-    weights.load_generator_variables(x4, workdir)
+  with pytest.raises(network_variables.WeightsError, match='checkpoint does not fit edsr: missing'):
+    network_variables.load_generator_variables(x4, workdir)
 
 
 def test_outputs_never_overwrite(srcnn, tmp_path):

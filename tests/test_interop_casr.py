@@ -3,7 +3,6 @@ included), the mirror computes the flax CASR in both modes, and the conversion r
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,10 @@ torch = pytest.importorskip('torch')
 torch.set_num_threads(2)
 
 from mrisr_jax.interop import torch_models  # noqa: E402  (needs torch)
+from tests.helpers import REFERENCE_JSON  # noqa: E402  (the vendored contract: tests/data/README.md)
 
-REFERENCE_JSON = '/work/shared/reference/reference_state_dicts.json'
+pytestmark = pytest.mark.unit
+
 REFERENCE_CONFIGS = {
     'casr_x4': dict(scale=4),  # the seed defaults
     'casr_x2_small': dict(scale=2, growth_rate0=32, depth=2, growth_rate=16, rdb_depth=3, n_stb=2,
@@ -33,8 +34,6 @@ SIDE = 16
 
 
 def _reference(name):
-  if not os.path.exists(REFERENCE_JSON):
-    pytest.skip(f'{REFERENCE_JSON} is not available')
   with open(REFERENCE_JSON) as f:
     return json.load(f)[name]
 

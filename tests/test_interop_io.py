@@ -11,6 +11,8 @@ import pytest
 
 from mrisr_jax.interop import state_dict_io as sdio
 
+pytestmark = pytest.mark.unit
+
 torch = pytest.importorskip('torch')
 pytest.importorskip('safetensors')
 

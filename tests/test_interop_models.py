@@ -20,9 +20,10 @@ torch = pytest.importorskip('torch')
 torch.set_num_threads(2)
 
 from mrisr_jax.interop import torch_models  # noqa: E402  (needs torch)
+from tests.helpers import REFERENCE_JSON  # noqa: E402  (the vendored contract: tests/data/README.md)
 from tests.helpers import random_variables as _random_variables
 
-REFERENCE_JSON = '/work/shared/reference/reference_state_dicts.json'
+pytestmark = pytest.mark.unit
 
 # Reference JSON configuration -> (converter name, config fields). Building the torch mirrors on the
 # meta device and the flax variables with eval_shape costs no memory, even for the 43M-param EDSR.
@@ -48,8 +49,6 @@ PARITY_CASES = [('srcnn', 2), ('srcnn', 3), ('drrn', 2), ('drrn', 3),
 
 
 def _reference(name):
-  if not os.path.exists(REFERENCE_JSON):
-    pytest.skip(f'{REFERENCE_JSON} is not available')
   with open(REFERENCE_JSON) as f:
     return json.load(f)[name]
 
@@ -200,6 +199,7 @@ def test_unknown_names_raise_listing_the_supported_ones():
     convert.flax_to_state_dict('nope', {'params': {}})
 
 
+@pytest.mark.integration  # subprocess
 def test_interop_package_and_converters_import_without_torch():
   code = ("import sys; sys.modules['torch'] = None; import mrisr_jax.interop, mrisr_jax.interop.convert; "
           "assert 'jax' not in sys.modules, 'convert pulls in jax'")

@@ -23,6 +23,8 @@ torch.set_num_threads(2)
 from mrisr_jax.interop import torch_models  # noqa: E402  (needs torch)
 from tests.helpers import random_variables as _random_variables
 
+pytestmark = pytest.mark.unit
+
 TINY_D = (4, 4, 8, 8, 8, 8)
 # id -> (registry name, fields, NHWC input shape); discriminator names end in '_d'
 CASES = {

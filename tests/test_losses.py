@@ -13,6 +13,8 @@ from mrisr_jax.models.vgg import (VGGFeatures, init_vgg_params, load_vgg_params,
                                   vgg_layer_names)
 from mrisr_jax.registry import UnknownNameError
 
+pytestmark = pytest.mark.unit
+
 R = np.array([-2.0, 0.5, 3.0])   # real logits
 F = np.array([1.5, -1.0, 0.25])  # fake logits
 

@@ -9,6 +9,8 @@ skm = pytest.importorskip("skimage.metrics")
 
 from mrisr_jax.metrics import mean_metrics, nmse, psnr, ssim, volume_metrics  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 SHAPES = [(7, 7), (8, 13), (31, 17), (64, 64), (97, 120)]
 
 

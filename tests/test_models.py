@@ -5,14 +5,18 @@ import importlib.util
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from mrisr_jax import config_check, registry, steps
 from mrisr_jax.data import pipeline
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.train_state import TrainState
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.unit
 
 # (config file, argument, scales): the models of every system, at every scale their class supports.
 SYSTEMS = [
@@ -53,7 +57,7 @@ def case_config(file, arg, scale):
 
 def sample_batch(c, model, n=4):
   ds = pipeline.make_train_dataset(c.data, scale=c.model.scale, global_batch_size=n, seed=0,
-                                   process_index=0, process_count=1, upsampled_input=model.upsampled_input)
+                                   process_index=0, process_count=1, upsampled_input=model.upsampled_input)[0]
   return jax.tree.map(jnp.asarray, next(iter(ds)))
 
 
@@ -116,6 +120,20 @@ def test_every_generator_and_discriminator_is_in_the_registry():
   assert {'casrgan_d', 'fagan_sn_d', 'srdcgan_d'} == set(registry.DISCRIMINATORS)
   for name in registry.DISCRIMINATORS:
     registry.discriminator_class(name)
+
+
+@pytest.mark.parametrize('name', sorted(registry.GENERATORS))
+def test_every_generator_derives_from_the_base_and_rejects_a_scale_in_one_line(name):
+  cls = registry.generator_class(name)
+  assert issubclass(cls, SRGenerator)
+  assert not {'check_fields', 'scale_error'} & set(vars(cls))  # the one check, never overridden
+  expected = f'model.scale=5: {cls.__name__} supports scales {cls.supported_scales}'
+  with pytest.raises(ValueError) as err:
+    jax.eval_shape(cls(scale=5).init, jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 1)))
+  assert str(err.value) == expected
+  with pytest.raises(registry.UnknownNameError) as err:
+    registry.build_generator(ml_collections.ConfigDict({'name': name, 'scale': 5}))
+  assert str(err.value) == f'config.{expected}'
 
 
 def test_unknown_names_and_fields_list_the_known_ones():

@@ -14,6 +14,8 @@ import pytest
 from mrisr_jax.data import nifti
 from mrisr_jax.data.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 SHAPE = (12, 10, 8)              # RAS (X, Y, Z)
 ZOOMS = (0.9, 1.2, 3.0)
 ORIGIN = np.array([-5.0, 7.0, 2.5])

@@ -17,6 +17,8 @@ from mrisr_jax import nifti_volume, tiling
 from mrisr_jax.data.degrade import bicubic_resize
 from mrisr_jax.nifti_volume import VolumeError
 
+pytestmark = pytest.mark.unit
+
 SHAPE = (10, 12, 6)
 ZOOMS = (0.9, 1.1, 3.0)
 ORIGIN = (-20.5, 13.0, 7.25)

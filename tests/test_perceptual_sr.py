@@ -11,6 +11,8 @@ import pytest
 from mrisr_jax.models.perceptual_sr import PerceptualSRNet, UpscaleBlock, upsample_nearest_2x
 from mrisr_jax.models.srdcgan import conv_transpose_torch
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(features=8, num_resblocks=2)
 SMALL = (2, 10, 12, 1)  # one shape for most tests: eager JAX compiles each op once per shape
 

@@ -8,15 +8,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mrisr_jax.data import degrade, images, pipeline, sources
+from mrisr_jax.data import degrade, images, pipeline, splits
 from mrisr_jax.data.errors import DataError
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-  pipeline.clear_source_cache()
   yield
-  pipeline.clear_source_cache()
 
 
 def cfg(root, **kw):
@@ -41,7 +41,7 @@ def write_nifti(path: pathlib.Path, volume: np.ndarray) -> pathlib.Path:
 
 def batches(config, n=2, scale=2, batch=4, **kw):
   it = iter(pipeline.make_train_dataset(config, scale=scale, global_batch_size=batch, seed=3,
-                                        process_index=0, process_count=1, **kw))
+                                        process_index=0, process_count=1, **kw)[0])
   return [next(it) for _ in range(n)]
 
 
@@ -81,7 +81,7 @@ def test_paired_lr_files_are_cropped_at_the_matching_place(tmp_path):
     # An LR that is NOT the area of the HR (its transpose-flip), so only the files can give it.
     lr = rng.random((8, 10))
     images.write_grey(lr_dir / f'im{k}x2.png', lr)
-  source, _ = sources.make_source(cfg(tmp_path), 'train', 2)
+  source, _ = splits.make_source(cfg(tmp_path), 'train', 2)
   assert source.has_lr
   for b in batches(cfg(tmp_path, flips=True), n=3):
     for hr, lr in zip(b['hr'][..., 0], b['lr'][..., 0]):
@@ -128,11 +128,11 @@ def test_val_fraction_splits_by_volume_and_is_stable(tmp_path):
   for k in range(20):
     write_h5(tmp_path / 'train' / f'vol{k:02d}.h5', rng.random((1, 8, 8)) + 0.1)
   config = cfg(tmp_path, val_fraction=0.3)
-  _, _, train = sources.split_files(config, 'train')
-  _, _, val = sources.split_files(config, 'val')
+  _, _, train = splits.split_files(config, 'train')
+  _, _, val = splits.split_files(config, 'val')
   assert set(train).isdisjoint(val) and len(train) + len(val) == 20 and 2 <= len(val) <= 12
   write_h5(tmp_path / 'train' / 'vol99.h5', rng.random((1, 8, 8)) + 0.1)
-  _, _, val2 = sources.split_files(config, 'val')
+  _, _, val2 = splits.split_files(config, 'val')
   assert set(val) <= set(val2)                      # adding a file moves no volume
   vols = pipeline.load_validation_volumes(config, scale=2)
   assert {v['name'] for v in vols} == {p.stem for p in val2}
@@ -142,8 +142,8 @@ def test_volume_sample_rate_keeps_a_deterministic_fraction(tmp_path):
   rng = np.random.default_rng(4)
   for k in range(10):
     write_h5(tmp_path / 'train' / f'vol{k}.h5', rng.random((1, 8, 8)) + 0.1)
-  _, _, kept = sources.split_files(cfg(tmp_path, volume_sample_rate=0.3), 'train')
-  _, _, again = sources.split_files(cfg(tmp_path, volume_sample_rate=0.3), 'train')
+  _, _, kept = splits.split_files(cfg(tmp_path, volume_sample_rate=0.3), 'train')
+  _, _, again = splits.split_files(cfg(tmp_path, volume_sample_rate=0.3), 'train')
   assert len(kept) == 3 and kept == again
   assert pipeline.num_train_slices(cfg(tmp_path, volume_sample_rate=0.3)) == 3
 
@@ -152,16 +152,16 @@ def test_a_volume_in_both_splits_stops(tmp_path):
   write_h5(tmp_path / 'train' / 'same.h5', np.ones((1, 8, 8)))
   write_h5(tmp_path / 'val' / 'same.h5', np.ones((1, 8, 8)))
   with pytest.raises(DataError, match="'same' is in both train and val"):
-    sources.split_files(cfg(tmp_path), 'train')
+    splits.split_files(cfg(tmp_path), 'train')
 
 
 def test_format_detection_and_errors(tmp_path):
   (tmp_path / 'train').mkdir()
   (tmp_path / 'train' / 'notes.txt').write_text('x')
   with pytest.raises(DataError, match='no data found'):
-    sources.split_files(cfg(tmp_path), 'train')
+    splits.split_files(cfg(tmp_path), 'train')
   with pytest.raises(DataError, match="data.format: 'dicom'"):
-    sources.split_files(cfg(tmp_path, format='dicom'), 'train')
+    splits.split_files(cfg(tmp_path, format='dicom'), 'train')
 
 
 def test_transposes_and_flips_apply_to_both(tmp_path):
@@ -216,7 +216,6 @@ def test_volumes_smaller_than_the_crop_are_bad_files(tmp_path):
   with pytest.raises(DataError) as err:
     batches(cfg(tmp_path))
   assert str(small) in str(err.value) and 'smaller than the HR crop' in str(err.value)
-  pipeline.clear_source_cache()
   assert pipeline.num_train_slices(cfg(tmp_path, skip_bad_files=True)) == 2
   source, _ = pipeline.train_source(cfg(tmp_path, skip_bad_files=True))
   assert [p for p, _ in source.skipped] == [small]

@@ -9,6 +9,8 @@ from PIL import Image
 
 from mrisr_jax.run_curves import RunCurvesError, plot_curves, plot_run, read_scalars
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tools' / 'plot_run.py'
 
@@ -132,16 +134,19 @@ def test_empty_and_missing_dir_raise(tmp_path):
 
 
 def _cli(*args):
+  # timeout: a hang guard, not a speed test (these runs take 1-3 s)
   return subprocess.run([sys.executable, str(CLI), *map(str, args)], cwd=REPO,
                         capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.integration  # subprocess
 def test_cli_help():
   r = _cli('--help')
   assert r.returncode == 0, r.stderr
   assert '--workdir' in r.stdout and '--out' in r.stdout
 
 
+@pytest.mark.integration  # subprocess
 def test_cli_empty_dir(tmp_path):
   r = _cli('--workdir', tmp_path)
   assert r.returncode == 1

@@ -20,7 +20,7 @@ import pytest
 from mrisr_jax import run_curves
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration  # multi-process jobs, signals, resumed trainings
 CONFIG = 'tests/configs/tiny_casrgan.py'
 TOTAL = 18
 TIMEOUT = 900  # a guard against hangs: these runs take 1-2 minutes on 2 busy cores

@@ -21,6 +21,8 @@ from mrisr_jax.report import (
     write_report,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _inputs(h=48, w=40, scale=4, seed=0):
     rng = np.random.default_rng(seed)

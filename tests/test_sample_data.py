@@ -10,6 +10,8 @@ from mrisr_jax.data import fastmri
 from mrisr_jax.data import pipeline
 from mrisr_jax.data import sample
 
+pytestmark = pytest.mark.unit
+
 MAX_BYTES = 10 * 1024 * 1024
 
 
@@ -101,7 +103,7 @@ def test_pipeline_runs_on_sample(monkeypatch):
   assert pipeline.num_train_slices(cfg) >= 24
   assert f'using the embedded sample data at {sample.SAMPLE_DIR}' in logged
   batch = next(iter(pipeline.make_train_dataset(cfg, scale=4, global_batch_size=4, seed=0,
-                                                process_index=0, process_count=1)))
+                                                process_index=0, process_count=1)[0]))
   assert batch['hr'].shape == (4, 96, 96, 1) and batch['lr'].shape == (4, 24, 24, 1)
   assert 0 <= batch['hr'].min() and batch['hr'].max() <= 1 and batch['hr'].max() > 0.1
   vols = pipeline.load_validation_volumes(cfg)

@@ -17,6 +17,8 @@ from mrisr_jax.config_check import ConfigError
 from mrisr_jax.train_state import TrainState
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.unit
+
 
 def test_mesh_sizes_resolve_minus_one_and_default_missing_axes_to_one():
   assert sharding.mesh_shape(dict(data=-1, fsdp=1), 8) == {'data': 8, 'fsdp': 1}
@@ -123,8 +125,10 @@ def test_memory_report_formats_and_survives_backends_without_analysis():
     assert sharding.memory_report(c) == 'memory per device: not reported by this backend'
 
 
+@pytest.mark.integration  # multi-device script in a subprocess
 def test_fsdp_layout_and_parity_with_one_device():
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  # timeout: a hang guard, not a speed test (the script takes ~15 s on 2 busy cores)
   proc = subprocess.run([sys.executable, str(REPO / 'tests/scripts/fsdp_parity.py'), str(REPO)],
                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]

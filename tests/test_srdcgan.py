@@ -11,6 +11,8 @@ import pytest
 from mrisr_jax.models.srdcgan import (ConvTranspose2d, SRDCGANDiscriminator, SRDCGANGenerator,
                                       conv_transpose_torch)
 
+pytestmark = pytest.mark.unit
+
 TINY_D = (4, 4, 8, 8, 8, 8)
 SMALL = (2, 32, 32, 1)  # one shape for most tests: eager JAX compiles each op once per shape
 

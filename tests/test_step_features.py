@@ -17,6 +17,8 @@ from mrisr_jax.models.srcnn import SRCNN
 from mrisr_jax.train_state import TrainState
 from tests.helpers import random_variables, tiny_config
 
+pytestmark = pytest.mark.unit
+
 
 class _PlainD(nn.Module):
   """A discriminator with no BatchNorm and no spectral norm: nothing couples the rows of a batch, so a
@@ -155,7 +157,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state_and_losses():
   config.model.update(dict(depth=1, rdb_depth=1, n_stb=1))
   config.loss.perceptual_layers = {'relu1_2': 1.0}
   config.stages.pretrain.perceptual_weight = 0.1
-  it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=config.batch_size, seed=0))
+  it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=config.batch_size, seed=0)[0])
   batches = [next(it) for _ in range(20)]
   plan = recipe.stage_plan(config, steps_per_epoch=9)
   # one float32 initial state for every run (params do not depend on the compute dtype), filled on the
@@ -187,7 +189,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state_and_losses():
     kept = _float_leaves((state.g_params, state.d_params, state.g_opt_state, state.d_opt_state, state.d_batch_stats))
     assert kept and all(x.dtype == jnp.float32 for x in kept)
     assert np.all(np.isfinite(losses))
-    pixel[stage.cfg.kind, dtype] = np.asarray(losses)
+    pixel[stage.spec.kind, dtype] = np.asarray(losses)
   f32, bf16 = pixel['generator', 'float32'], pixel['generator', 'bfloat16']
   # the bf16 L1 curve follows float32's at every step (bf16 keeps 8 mantissa bits, ~0.4% per rounding),
   np.testing.assert_allclose(bf16, f32, rtol=0.02)

@@ -17,6 +17,8 @@ from mrisr_jax.schedules import make_schedule
 from mrisr_jax.train_state import TrainState
 from tests.helpers import REPO, error_line, run_main, tiny_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_small_generator_overfits_one_batch():
   model = CASR(scale=2, growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, patch_size=2,
@@ -50,8 +52,10 @@ def test_schedules_halve_by_epoch():
   assert float(linear(10_000)) == pytest.approx(5e-5)
 
 
+@pytest.mark.integration  # multi-device script in a subprocess
 def test_one_device_and_eight_devices_give_the_same_losses():
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  # timeout: a hang guard, not a speed test (the script takes ~50 s on 2 busy cores)
   proc = subprocess.run([sys.executable, str(REPO / 'tests/scripts/devices_parity.py'), str(REPO)],
                         env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,6 +80,7 @@ def _final_params(workdir, config):
   return step, state
 
 
+@pytest.mark.integration  # training loop
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
   config = tiny_config()
   # GAN stage only (the L1 stages' exact resume after a signal is tests/test_preemption.py's)
@@ -98,6 +103,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.integration  # trainings in a subprocess
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
   quick = ['--config', 'configs/casrgan_x4.py:quick', '--workdir', workdir,

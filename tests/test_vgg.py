@@ -13,12 +13,16 @@ import pytest
 from mrisr_jax.models.vgg import (VGGFeatures, init_vgg_params, load_vgg_params, vgg_layers,
                                   vgg_torch_shapes)
 
+pytestmark = pytest.mark.unit
+
 torch = pytest.importorskip('torch')
 tnn = torch.nn
 torch.set_num_threads(2)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERT = os.path.join(REPO, 'tools', 'convert_vgg.py')
+# The subprocess timeouts below (60 s, 120 s) guard against hangs; they are not speed tests: each run
+# of the tool takes a few seconds.
 
 # torchvision cfgs written out independently of mrisr_jax ('M' = MaxPool2d(2, 2)).
 CFGS = {
@@ -115,6 +119,7 @@ def test_normalize_input(vgg_files):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.integration  # subprocess
 def test_npz_via_convert_tool_gives_same_params(vgg_files, tmp_path):
   for arch, last in (('vgg19', 16), ('vgg16', 23)):
     _, path = vgg_files[arch]
@@ -132,6 +137,7 @@ def test_npz_via_convert_tool_gives_same_params(vgg_files, tmp_path):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.integration  # subprocess
 def test_convert_tool_errors(vgg_files, tmp_path):
   r = subprocess.run([sys.executable, CONVERT, '--help'], capture_output=True, text=True,
                      timeout=60)

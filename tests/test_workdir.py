@@ -5,6 +5,9 @@ import pytest
 from etils import epath
 
 from mrisr_jax import checkpoint, config_check, train
+from mrisr_jax import spec as spec_lib
+
+pytestmark = pytest.mark.unit
 
 
 def test_uri_workdirs_stay_uris_and_local_ones_become_absolute(tmp_path, monkeypatch):
@@ -36,5 +39,5 @@ def test_report_files_of_a_remote_workdir_are_copied_there(tmp_path, monkeypatch
 @pytest.mark.parametrize('spec', ['3', '5:2', 'a:b', '-1:4', '2:2'])
 def test_profile_steps_must_be_a_range(spec):
   with pytest.raises(config_check.ConfigError, match='config.profile_steps'):
-    train.parse_profile_steps(spec)
-  assert train.parse_profile_steps('2:5') == (2, 5)
+    spec_lib.parse_profile_steps(spec)
+  assert spec_lib.parse_profile_steps("2:5") == (2, 5)

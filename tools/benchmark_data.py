@@ -83,10 +83,9 @@ def pipeline_rate(root: pathlib.Path, workers: int, seconds: float, batch: int,
   cfg = dict(root=str(root), train_split='train', val_split='val', format='fastmri',
              target_key=target_key, hr_patch_size=96, degradation=('area',), flips=True,
              num_workers=workers, prefetch_buffer=8)
-  pipeline.clear_source_cache()
   t0 = time.perf_counter()
   it = iter(pipeline.make_train_dataset(cfg, scale=4, global_batch_size=batch, seed=0,
-                                        process_index=0, process_count=1))
+                                        process_index=0, process_count=1)[0])
   next(it)
   first = time.perf_counter() - t0
   n, t0 = 0, time.perf_counter()

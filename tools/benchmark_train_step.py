@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrisr_jax import config_base, recipe, registry, report
-from mrisr_jax.data.pipeline import patch_shape
+from mrisr_jax import cli, config_base, recipe, registry, report, sharding, spec
 
 BEGIN, END = '<!-- train-step:begin -->', '<!-- train-step:end -->'
 
@@ -32,24 +31,31 @@ def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | N
   if unroll is not None:
     config.model.scan_unroll = unroll
   config.loss.allow_random_vgg = True
-  stage = next(s for s in recipe.stage_plan(config, 1) if s.name == stage_name)
-  g = recipe.stage_generator(config, stage)
-  d = registry.build_discriminator(config)
-  g_tx, d_tx = recipe.make_optimizers(config, stage, 1)
-  s = config.model.scale
-  hr_h, hr_w = patch_shape(config.data)
-  in_h, in_w = registry.input_size(g, (hr_h // s, hr_w // s))
+  config.batch_size = batch
+  from mrisr_jax import train  # imports clu and TensorFlow: only once the config has loaded
+  run = spec.resolve(config)
+  stage = next(s for s in recipe.stage_plan(run, 1) if s.name == stage_name)
+  d = registry.build_discriminator(run)
+  g_tx, d_tx = recipe.make_optimizers(run, stage, 1)
+  hr_h, hr_w = run.data.hr_patch_size
+  in_h, in_w = registry.input_size(recipe.stage_generator(run, stage), run.lr_patch_shape)
+  mesh = sharding.make_mesh(dict(run.mesh))
   rng = np.random.default_rng(0)
-  data = {'lr': jnp.asarray(rng.uniform(size=(batch, in_h, in_w, 1)), jnp.float32),
-          'hr': jnp.asarray(rng.uniform(size=(batch, hr_h, hr_w, 1)), jnp.float32)}
-  state = recipe.init_state_fn(config, g, d, g_tx, d_tx)(jax.random.PRNGKey(0))
+  data = sharding.global_batch({'lr': rng.uniform(size=(batch, in_h, in_w, 1)).astype(np.float32),
+                                'hr': rng.uniform(size=(batch, hr_h, hr_w, 1)).astype(np.float32)},
+                               sharding.batch_sharding(mesh))
+  init = recipe.init_state_fn(run, registry.build_generator(run.model), d, g_tx, d_tx)
+  _, state_sharding = train.state_layout(run, mesh, init)
+  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
   vgg, vgg_params = None, None
-  if recipe.needs_vgg(config, [stage]):
-    vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
-  fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg)
+  if recipe.needs_vgg(run, [stage]):
+    vgg, vgg_params = recipe.load_perceptual(run.loss, run.model.dtype)
+    vgg_params = jax.device_put(vgg_params, sharding.replicated(mesh))
+  # the step exactly as training jits it: same shardings, same donation
+  step = train.jit_stage_step(run, stage, 1, mesh, state_sharding, d, vgg).step
   args = (state, data, vgg_params)
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   state, m = compiled(*args)  # warm-up; with n_steps=0 it is the one timed step
@@ -65,13 +71,13 @@ def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | N
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='configs/casrgan_x4.py')
+  parser.add_argument('--config', default='configs/casrgan_x4.py', help=cli.CONFIG_HELP)
   parser.add_argument('--batch', type=int, default=16, help='global batch (HR crops of config.data.hr_patch_size)')
   parser.add_argument('--steps', type=int, default=3, help='timed steps after one warm-up step')
   parser.add_argument('--gan', action='store_true', help='also time the GAN step (G + D + VGG)')
   parser.add_argument('--write', default='', help='replace the train-step section of this markdown file')
-  a = parser.parse_args()
-  config = load_config(a.config)
+  a, overrides = cli.tool_args(parser)   # --config.KEY=VALUE as the entry points take them
+  config = cli.load_config(a.config, overrides, lock=False)
   unrolls = [('nn.scan (scan_unroll=1)', 1), (f'unrolled ({config.model.depth} AFEBs)', config.model.depth)]
   stages = ['pretrain'] + (['gan'] if a.gan else [])
   rows = []
@@ -104,4 +110,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)  # a user error: one line, exit 2

@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrisr_jax import config_base, recipe, registry, sharding
-from mrisr_jax.data.pipeline import patch_shape
+from mrisr_jax import cli, recipe, registry, sharding, spec
 
 MIB = 2**20
 
@@ -34,6 +33,7 @@ def _nbytes(tree) -> int:
 
 def build(config, stage_name: str):
   """(step fn, abstract state, vgg params or None, batch shapes fn) for one stage, as train.py builds them."""
+  config = spec.resolve(config)
   stage = next(s for s in recipe.stage_plan(config, 1) if s.name == stage_name)
   g = recipe.stage_generator(config, stage)
   d = registry.build_discriminator(config)
@@ -44,9 +44,8 @@ def build(config, stage_name: str):
   if recipe.needs_vgg(config, [stage]):
     vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
   fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg)
-  s = config.model.scale
-  hr_h, hr_w = patch_shape(config.data)
-  in_h, in_w = registry.input_size(g, (hr_h // s, hr_w // s))
+  hr_h, hr_w = config.data.hr_patch_size
+  in_h, in_w = registry.input_size(g, config.lr_patch_shape)
 
   def batch(n):
     return {'lr': jax.ShapeDtypeStruct((n, in_h, in_w, config.model.in_channels), jnp.float32),
@@ -64,14 +63,14 @@ def compile_stats(fn, abstract, vgg_params, batch) -> tuple[dict, str, float]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='configs/casrgan_x4.py')
+  parser.add_argument('--config', default='configs/casrgan_x4.py', help=cli.CONFIG_HELP)
   parser.add_argument('--batch', type=int, nargs='+', default=[1, 2], help='per-device batches to compile')
   parser.add_argument('--target', type=int, nargs='*', default=[16, 32], help='per-device batches to extrapolate to')
   parser.add_argument('--stages', nargs='+', default=['generator', 'gan'], help="stage kinds: generator, gan")
   parser.add_argument('--dtype', default='', help='override config.model.dtype (e.g. bfloat16)')
   parser.add_argument('--fsdp', type=int, default=0, help='also show per-device state bytes with this fsdp size')
-  a = parser.parse_args()
-  config = config_base.load_config(a.config)
+  a, overrides = cli.tool_args(parser)   # --config.KEY=VALUE as the entry points take them
+  config = cli.load_config(a.config, overrides, lock=False)
   config.loss.allow_random_vgg = True  # shapes only: the weights do not change memory
   config.model.scan_unroll = 1  # as on GPU/TPU (scan_unroll=0 picks 1 there)
   if a.dtype:
@@ -119,4 +118,4 @@ class _ShapeMesh:
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)  # a user error: one line, exit 2

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / 'tools'))
 sys.path.insert(0, str(REPO))
 import benchmark_train_step  # noqa: E402
 from benchmark_train_step import time_step  # noqa: E402
-from mrisr_jax import recipe, registry, train  # noqa: E402
+from mrisr_jax import cli, recipe, registry, spec  # noqa: E402
 
 # (config file, quick argument, full argument, source)
 SYSTEMS = [
@@ -60,8 +60,7 @@ def load_config(file: str, arg: str | None):
 
 def n_params(config) -> int:
   g = registry.build_generator(config.model)
-  hr = recipe.patch_shape(config.data)
-  shape = registry.input_size(g, (hr[0] // config.model.scale, hr[1] // config.model.scale))
+  shape = registry.input_size(g, spec.resolve(config).lr_patch_shape)
   tree = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape, 1))))['params']
   return sum(x.size for x in jax.tree.leaves(tree))
 
@@ -70,6 +69,7 @@ def quick_run(file: str, arg: str) -> dict:
   config = load_config(file, arg)
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.time()
+    from mrisr_jax import train  # imports clu and TensorFlow: only for the quick runs
     summary = train.train_and_evaluate(config, tmp)
     return {'model': summary['model'], 'bicubic': summary['bicubic'], 'wall_s': time.time() - t0}
 
@@ -100,7 +100,7 @@ def main():
     # A `gan` variant's first stage is its base config's: timed once, on the base row.
     if not a.skip_timing and not (full_arg or '').startswith('gan'):
       stage = full.stage_order[0]
-      row['timing'] = {'stage': stage, 'batch': a.batch, 'hr': list(recipe.patch_shape(full.data)),
+      row['timing'] = {'stage': stage, 'batch': a.batch, 'hr': list(spec.data_spec(full.data).hr_patch_size),
                        **time_step(full, stage, a.batch, a.steps, None)}
     if not a.skip_quick:
       row['quick'] = quick_run(file, quick_arg)
@@ -209,4 +209,4 @@ NOTES = """## Notes
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)  # a user error: one line, exit 2

@@ -1,8 +1,10 @@
 """The one exception type the data layer raises for bad inputs."""
 from __future__ import annotations
 
+from mrisr_jax.errors import UserError
 
-class OneLineError(ValueError):
+
+class OneLineError(UserError, ValueError):
   """A user-facing error: one line naming the file, key, option or value at fault."""
 
   def __init__(self, message: str):

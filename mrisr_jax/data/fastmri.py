@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from mrisr_jax.data.errors import DataError, one_line
-from mrisr_jax.data.source import SliceSource, VolumeExcluded, VolumeInfo
+from mrisr_jax.data.slice_source import SliceSource, VolumeExcluded, VolumeInfo
 
 __all__ = ['FastMRISliceSource', 'VolumeInfo', 'TARGET_KEYS', 'VALID_TARGET_KEYS', 'SCANS',
            'ifft2c', 'fft2c', 'rss_from_kspace', 'parse_ismrmrd_header', 'list_files',

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mrisr_jax.data.errors import DataError, one_line
-from mrisr_jax.data.source import SliceSource, VolumeInfo
+from mrisr_jax.data.slice_source import SliceSource, VolumeInfo
 
 SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 HR_DIRNAME = 'HR'

@@ -28,7 +28,7 @@ from nibabel import orientations
 import numpy as np
 
 from mrisr_jax.data.errors import DataError, one_line
-from mrisr_jax.data.source import SliceSource, VolumeInfo
+from mrisr_jax.data.slice_source import SliceSource, VolumeInfo
 
 SUFFIXES = ('.nii', '.nii.gz')
 # A pixel is foreground when its normalised value is above this.

@@ -3,7 +3,7 @@
 Training order: one global stream of slices, the same for any number of hosts, from which each host
 takes its share:
 
-  MapDataset.source(SliceSource)                n slices of the train split (data/sources.py)
+  MapDataset.source(SliceSource)                n slices of the train split (data/splits.py) 
     .shuffle(shuffle_seed)                      global shuffle of one epoch
     .repeat(None)                               infinite; epoch e is reshuffled with shuffle_seed + e
     .random_map(MakeTrainingPair, seed=aug_seed)  aligned crop, degradation, flips
@@ -34,48 +34,9 @@ import grain
 import numpy as np
 
 from mrisr_jax.data import degrade
-from mrisr_jax.data import sources
+from mrisr_jax.data import splits
 from mrisr_jax.data.errors import DataError
-
-_DEFAULTS = {
-    'hr_patch_size': 96,
-    'degradation': ('area',),
-    'flips': True,
-    'transposes': False,
-    'num_workers': 0,
-    'prefetch_buffer': 8,
-    'val_max_volumes': 0,
-    'val_max_slices': 0,
-}
-
-
-def _cfg(data_cfg, key: str):
-  """data_cfg[key] with the documented default."""
-  return sources.cfg(data_cfg, key, _DEFAULTS[key])
-
-
-def _int_cfg(data_cfg, key: str, minimum: int) -> int:
-  value = _cfg(data_cfg, key)
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise DataError(f'data.{key}: {value!r} must be an integer >= {minimum}')
-  return int(value)
-
-
-def clear_source_cache() -> None:
-  sources.clear_cache()
-
-
-def degradation_steps(data_cfg) -> tuple:
-  """data.degradation, parsed (one-line DataError naming the bad step)."""
-  steps = _cfg(data_cfg, 'degradation')
-  if isinstance(steps, str):
-    steps = (steps,)
-  try:
-    degrade.parse_degradation(tuple(steps))
-  except ValueError as e:
-    raise DataError(str(e)) from None
-  return tuple(steps)
-
+from mrisr_jax.spec import data_spec
 
 def check_degradation_fits(steps, scale: int, upsampled_input: bool) -> tuple[int, int]:
   """The per-axis reduction of `steps`; models that upsample both axes need (scale, scale)."""
@@ -232,32 +193,26 @@ class MakeTrainingPair(grain.transforms.RandomMap):
     return {'lr': lr[..., None], 'hr': hr[..., None]}
 
 
-def patch_shape(data_cfg) -> tuple[int, int]:
-  """data.hr_patch_size as (height, width): an int p means p x p."""
-  value = _cfg(data_cfg, 'hr_patch_size')
-  sides = list(value) if isinstance(value, (tuple, list)) else [value]
-  if len(sides) not in (1, 2) or any(
-      isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in sides):
-    raise DataError(f'data.hr_patch_size: {value!r} must be a positive integer or (height, width)')
-  return (int(sides[0]), int(sides[-1]))
-
-
-def train_source(data_cfg, scale: int | None = None):
+def train_source(data, scale: int | None = None):
   """(source, split directory) of the training split; volumes smaller than the crop are bad files."""
-  return sources.make_source(data_cfg, 'train', scale, min_shape=patch_shape(data_cfg))
+  data = data_spec(data)
+  return splits.make_source(data, 'train', scale, min_shape=data.hr_patch_size)
 
 
-def num_train_slices(data_cfg, scale: int | None = None) -> int:
+def num_train_slices(data, scale: int | None = None) -> int:
   """Total number of slices in the train split (all hosts together)."""
-  source, _ = train_source(data_cfg, scale)
+  source, _ = train_source(data, scale)
   return len(source)
 
 
-def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: int,
+def make_train_dataset(data, *, scale: int, global_batch_size: int, seed: int,
                        process_index: int | None = None, process_count: int | None = None,
-                       upsampled_input: bool = False, start: int = 0) -> grain.IterDataset:
-  """Infinite, host-sharded, deterministic training batches.
+                       upsampled_input: bool = False, start: int = 0,
+                       split=None) -> tuple[grain.IterDataset, int]:
+  """(Infinite, host-sharded, deterministic training batches, number of training slices).
 
+  `data`: the run's DataSpec (or a config.data section, resolved here); `split`: the train split's
+  (source, directory) when the caller built it already (`train_source`), so it is read once per run.
   Yields {'lr': float32 (b, ph/s, pw/s, 1), 'hr': float32 (b, ph, pw, 1)} with
   b = global_batch_size // process_count and (ph, pw) = data.hr_patch_size ('lr' is (b, ph, pw, 1),
   bicubic-upsampled, when `upsampled_input`: for models that take the upsampled LR).
@@ -267,12 +222,12 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
   if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
     raise DataError(f'scale: {scale!r} must be a positive integer')
   scale = int(scale)
-  patch = patch_shape(data_cfg)
-  degradation = degradation_steps(data_cfg)
+  data = data_spec(data)
+  patch, degradation = data.hr_patch_size, data.degradation
   factors = check_degradation_fits(degradation, scale, upsampled_input)
   if patch[0] % factors[0] or patch[1] % factors[1]:
-    raise DataError(f'data.hr_patch_size: {_cfg(data_cfg, "hr_patch_size")} is not divisible by the '
-                    f'scale {scale}')
+    raise DataError(f'data.hr_patch_size: {patch[0] if patch[0] == patch[1] else patch} is not divisible '
+                    f'by the scale {scale}')
   process_index, process_count = _process_index_count(process_index, process_count)
   if (isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer))
       or global_batch_size < 1):
@@ -281,13 +236,11 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
     raise DataError(f'global_batch_size: {global_batch_size} is not divisible by the number of '
                     f'processes {process_count}')
   local_batch = int(global_batch_size) // process_count
-  num_workers = _int_cfg(data_cfg, 'num_workers', 0)
-  prefetch_buffer = _int_cfg(data_cfg, 'prefetch_buffer', 0)
-  flips = bool(_cfg(data_cfg, 'flips'))
-  transposes = bool(_cfg(data_cfg, 'transposes'))
+  num_workers, prefetch_buffer = data.num_workers, data.prefetch_buffer
+  flips, transposes = data.flips, data.transposes
   shuffle_seed, aug_seed = derive_seeds(seed)
 
-  source, split_dir = train_source(data_cfg, scale)
+  source, split_dir = split if split is not None else train_source(data, scale)
   if source.has_lr and not upsampled_input and any(
       v.metadata.get('lr_keepdims') for v in source.volumes):
     raise DataError(f'{split_dir}: the LR files are HR-sized (downsample.py -k), which only models that '
@@ -320,7 +273,7 @@ def make_train_dataset(data_cfg, *, scale: int, global_batch_size: int, seed: in
                n, len(source.volumes), source.format_name, split_dir, process_index, process_count,
                start, local_batch, *patch, scale, lr_desc,
                ' -> bicubic to HR size' if upsampled_input else '', flips, transposes, num_workers)
-  return it_ds
+  return it_ds, n
 
 
 def next_batch(iterator) -> dict:
@@ -350,7 +303,7 @@ def slice_rng(seed: int, volume: str, slice_index: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), zlib.crc32(volume.encode('utf-8')), int(slice_index)])
 
 
-def load_validation_volumes(data_cfg, scale: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def load_validation_volumes(data, scale: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
   """Whole validation slices with their LR inputs, deterministic.
 
   Returns, for the first `val_max_volumes` volumes (sorted by name; 0 = all), each with
@@ -360,10 +313,10 @@ def load_validation_volumes(data_cfg, scale: int | None = None, seed: int = 0) -
      'lr': float32 (S, H/fy, W/fx) (only when `scale` is given): the paired LR files, or the
            degradation of the HR with a generator fixed per (seed, volume, slice)}.
   """
-  max_volumes = _int_cfg(data_cfg, 'val_max_volumes', 0)
-  max_slices = _int_cfg(data_cfg, 'val_max_slices', 0)
-  source, _ = sources.make_source(data_cfg, 'val', scale)
-  degradation = degradation_steps(data_cfg)
+  data = data_spec(data)
+  max_volumes, max_slices = data.val_max_volumes, data.val_max_slices
+  source, _ = splits.make_source(data, 'val', scale)
+  degradation = data.degradation
   volumes = source.volumes if max_volumes == 0 else source.volumes[:max_volumes]
   out = []
   for v, vol in enumerate(volumes):

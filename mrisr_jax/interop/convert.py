@@ -6,7 +6,7 @@ numpy only (no torch): state_dict values come out as numpy arrays in the torch l
 Conv kernels are flax HWIO <-> torch OIHW; the flax->torch key tables are in the docstrings of
 `mrisr_jax.models.{srcnn,drrn,edsr,rdn}` and in `discriminator.torch_key_map`.
 
-CASR (`_casr_key_map`) adds three things: its D AFEBs are one scanned flax module (params stacked
+CASR (`casr_key_map`) adds three things: its D AFEBs are one scanned flax module (params stacked
 on a leading axis), so a key-map path may end in an int, the slice of the stacked leaf; Linear
 weights are transposed ('linear'); and the reference keeps three buffers in its state_dict that
 carry no learned values (`relative_position_index`, `attn_mask`, the AHPF `weight` of ones).
@@ -43,9 +43,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# Names as in registry.GENERATORS / DISCRIMINATORS; 'discriminator' is the reference JSON's name.
-SUPPORTED = ('srcnn', 'drrn', 'edsr', 'rdn', 'casr', 'casrgan_d', 'fagan', 'fagan_sn_d', 'srdcgan',
-             'srdcgan_d', 'perceptual_sr')
+from mrisr_jax import registry
+
+# Every model in the registry has a layout; 'discriminator' is the reference JSON's name.
+SUPPORTED = tuple(registry.MODELS)
+KeyMap = dict[str, tuple[tuple | None, str]]  # torch key -> (flax path or None, transform)
 _ALIASES = {'discriminator': 'casrgan_d'}
 _SHOWN = 3  # keys named per category in an error message
 # The reference builds its shifted blocks' `attn_mask` for a (REFERENCE_HR_SIZE // scale)-pixel
@@ -71,45 +73,20 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
       yield prefix + (k,), v
 
 
-def _generator_rules(name: str, n_resblocks: int):
-  return {
-      'srcnn': [(r'(\w+)', r'\1')],
-      'drrn': [(r'block_(\d+)/entry', r'rbs.\1.conv1.1'),
-               (r'block_(\d+)/residual_unit/conv_(\d+)',
-                lambda m: f'rbs.{m[1]}.residule_unit.conv.{2 * int(m[2]) + 1}'),
-               (r'recon', 'recon.1')],
-      'edsr': [(r'head', 'model_1.0'),
-               (r'body_(\d+)/conv_(\d+)', lambda m: f'model_2.{m[1]}.model.{2 * int(m[2])}'),
-               (r'body_conv', f'model_2.{n_resblocks}'),
-               (r'upsampler/conv_(\d+)', lambda m: f'model_3.0.model.{2 * int(m[1])}'),
-               (r'tail', 'model_3.1')],
-      'rdn': [(r'sfe(\d)', r'SFE\1'),
-              (r'rdb_(\d+)/conv_(\d+)', r'RDBs.\1.convs.\2.conv.0'),
-              (r'rdb_(\d+)/lff', r'RDBs.\1.LFF'),
-              (r'gff_(\d)', r'GFF.\1'),
-              (r'upscale_(\d)', r'upscale.\1')],
-  }[name]
-
-
-def key_map(model_name: str, like_variables: Mapping[str, Any]) -> dict[str, tuple[tuple | None, str]]:
+def key_map(model_name: str, like_variables: Mapping[str, Any]) -> KeyMap:
   """{torch key: (flax path incl. collection, transform)}; transform is 'conv', 'deconv'
   (ConvTranspose2d), 'linear', 'copy', 'count', for a CASR buffer 'buffer' (path None: no flax
   variable), or for spectral norm 'sn_u' (path: `u`) and 'sn_v' (path: the kernel; no flax
   variable). A path ending in an int names that slice of a stacked (scanned) leaf.
 
-  The generators' tables depend on the depth (EDSR's body_conv is model_2.{n_resblocks}), which is
-  read off `like_variables`.
+  The registry names each model's table (the `*_key_map` functions below). The tables depend on
+  the depth (EDSR's body_conv is model_2.{n_resblocks}), which is read off `like_variables`.
   """
-  name = _canonical(model_name)
-  if name == 'casr':
-    return _casr_key_map(like_variables['params'])
-  if name in _MIRROR_KEY_MAPS:
-    return _MIRROR_KEY_MAPS[name](like_variables['params'])
-  if name == 'casrgan_d':
-    from mrisr_jax.models.discriminator import torch_key_map
-    return {k: (spec.path, spec.transform) for k, spec in torch_key_map().items()}
-  params = like_variables['params']
-  rules = _generator_rules(name, sum(1 for k in params if re.fullmatch(r'body_\d+', k)))
+  return registry.key_map_function(_canonical(model_name))(like_variables['params'])
+
+
+def _rules_key_map(name: str, rules: list, params: Mapping[str, Any]) -> KeyMap:
+  """The reference's plain-conv models: each flax conv module renamed by the first rule that matches."""
   out = {}
   for path, _ in _leaves(params):
     module = '/'.join(path[:-1])
@@ -129,6 +106,44 @@ def key_map(model_name: str, like_variables: Mapping[str, Any]) -> dict[str, tup
   return out
 
 
+def srcnn_key_map(params: Mapping[str, Any]) -> KeyMap:
+  return _rules_key_map('srcnn', [(r'(\w+)', r'\1')], params)
+
+
+def drrn_key_map(params: Mapping[str, Any]) -> KeyMap:
+  return _rules_key_map('drrn', [
+      (r'block_(\d+)/entry', r'rbs.\1.conv1.1'),
+      (r'block_(\d+)/residual_unit/conv_(\d+)',
+       lambda m: f'rbs.{m[1]}.residule_unit.conv.{2 * int(m[2]) + 1}'),
+      (r'recon', 'recon.1')], params)
+
+
+def edsr_key_map(params: Mapping[str, Any]) -> KeyMap:
+  n_resblocks = _count(params, r'body_\d+')
+  return _rules_key_map('edsr', [
+      (r'head', 'model_1.0'),
+      (r'body_(\d+)/conv_(\d+)', lambda m: f'model_2.{m[1]}.model.{2 * int(m[2])}'),
+      (r'body_conv', f'model_2.{n_resblocks}'),
+      (r'upsampler/conv_(\d+)', lambda m: f'model_3.0.model.{2 * int(m[1])}'),
+      (r'tail', 'model_3.1')], params)
+
+
+def rdn_key_map(params: Mapping[str, Any]) -> KeyMap:
+  return _rules_key_map('rdn', [
+      (r'sfe(\d)', r'SFE\1'),
+      (r'rdb_(\d+)/conv_(\d+)', r'RDBs.\1.convs.\2.conv.0'),
+      (r'rdb_(\d+)/lff', r'RDBs.\1.LFF'),
+      (r'gff_(\d)', r'GFF.\1'),
+      (r'upscale_(\d)', r'upscale.\1')], params)
+
+
+def casrgan_d_key_map(params: Mapping[str, Any]) -> KeyMap:
+  """The reference discriminator's table, `models.discriminator.torch_key_map` (imports jax)."""
+  del params  # fixed: the reference discriminator has one shape
+  from mrisr_jax.models.discriminator import torch_key_map  # pylint: disable=import-outside-toplevel
+  return {k: (spec.path, spec.transform) for k, spec in torch_key_map().items()}
+
+
 def _casr_meta(params: Mapping[str, Any]) -> dict[str, int]:
   """The CASR hyper-parameters the key table and the buffers depend on, read off param shapes."""
   g0 = params['sfe']['kernel'].shape[-1]
@@ -142,7 +157,7 @@ def _casr_meta(params: Mapping[str, Any]) -> dict[str, int]:
       scale=3 if r2 == 9 else 2 ** len(ups))
 
 
-def _casr_key_map(params: Mapping[str, Any]) -> dict[str, tuple[tuple | None, str]]:
+def casr_key_map(params: Mapping[str, Any]) -> KeyMap:
   """CASR's table, in the reference's state_dict order (the flax tree's order differs)."""
   m = _casr_meta(params)
   out: dict[str, tuple[tuple | None, str]] = {}
@@ -232,7 +247,7 @@ def _sn_state(kernel_path: tuple, leaf: str) -> tuple:
   return ('batch_stats', f'sn_{m}', f'{m}/kernel/{leaf}')
 
 
-def _fagan_key_map(params: Mapping[str, Any]) -> _Table:
+def fagan_key_map(params: Mapping[str, Any]) -> _Table:
   t = _Table(params)
   t.layer('head', ('head',))
   t['head_act.weight'] = (('params', 'head_act', 'weight'), 'copy')
@@ -255,7 +270,7 @@ def _fagan_key_map(params: Mapping[str, Any]) -> _Table:
   return t
 
 
-def _fagan_sn_d_key_map(params: Mapping[str, Any]) -> _Table:
+def fagan_sn_d_key_map(params: Mapping[str, Any]) -> _Table:
   t = _Table(params)
   for i in range(_count(params, r'conv_\d+')):
     t.sn(f'convs.{i}', f'conv_{i}', 'conv')
@@ -264,7 +279,7 @@ def _fagan_sn_d_key_map(params: Mapping[str, Any]) -> _Table:
   return t
 
 
-def _srdcgan_key_map(params: Mapping[str, Any]) -> _Table:
+def srdcgan_key_map(params: Mapping[str, Any]) -> _Table:
   t = _Table(params)
   for i in range(1, 8):
     t.layer(f'conv{i}', (f'conv{i}',), 'deconv' if i in SRDCGAN_TRANSPOSED else 'conv')
@@ -273,7 +288,7 @@ def _srdcgan_key_map(params: Mapping[str, Any]) -> _Table:
   return t
 
 
-def _srdcgan_d_key_map(params: Mapping[str, Any]) -> _Table:
+def srdcgan_d_key_map(params: Mapping[str, Any]) -> _Table:
   t = _Table(params)
   for i in range(1, _count(params, r'conv\d+') + 1):
     t.layer(f'conv{i}', (f'conv{i}',))
@@ -283,7 +298,7 @@ def _srdcgan_d_key_map(params: Mapping[str, Any]) -> _Table:
   return t
 
 
-def _perceptual_sr_key_map(params: Mapping[str, Any]) -> _Table:
+def perceptual_sr_key_map(params: Mapping[str, Any]) -> _Table:
   t = _Table(params)
   t.layer('conv_in', ('conv_in',))
   t.bn('bn_in', ('bn_in',))
@@ -299,11 +314,6 @@ def _perceptual_sr_key_map(params: Mapping[str, Any]) -> _Table:
     t.bn(f'up_{i}.bn', (f'up_{i}', 'bn'))
   t.layer('conv_out', ('conv_out',))
   return t
-
-
-_MIRROR_KEY_MAPS = {'fagan': _fagan_key_map, 'fagan_sn_d': _fagan_sn_d_key_map,
-                    'srdcgan': _srdcgan_key_map, 'srdcgan_d': _srdcgan_d_key_map,
-                    'perceptual_sr': _perceptual_sr_key_map}
 
 
 def _torch_weight(kernel: np.ndarray, transform: str) -> np.ndarray:

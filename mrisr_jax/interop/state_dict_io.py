@@ -23,11 +23,13 @@ import os
 import pathlib
 import pickle
 import re
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
+
+from mrisr_jax import fileio
+from mrisr_jax.errors import UserError
 
 SAFETENSORS_SUFFIXES = ('.safetensors',)
 TORCH_SAVE_SUFFIXES = ('.pth', '.pt')
@@ -36,7 +38,7 @@ WRAPPER_KEYS = ('state_dict', 'model', 'generator', 'netG')
 KEY_ORDER_METADATA = 'mrisr_jax.key_order'
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
   """A checkpoint tried to build something other than tensors, dicts and plain values."""
 
 
@@ -57,7 +59,7 @@ def _suffix(path: pathlib.Path, supported: tuple[str, ...]) -> str:
 
 def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike,
                     metadata: dict[str, str] | None = None) -> None:
-  """Writes `state_dict` atomically (temp file in the same directory, then os.replace)."""
+  """Writes `state_dict` atomically (mrisr_jax.fileio: temp file in the same directory, then os.replace)."""
   path = pathlib.Path(path)
   suffix = _suffix(path, SAFETENSORS_SUFFIXES + TORCH_SAVE_SUFFIXES)
   arrays = {str(k): np.ascontiguousarray(v) for k, v in state_dict.items()}
@@ -70,15 +72,7 @@ def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike,
     if metadata:
       raise ValueError(f'{path}: metadata can only be stored in .safetensors files')
     write = lambda tmp: _write_torch(arrays, tmp, path)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  fileio.atomic_write(path, lambda tmp: write(str(tmp)))
 
 
 def _import_safetensors_numpy(path: pathlib.Path):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mrisr_jax import registry
 from mrisr_jax.interop import convert
 
 
@@ -689,17 +690,13 @@ class TorchPerceptualSRNet(nn.Module):
     return self.conv_out(x)
 
 
-TORCH_GENERATORS: dict[str, type[nn.Module]] = {
-    'srcnn': TorchSRCNN, 'drrn': TorchDRRN, 'edsr': TorchEDSR, 'rdn': TorchRDN, 'casr': TorchCASR,
-    'fagan': TorchFAGANGenerator, 'srdcgan': TorchSRDCGANGenerator, 'perceptual_sr': TorchPerceptualSRNet}
-TORCH_DISCRIMINATORS: dict[str, type[nn.Module]] = {
-    'casrgan_d': TorchGANDiscriminator, 'fagan_sn_d': TorchFAGANDiscriminator,
-    'srdcgan_d': TorchSRDCGANDiscriminator}
-
-
-def _mirror(cls: type[nn.Module], flax_module) -> nn.Module:
-  """The torch mirror with the flax module's field values (registry did the validation); mirror
-  arguments the flax module lacks (a discriminator's in_channels, image_size) keep their defaults."""
+def _mirror(name: str, kind: str, known: dict, build) -> nn.Module:
+  """The registry's torch mirror of `name` with the field values of the flax module `build()` gives
+  (registry did the validation); mirror arguments the flax module lacks (a discriminator's
+  in_channels, image_size) keep their defaults."""
+  if name not in known:
+    raise ValueError(f'no torch mirror of {kind} {name!r}; supported: {", ".join(sorted(known))}')
+  cls, flax_module = registry.torch_mirror_class(name), build()
   names = [p for p in inspect.signature(cls.__init__).parameters
            if p != 'self' and hasattr(flax_module, p)]
   return cls(**{n: getattr(flax_module, n) for n in names})
@@ -707,18 +704,11 @@ def _mirror(cls: type[nn.Module], flax_module) -> nn.Module:
 
 def build_torch_generator(model_cfg: ml_collections.ConfigDict) -> nn.Module:
   """The torch mirror of `registry.build_generator(model_cfg)` (same fields, same checks)."""
-  from mrisr_jax import registry
-  if model_cfg.name not in TORCH_GENERATORS:
-    raise ValueError(f'no torch mirror of generator {model_cfg.name!r}; supported: '
-                     f'{", ".join(sorted(TORCH_GENERATORS))}')
-  return _mirror(TORCH_GENERATORS[model_cfg.name], registry.build_generator(model_cfg))
+  return _mirror(model_cfg.name, 'generator', registry.GENERATORS,
+                 lambda: registry.build_generator(model_cfg))
 
 
 def build_torch_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
   """The torch mirror of `registry.build_discriminator(config)`."""
-  from mrisr_jax import registry
-  name = config.discriminator.name
-  if name not in TORCH_DISCRIMINATORS:
-    raise ValueError(f'no torch mirror of discriminator {name!r}; supported: '
-                     f'{", ".join(sorted(TORCH_DISCRIMINATORS))}')
-  return _mirror(TORCH_DISCRIMINATORS[name], registry.build_discriminator(config))
+  return _mirror(config.discriminator.name, 'discriminator', registry.DISCRIMINATORS,
+                 lambda: registry.build_discriminator(config))

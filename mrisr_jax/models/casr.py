@@ -6,12 +6,13 @@ flat in D. Input and output are NHWC images in [0, 1] (no normalisation, no outp
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d, Upsampler, pixel_shuffle
 from mrisr_jax.models.swin import SwinBlock
 
@@ -116,10 +117,7 @@ class SelfAttentionBlock(nn.Module):
     return t * 0.1 + y
 
 
-class CASR(nn.Module):
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
+class CASR(SRGenerator):
   growth_rate0: int = 128  # G0, the seed's io_nc
   depth: int = 20  # number of AFEBs
   growth_rate: int = 32
@@ -137,9 +135,7 @@ class CASR(nn.Module):
   dropout: float = 0.0
   remat: bool = False  # recompute AFEB activations in the backward pass (saves memory)
   scan_unroll: int = 1  # AFEBs per scan iteration: 1 keeps compile time flat in depth
-  dtype: Dtype | None = None
-  supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
-  upsampled_input: ClassVar[bool] = False
+  dtype: Dtype | None = None  # None: compute in the input's dtype
 
   @property
   def size_multiple(self) -> int:
@@ -148,8 +144,7 @@ class CASR(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'model.scale={self.scale!r}: CASR supports 2, 3 or 4')
+    self.check_fields()
     n = self.n_stb
     alpha = self.deepnorm_alpha
     if alpha is None:

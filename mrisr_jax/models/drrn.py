@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d
 
 Dtype = Any
@@ -50,7 +51,7 @@ class RecursiveBlock(nn.Module):
     return h
 
 
-class DRRN(nn.Module):
+class DRRN(SRGenerator):
   """DRRN B{num_recursive_blocks}U{num_units}; `scale` only selects the data.
 
   Attributes:
@@ -59,28 +60,16 @@ class DRRN(nn.Module):
     features: F, the reference's ngf.
     kernel_size: of every conv (odd, so that padding k//2 keeps the size).
   """
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
   num_recursive_blocks: int = 1
   num_units: int = 25
   features: int = 128
   kernel_size: int = 3
-  dtype: Any = jnp.float32
-  supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
   upsampled_input: ClassVar[bool] = True
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
+  odd_fields: ClassVar[tuple[str, ...]] = ('kernel_size',)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'DRRN: scale {self.scale!r} is not supported; supported scales: '
-                       f'{self.supported_scales}')
-    if self.kernel_size % 2 == 0:
-      raise ValueError(f'DRRN: kernel_size must be odd, got {self.kernel_size}')
+    self.check_fields()
     if self.out_channels != x.shape[-1]:
       raise ValueError(f'DRRN: output = input + recon needs out_channels == input channels, got '
                        f'{self.out_channels} and {x.shape[-1]}')

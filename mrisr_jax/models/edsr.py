@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d, Upsampler
 
 Dtype = Any
@@ -35,7 +36,7 @@ class ResBlock(nn.Module):
     return h * self.res_scale + x
 
 
-class EDSR(nn.Module):
+class EDSR(SRGenerator):
   """EDSR on the LR image; output (B, h*scale, w*scale, out_channels).
 
   Attributes:
@@ -44,28 +45,15 @@ class EDSR(nn.Module):
     res_scale: multiplier of each residual branch (0.1 for the 32x256 model).
     kernel_size: of the head, body and tail convs (odd); the upsampler convs are always 3x3.
   """
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
   n_resblocks: int = 32
   n_feats: int = 256
   res_scale: float = 0.1
   kernel_size: int = 3
-  dtype: Any = jnp.float32
-  supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
-  upsampled_input: ClassVar[bool] = False
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
+  odd_fields: ClassVar[tuple[str, ...]] = ('kernel_size',)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'EDSR: scale {self.scale!r} is not supported; supported scales: '
-                       f'{self.supported_scales}')
-    if self.kernel_size % 2 == 0:
-      raise ValueError(f'EDSR: kernel_size must be odd, got {self.kernel_size}')
+    self.check_fields()
     k, f = self.kernel_size, self.n_feats
     x = Conv2d(f, k, dtype=self.dtype, name='head')(x)
     h = x

@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d, Linear, pixel_shuffle
 
 Dtype = Any
@@ -197,7 +198,7 @@ class UpsampleStage(nn.Module):
     return PReLU(name='prelu')(x)
 
 
-class FAGANGenerator(nn.Module):
+class FAGANGenerator(SRGenerator):
   """FA-GAN generator; `__call__(x, train)`: (B, h, w, in) in [0, 1] -> (B, h*s, w*s, out) float32.
 
   Attributes:
@@ -210,9 +211,6 @@ class FAGANGenerator(nn.Module):
     alpha, beta: the connection's coefficients on R and Y (0.5 each in the paper).
     dtype: computation dtype; params stay float32, the output is float32.
   """
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
   n_feats: int = 64
   n_lffb: int = 8
   kernel_sizes: tuple[int, ...] = (3, 5, 7)
@@ -221,25 +219,12 @@ class FAGANGenerator(nn.Module):
   connection: str = 'weighted'
   alpha: float = 0.5
   beta: float = 0.5
-  dtype: Any = jnp.float32
   supported_scales: ClassVar[tuple[int, ...]] = (2, 4, 8)
-  upsampled_input: ClassVar[bool] = False
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {'attention_at': ATTENTION_AT, 'connection': CONNECTIONS}
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'model.scale={self.scale!r}: FAGANGenerator supports scales '
-                       f'{", ".join(map(str, self.supported_scales))}')
-    if self.attention_at not in ATTENTION_AT:
-      raise ValueError(f'attention_at={self.attention_at!r}: FAGANGenerator supports '
-                       f'{", ".join(ATTENTION_AT)}')
-    if self.connection not in CONNECTIONS:
-      raise ValueError(f'connection={self.connection!r}: FAGANGenerator supports '
-                       f'{", ".join(CONNECTIONS)}')
+    self.check_fields()
     f = self.n_feats
     gffb = GFFB(self.reduction, self.connection, self.alpha, self.beta, self.dtype, name='gffb')
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d
 from mrisr_jax.models.norm import TorchBatchNorm
 from mrisr_jax.models.srdcgan import ConvTranspose2d
@@ -77,29 +78,16 @@ class UpscaleBlock(nn.Module):
     return nn.relu(TorchBatchNorm(use_running_average=not train, dtype=self.dtype, name='bn')(x))
 
 
-class PerceptualSRNet(nn.Module):
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
+class PerceptualSRNet(SRGenerator):
   features: int = 64  # width of every layer but the last
   num_resblocks: int = 4
   upsample: str = 'transposed'  # 'transposed' (Johnson, seed Model 1/3) or 'nearest' (seed Model 2/4)
-  dtype: Any = jnp.float32
-  supported_scales: ClassVar[tuple[int, ...]] = (2, 4)
-  upsampled_input: ClassVar[bool] = False
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
+  supported_scales: ClassVar[tuple[int, ...]] = (2, 4)  # one x2 upscaling block per factor of 2
+  choices: ClassVar[dict[str, tuple[str, ...]]] = {'upsample': UPSAMPLE_MODES}
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'model.scale={self.scale!r}: PerceptualSRNet supports scales '
-                       f'{self.supported_scales} (one x2 upscaling block per factor of 2)')
-    if self.upsample not in UPSAMPLE_MODES:
-      raise ValueError(f'model.upsample={self.upsample!r}: PerceptualSRNet supports '
-                       f'{", ".join(UPSAMPLE_MODES)}')
+    self.check_fields()
     x = Conv2d(self.features, 9, use_bias=False, dtype=self.dtype, name='conv_in')(x)
     x = nn.relu(TorchBatchNorm(use_running_average=not train, dtype=self.dtype, name='bn_in')(x))
     for i in range(self.num_resblocks):

@@ -14,16 +14,17 @@ Parameter mapping (flax -> reference state_dict; conv kernel HWIO = torch weight
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.casr import ResidualDenseBlock
 from mrisr_jax.models.layers import Conv2d, pixel_shuffle
 
 
-class RDN(nn.Module):
+class RDN(SRGenerator):
   """RDN on the LR image; output (B, h*scale, w*scale, out_channels).
 
   Attributes:
@@ -34,29 +35,16 @@ class RDN(nn.Module):
     kernel_size: of SFE1, SFE2, GFF.1 and the upscale convs (odd); the dense layers are 3x3 and
       the fusions 1x1 whatever it is, as in the reference.
   """
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
   growth_rate0: int = 64
   growth_rate: int = 32
   num_layers: int = 6
   num_blocks: int = 20
   kernel_size: int = 3
-  dtype: Any = jnp.float32
-  supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
-  upsampled_input: ClassVar[bool] = False
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
+  odd_fields: ClassVar[tuple[str, ...]] = ('kernel_size',)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'RDN: scale {self.scale!r} is not supported; supported scales: '
-                       f'{self.supported_scales}')
-    if self.kernel_size % 2 == 0:
-      raise ValueError(f'RDN: kernel_size must be odd, got {self.kernel_size}')
+    self.check_fields()
     k, g0, g = self.kernel_size, self.growth_rate0, self.growth_rate
     conv = lambda features, size, name: Conv2d(features, size, dtype=self.dtype, name=name)  # noqa: E731
 

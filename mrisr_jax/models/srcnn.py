@@ -8,11 +8,12 @@ Parameter mapping (flax -> reference state_dict; conv kernel HWIO = torch weight
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d
 
 # The reference trains the last layer at 0.1x the learning rate; a trainer scales the updates of
@@ -20,24 +21,13 @@ from mrisr_jax.models.layers import Conv2d
 LR_MULTIPLIERS = {'reconstruction': 0.1}
 
 
-class SRCNN(nn.Module):
+class SRCNN(SRGenerator):
   """SRCNN; `scale` only selects the data (the input is already at HR size)."""
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
-  dtype: Any = jnp.float32
-  supported_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
   upsampled_input: ClassVar[bool] = True
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'SRCNN: scale {self.scale!r} is not supported; supported scales: '
-                       f'{self.supported_scales}')
+    self.check_fields()
     x = nn.relu(Conv2d(64, 9, dtype=self.dtype, name='patch_extraction')(x))
     x = nn.relu(Conv2d(32, 1, dtype=self.dtype, name='non_linear_mapping')(x))
     x = Conv2d(self.out_channels, 5, dtype=self.dtype, name='reconstruction')(x)

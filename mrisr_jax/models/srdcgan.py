@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.base import SRGenerator
 from mrisr_jax.models.layers import Conv2d, Linear, torch_uniform_init
 from mrisr_jax.models.norm import TorchBatchNorm
 
@@ -75,7 +76,7 @@ class ConvTranspose2d(nn.Module):
     return y
 
 
-class SRDCGANGenerator(nn.Module):
+class SRDCGANGenerator(SRGenerator):
   """conv1..conv8; conv3 and conv6 are ConvTranspose2d(4, stride 2, pad 1) (x2 each), the rest
   conv3x3 stride 1; BatchNorm + ReLU after conv1..conv7; conv8 -> tanh.
 
@@ -90,25 +91,14 @@ class SRDCGANGenerator(nn.Module):
   batch_stats/bn{i}/mean, var                  bn{i}.running_mean, running_var  copy
   batch_stats/bn{i}/num_batches_tracked        bn{i}.num_batches_tracked    int32 <-> int64
   """
-  scale: int = 4
-  in_channels: int = 1
-  out_channels: int = 1
   features: int = 64  # width of conv1..conv7
   input_mean: float = 0.5  # the seed's Normalize(mean, std), applied on entry and undone on exit
   input_std: float = 0.5
-  dtype: Any = jnp.float32
-  supported_scales: ClassVar[tuple[int, ...]] = (4,)
-  upsampled_input: ClassVar[bool] = False
-
-  @property
-  def size_multiple(self) -> int:
-    return 1
+  supported_scales: ClassVar[tuple[int, ...]] = (4,)  # two stride-2 transposed convs
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.scale not in self.supported_scales:
-      raise ValueError(f'model.scale={self.scale!r}: SRDCGANGenerator supports scales '
-                       f'{self.supported_scales} (two stride-2 transposed convs)')
+    self.check_fields()
     x = (x.astype(jnp.float32) - self.input_mean) / self.input_std
     for i in range(1, 8):
       if i in TRANSPOSED_LAYERS:

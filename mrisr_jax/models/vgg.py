@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from mrisr_jax.errors import UserError
 from mrisr_jax.models.layers import Conv2d
 
 Dtype = Any
@@ -54,7 +55,7 @@ WEIGHTS_HINT = ("download torchvision's ImageNet weights (e.g. "
                 "config.loss.vgg_weights=PATH (a .pth, or a .npz made by tools/convert_vgg.py)")
 
 
-class VGGWeightsError(ValueError):
+class VGGWeightsError(UserError, ValueError):
   """The perceptual loss cannot get its weights (none configured, unreadable, or the wrong layout)."""
 
 

@@ -16,28 +16,28 @@ import numpy as np
 
 sys.path.insert(0, sys.argv[1])
 from tests.helpers import tiny_config  # noqa: E402
-from mrisr_jax import recipe, registry, sharding  # noqa: E402
+from mrisr_jax import recipe, registry, sharding, spec, train  # noqa: E402
 from mrisr_jax.data import pipeline  # noqa: E402
 
 assert jax.device_count() == 8, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
 config = tiny_config()
 config.batch_size = 8
-it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=8, seed=0))
+config = spec.resolve(config)
+it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=8, seed=0)[0])
 batches = [next(it) for _ in range(3)]
 plan = recipe.stage_plan(config, steps_per_epoch=4)
 vgg, vgg_params = recipe.load_perceptual(config.loss)
 
 
 def make_stage(stage, mesh):
+  """The stage's step exactly as training jits it (train.jit_stage_step), on `mesh`."""
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  g = recipe.stage_generator(config, stage)
   d = registry.build_discriminator(config)
   g_tx, d_tx = recipe.make_optimizers(config, stage, 4)
-  state = recipe.init_state_fn(config, registry.build_generator(config.model), d, g_tx, d_tx)(
-      jax.random.PRNGKey(0))
-  state_sh = jax.tree.map(lambda _: repl, state)
-  fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg)
-  jitted = jax.jit(fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl))
+  init = recipe.init_state_fn(config, registry.build_generator(config.model), d, g_tx, d_tx)
+  state = init(jax.random.PRNGKey(0))
+  _, state_sh = train.state_layout(config, mesh, init)
+  jitted = train.jit_stage_step(config, stage, 4, mesh, state_sh, d, vgg).step
   params = jax.device_put(vgg_params, repl)
   step = lambda s, b: jitted(s, b, params)  # noqa: E731
 
@@ -52,8 +52,8 @@ def host(tree):
   return jax.tree.map(np.asarray, tree)
 
 
-one_mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-all_mesh = sharding.make_mesh(config.mesh, devices=jax.devices())
+one_mesh = sharding.make_mesh(dict(config.mesh), devices=jax.devices()[:1])
+all_mesh = sharding.make_mesh(dict(config.mesh), devices=jax.devices())
 out = {'devices': jax.device_count(), 'free': {'one': [], 'all': []}, 'forced': {'one': [], 'all': []}}
 
 s1, step1 = make_stage(plan[0], one_mesh)

@@ -12,31 +12,31 @@ import numpy as np
 
 sys.path.insert(0, sys.argv[1])
 from tests.helpers import tiny_config  # noqa: E402
-from mrisr_jax import recipe, registry, sharding  # noqa: E402
+from mrisr_jax import recipe, registry, sharding, spec, train  # noqa: E402
 from mrisr_jax.data import pipeline  # noqa: E402
 
 assert jax.device_count() == 8, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
 config = tiny_config()
 config.batch_size = 8
-it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=8, seed=0))
+config = spec.resolve(config)
+it = iter(pipeline.make_train_dataset(config.data, scale=4, global_batch_size=8, seed=0)[0])
 batches = [next(it) for _ in range(3)]
 stage = recipe.stage_plan(config, steps_per_epoch=4)[0]
-assert stage.cfg.kind == 'generator'
-g = recipe.stage_generator(config, stage)
+assert stage.spec.kind == 'generator'
 d = registry.build_discriminator(config)
 g_tx, d_tx = recipe.make_optimizers(config, stage, 4)
 init = recipe.init_state_fn(config, registry.build_generator(config.model), d, g_tx, d_tx)
 abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
 # initialised once (its compile is most of this script's time), then laid out on each mesh
 host_state = jax.tree.map(np.asarray, jax.jit(init)(jax.random.PRNGKey(0)))
-fn = recipe.stage_step(config, stage, g, d, g_tx, d_tx, None)
 
 
 def run(mesh):
-  state_sh = sharding.state_shardings(mesh, abstract, sharding.rules_for(config))
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  """The step exactly as training jits it (train.jit_stage_step), on `mesh`."""
+  _, state_sh = train.state_layout(config, mesh, init)
+  batch_sh = sharding.batch_sharding(mesh)
   state = jax.device_put(host_state, state_sh)
-  step = jax.jit(fn, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl))
+  step = train.jit_stage_step(config, stage, 4, mesh, state_sh, d, None).step
   losses = []
   for b in batches:
     state, m = step(state, sharding.global_batch(b, batch_sh), None)

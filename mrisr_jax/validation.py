@@ -3,7 +3,9 @@
 A slice that does not fit the model is made to fit, never rejected: the HR slice is centre-cropped
 to a multiple of the scale (the data layer does this when it supplies the LR: the config's seeded
 degradation of the HR, or paired LR files), the LR input is edge-padded at the bottom/right to a
-multiple of the model's size multiple, and the SR output is cropped back to the HR size. Models that take the bicubic-upsampled LR (SRCNN, DRRN) get the bicubic image as input.
+multiple of the model's size multiple, and the SR output is cropped back to the HR size
+(`mrisr_jax.predictor`, as `infer` and `evaluate` run models). Models that take the
+bicubic-upsampled LR (SRCNN, DRRN) get the bicubic image as input.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from mrisr_jax import metrics, sharding, tiling
+from mrisr_jax import metrics, sharding
 from mrisr_jax.data import pipeline
 from mrisr_jax.data.degrade import bicubic_resize, make_lr
+from mrisr_jax.predictor import Geometry, Predictor
 
 
 def crop_to_multiple(vol: np.ndarray, multiple: int) -> np.ndarray:
@@ -58,21 +61,24 @@ class Validator:
         bic = np.clip(bicubic_resize(lr, *hr.shape[-2:]), 0.0, 1.0).astype(np.float32)
       self.volumes.append(_Volume(v['name'], hr, lr, bic, metrics.volume_metrics(hr, bic)))
 
-  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray, bicubic: np.ndarray | None = None) -> np.ndarray:
+  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray,
+                    bicubic: np.ndarray | None = None) -> np.ndarray:
     """lr (S, h, w) -> SR (S, h*fy, w*fx) in [0, 1], batched over slices on the mesh.
 
     Models that take the upsampled LR get `bicubic` (the clipped bicubic of `lr`; computed if not given).
     """
     batch_sharding = sharding.batch_sharding(self.mesh)
 
-    def predict_fn(x):
-      return np.asarray(predict(g_vars, sharding.host_replicated_to_global(x, batch_sharding)))
+    def apply(variables, x):   # the compiled, mesh-sharded predict of training
+      return predict(variables, sharding.host_replicated_to_global(x, batch_sharding))
 
     factors = None
     if bicubic is not None:
       factors = tuple(b // l for b, l in zip(bicubic.shape[-2:], lr.shape[-2:]))
-    return tiling.super_resolve(predict_fn, lr, self.scale, self.size_multiple, self.upsampled_input,
-                                batch=self.batch, factors=factors, bicubic=bicubic, fixed_batch=True)
+    geometry = Geometry(self.scale, self.size_multiple, self.upsampled_input)
+    # every batch full: one compiled, sharded shape
+    predictor = Predictor(geometry, g_vars, batch=self.batch, fixed_batch=True, apply=apply)
+    return predictor(lr, factors=factors, bicubic=bicubic)
 
   def sample(self, predict: Callable, g_vars) -> tuple:
     """(LR, bicubic, SR, HR) of the middle slice of the first volume, for image grids."""

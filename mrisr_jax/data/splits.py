@@ -1,4 +1,4 @@
-"""From `config.data` to the slice source of a split: format detection, splits by volume, caching.
+"""From the run's DataSpec to the slice source of a split: format detection, splits by volume.
 
 Formats (data.format):
   fastmri  root/SPLIT/*.h5 (.hdf5)                  mrisr_jax.data.fastmri.FastMRISliceSource
@@ -19,43 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import threading
 
 from absl import logging
 
 from mrisr_jax.data import sample
 from mrisr_jax.data.errors import DataError
 from mrisr_jax.data.images import SUFFIXES as IMAGE_SUFFIXES
-from mrisr_jax.data.source import SliceSource
+from mrisr_jax.data.slice_source import SliceSource
+from mrisr_jax.spec import DataSpec, data_spec
 
-FORMATS = ('auto', 'fastmri', 'nifti', 'images')
 SPLITS = ('train', 'val')
-LR_SOURCES = {'auto': 'auto', 'files': True, 'degrade': False}  # data.lr_source -> lr_from_files
-
-_CACHE: dict[tuple, SliceSource] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def cfg(data_cfg, key: str, default):
-  """data_cfg[key] for a ConfigDict / dict / attribute object, or `default` when absent or None."""
-  if data_cfg is None:
-    return default
-  if hasattr(data_cfg, 'get'):
-    try:
-      value = data_cfg.get(key, default)
-    except (KeyError, AttributeError):
-      value = default
-  else:
-    value = getattr(data_cfg, key, default)
-  return default if value is None else value
-
-
-def _fraction(data_cfg, key: str, default: float, allow_zero: bool) -> float:
-  value = cfg(data_cfg, key, default)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-  if not ok or not ((0 <= value if allow_zero else 0 < value) and value <= 1):
-    raise DataError(f'data.{key}: {value!r} must be a number in {"[0" if allow_zero else "(0"}, 1]')
-  return float(value)
 
 
 def _name_hash(name: str) -> float:
@@ -108,18 +81,14 @@ def _list(fmt: str, directory: pathlib.Path) -> list[pathlib.Path]:
   return images.list_files(directory)
 
 
-def split_files(data_cfg, split: str) -> tuple[str, pathlib.Path, list[pathlib.Path]]:
+def split_files(data, split: str) -> tuple[str, pathlib.Path, list[pathlib.Path]]:
   """(format, split directory, files) of the 'train' or 'val' split, after the volume filters."""
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-  root, _ = sample.resolve_data_root(cfg(data_cfg, 'root', ''))
-  fmt = str(cfg(data_cfg, 'format', 'auto'))
-  if fmt not in FORMATS:
-    raise DataError(f'data.format: {fmt!r} is not one of {list(FORMATS)}')
-  val_fraction = _fraction(data_cfg, 'val_fraction', 0.0, allow_zero=True)
-  sample_rate = _fraction(data_cfg, 'volume_sample_rate', 1.0, allow_zero=False)
-  train_dir = root / str(cfg(data_cfg, 'train_split', 'train'))
-  val_dir = root / str(cfg(data_cfg, 'val_split', 'val'))
+  data = data_spec(data)
+  root, _ = sample.resolve_data_root(data.root)
+  fmt, val_fraction, sample_rate = data.format, data.val_fraction, data.volume_sample_rate
+  train_dir, val_dir = root / data.train_split, root / data.val_split
   directory = train_dir if (split == 'train' or val_fraction > 0) else val_dir
   if fmt == 'auto':
     fmt = detect_format(directory)
@@ -146,66 +115,35 @@ def split_files(data_cfg, split: str) -> tuple[str, pathlib.Path, list[pathlib.P
   return fmt, directory, files
 
 
-def _stamp(files) -> tuple:
-  out = []
-  for p in files:
-    st = p.stat()
-    out.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
-  return tuple(out)
-
-
-def build_source(fmt: str, directory: pathlib.Path, files, data_cfg, scale: int | None,
-           min_shape) -> SliceSource:
-  common = dict(skip_bad_files=bool(cfg(data_cfg, 'skip_bad_files', False)), min_shape=min_shape)
+def build_source(fmt: str, directory: pathlib.Path, files, data: DataSpec, scale: int | None,
+                 min_shape) -> SliceSource:
+  data = data_spec(data)
+  common = dict(skip_bad_files=data.skip_bad_files, min_shape=min_shape)
   if fmt == 'fastmri':
     from mrisr_jax.data import fastmri  # pylint: disable=g-import-not-at-top
     return fastmri.FastMRISliceSource(
-        files, target_key=str(cfg(data_cfg, 'target_key', 'auto')), **common,
-        acquisitions=tuple(cfg(data_cfg, 'acquisitions', ())), scan=str(cfg(data_cfg, 'scan', 'full')),
-        crop_to_recon_size=bool(cfg(data_cfg, 'crop_to_recon_size', True)))
+        files, target_key=data.target_key, **common, acquisitions=data.acquisitions, scan=data.scan,
+        crop_to_recon_size=data.crop_to_recon_size)
   if fmt == 'nifti':
     from mrisr_jax.data import nifti  # pylint: disable=g-import-not-at-top
     return nifti.NiftiSliceSource(
-        files, slice_axis=int(cfg(data_cfg, 'slice_axis', 2)),
-        percentiles=tuple(cfg(data_cfg, 'intensity_percentiles', (0.0, 99.5))),
-        min_foreground=float(cfg(data_cfg, 'min_slice_foreground', 0.01)), **common)
+        files, slice_axis=data.slice_axis, percentiles=data.intensity_percentiles,
+        min_foreground=data.min_slice_foreground, **common)
   from mrisr_jax.data import images  # pylint: disable=g-import-not-at-top
-  return images.ImageFolderSource(directory, files=files, scale=scale,
-                                  lr_from_files=_lr_from_files(data_cfg), **common)
+  return images.ImageFolderSource(directory, files=files, scale=scale, lr_from_files=data.lr_from_files,
+                                  **common)
 
 
-def _lr_from_files(data_cfg):
-  value = cfg(data_cfg, 'lr_source', 'auto')
-  if value not in LR_SOURCES:
-    raise DataError(f'data.lr_source: {value!r} is not one of {list(LR_SOURCES)}')
-  return LR_SOURCES[value]
-
-
-def make_source(data_cfg, split: str, scale: int | None = None,
+def make_source(data, split: str, scale: int | None = None,
                 min_shape: tuple | None = None) -> tuple[SliceSource, pathlib.Path]:
-  """(source, split directory) of `split`; sources are validated once per process and cached.
+  """(source, split directory) of `split`, its files validated now; the caller keeps it for the run.
 
   `scale` selects the paired LR folder of image sources (None: no pairing); volumes whose slices are
   smaller than `min_shape` are bad files (skipped with data.skip_bad_files, else an error).
   """
-  fmt, directory, files = split_files(data_cfg, split)
-  keys = ('skip_bad_files', 'target_key', 'acquisitions', 'scan', 'crop_to_recon_size', 'slice_axis',
-          'intensity_percentiles', 'min_slice_foreground', 'lr_source')
-  params = tuple(repr(cfg(data_cfg, k, None)) for k in keys)
-  key = (fmt, _stamp(files), params, scale if fmt == 'images' else None, min_shape)
-  with _CACHE_LOCK:
-    source = _CACHE.get(key)
-  if source is None:
-    source = build_source(fmt, directory, files, data_cfg, scale, min_shape)
-    with _CACHE_LOCK:
-      _CACHE[key] = source
-  if sample.resolve_data_root(cfg(data_cfg, 'root', ''))[1]:
+  data = data_spec(data)
+  fmt, directory, files = split_files(data, split)
+  source = build_source(fmt, directory, files, data, scale, min_shape)
+  if sample.resolve_data_root(data.root)[1]:
     logging.info('using the embedded sample data at %s', directory.parent)
   return source, directory
-
-
-def clear_cache() -> None:
-  with _CACHE_LOCK:
-    for src in _CACHE.values():
-      src.close()
-    _CACHE.clear()
