@@ -355,9 +355,7 @@ def main(config):
            overwrite=f.overwrite, progress=f.progress)
 
 
-def run():
-  """`python -m mrisr_jax.evaluate` and `mrisr-evaluate`: a user error (or a missing optional package)
-  is one line and exit 2 (mrisr_jax.cli)."""
+def run():  # python -m mrisr_jax.evaluate, mrisr-evaluate; a missing optional package (torch) is a user error too
   define_flags()
   cli.run(main, user_errors=(ImportError,))
 

@@ -92,9 +92,7 @@ def main(config):
         f'from {record["source"]}' + (f' step {record["step"]}' if record['step'] is not None else ''))
 
 
-def run():
-  """`python -m mrisr_jax.export` and `mrisr-export`: a user error (or a missing optional package)
-  is one line and exit 2 (mrisr_jax.cli)."""
+def run():  # python -m mrisr_jax.export, mrisr-export; a missing optional package (torch) is a user error too
   define_flags()
   cli.run(main, user_errors=(ImportError,))
 

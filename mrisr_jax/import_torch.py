@@ -99,9 +99,7 @@ def main(config):
         f'--config ... --workdir {f.workdir}')
 
 
-def run():
-  """`python -m mrisr_jax.import_torch` and `mrisr-import`: a user error (or a missing optional package)
-  is one line and exit 2 (mrisr_jax.cli)."""
+def run():  # python -m mrisr_jax.import_torch, mrisr-import; a missing optional package (torch) is a user error too
   define_flags()
   cli.run(main, user_errors=(ImportError,))
 

@@ -144,9 +144,7 @@ def main(config):
   print(summary_line(record))
 
 
-def run():
-  """`python -m mrisr_jax.infer` and `mrisr-infer`: a user error (or a missing optional package)
-  is one line and exit 2 (mrisr_jax.cli)."""
+def run():  # python -m mrisr_jax.infer, mrisr-infer; a missing optional package (torch) is a user error too
   define_flags()
   cli.run(main, user_errors=(ImportError,))
 
