@@ -4,6 +4,7 @@ stage after it (the seed's `--gan` switch).
 
 Arguments (comma-separated): scale=2|3|4 (default 4; `x2` works too), gan, quick.
 """
+
 from mrisr_jax import config_base
 
 _recipes = config_base.load_sibling(__file__, '_recipes.py')

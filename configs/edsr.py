@@ -6,6 +6,7 @@ Arguments (comma-separated): scale=2|3|4 (default 4; `x2` works too), gan, quick
 of 64 features, the reference's `edsr_x3_baseline`; res_scale stays the reference default 0.1).
   python -m mrisr_jax.main --config configs/edsr.py:scale=3,gan --workdir DIR
 """
+
 from mrisr_jax import config_base
 
 _recipes = config_base.load_sibling(__file__, '_recipes.py')

@@ -6,6 +6,7 @@ Arguments (comma-separated): scale=2|4|8 (default 4; `x2` works too), quick (a s
 embedded sample, CPU minutes).
   python -m mrisr_jax.main --config configs/fagan.py:scale=8 --workdir DIR
 """
+
 import ml_collections
 
 from mrisr_jax import config_base
@@ -25,27 +26,43 @@ def fagan_config(scale: int = 4, quick: bool = False) -> ml_collections.ConfigDi
   with reduction r, self-attention with gamma = 0 at init, weighted connection alpha = beta = 0.5),
   x2 upsampling stages, a spectrally normalised D, loss = VGG perceptual + pixel + adversarial, Adam
   lr 1e-4 beta1 0.9, bicubic LR. Every other number below is our choice, marked 'choice'."""
-  c = base_config(f'fagan_x{scale}', dict(
-      name='fagan', n_feats=64,
+  c = base_config(
+    f'fagan_x{scale}',
+    dict(
+      name='fagan',
+      n_feats=64,
       n_lffb=8,  # choice: the paper gives no count
       kernel_sizes=(3, 5, 7),  # choice: 'different kernel sizes'
       reduction=16,  # choice: r is not given (RCAN's 16)
       attention_at='lr',  # choice: GFFB on LR features; 'hr' = the paper's order, (H*W)^2 memory at HR
-      connection='weighted', alpha=0.5, beta=0.5,
-  ), scale)
+      connection='weighted',
+      alpha=0.5,
+      beta=0.5,
+    ),
+    scale,
+  )
   c.discriminator = ml_collections.ConfigDict(dict(name='fagan_sn_d', base_features=64, power_iterations=1))
   c.data.hr_patch_size = 96
   c.data.degradation = ('bicubic',)  # 'All low-resolution images ... are obtained by bicubic interpolation'
   # (assignment, not update: ConfigDict.update would merge the layer dicts)
   c.loss.perceptual_layers = {'relu5_4': 1.0}  # choice: SRGAN's VGG54 (the paper: j-th conv before the i-th pool)
   c.loss.gan = 'nonsaturating'  # 'the average discriminator probability': mean -log D(G(x)), BCE for D
-  c.stages = ml_collections.ConfigDict(dict(
+  c.stages = ml_collections.ConfigDict(
+    dict(
       # choice: MSE pre-training of the generator first, as SRGAN (which FA-GAN builds on) does
       pretrain=stage(kind='generator', epochs=20, pixel_loss='mse', schedule='constant'),
       # choice of weights: SRGAN's (VGG MSE scaled by 1/12.75^2 = 6.2e-3, adversarial 1e-3), pixel MSE 1
-      gan=stage(kind='gan', epochs=80, pixel_loss='mse', pixel_weight=1.0, perceptual_weight=6.2e-3,
-                adversarial_weight=1e-3, schedule='constant'),
-  ))
+      gan=stage(
+        kind='gan',
+        epochs=80,
+        pixel_loss='mse',
+        pixel_weight=1.0,
+        perceptual_weight=6.2e-3,
+        adversarial_weight=1e-3,
+        schedule='constant',
+      ),
+    )
+  )
   c.stage_order = ('pretrain', 'gan')
   if quick:
     c.name += '_quick'

@@ -2,6 +2,7 @@
 
 Arguments: quick.
 """
+
 from mrisr_jax import config_base
 
 fagan = config_base.load_sibling(__file__, 'fagan.py')

@@ -14,12 +14,17 @@ vgg16-397923af.pth (--config.loss.vgg_weights=PATH).
 Arguments (comma-separated): model=1|2|3|4 (default 1; `model2` works too), quick.
   python -m mrisr_jax.main --config configs/perceptual.py:model=2,quick --workdir DIR
 """
+
 from mrisr_jax import config_base
 
 _recipes = config_base.load_sibling(__file__, '_recipes.py')
 
-VARIANTS = {1: ('perceptual', 'transposed'), 2: ('perceptual', 'nearest'), 3: ('mse', 'transposed'),
-            4: ('mse', 'nearest')}
+VARIANTS = {
+  1: ('perceptual', 'transposed'),
+  2: ('perceptual', 'nearest'),
+  3: ('mse', 'transposed'),
+  4: ('mse', 'nearest'),
+}
 ARGS = dict(model=(1, tuple(VARIANTS)), quick=False)
 
 
@@ -29,17 +34,22 @@ def get_config(arg: str | None = None):
 
 def build(model: int = 1, quick: bool = False):
   loss, upsample = VARIANTS[model]
-  c = config_base.base_config(f'perceptual_x4_model{model}', dict(
-      name='perceptual_sr', features=64, num_resblocks=4, upsample=upsample), 4)
+  c = config_base.base_config(
+    f'perceptual_x4_model{model}', dict(name='perceptual_sr', features=64, num_resblocks=4, upsample=upsample), 4
+  )
   c.data.hr_patch_size = 352
   c.data.degradation = ('bicubic', 'blur:1.0')
   c.batch_size = 48
   c.loss.vgg_arch = 'vgg16'
   c.loss.perceptual_layers = {'relu2_2': 1.0}  # Johnson et al.'s SR layer
-  weights = (dict(pixel_loss='mse', pixel_weight=0.0, perceptual_weight=1.0) if loss == 'perceptual'
-             else dict(pixel_loss='mse', pixel_weight=1.0))
-  c.stages = config_base.ml_collections.ConfigDict(dict(train=config_base.stage(
-      kind='generator', epochs=20, lr_g=1e-3, schedule='constant', **weights)))
+  weights = (
+    dict(pixel_loss='mse', pixel_weight=0.0, perceptual_weight=1.0)
+    if loss == 'perceptual'
+    else dict(pixel_loss='mse', pixel_weight=1.0)
+  )
+  c.stages = config_base.ml_collections.ConfigDict(
+    dict(train=config_base.stage(kind='generator', epochs=20, lr_g=1e-3, schedule='constant', **weights))
+  )
   c.stage_order = ('train',)
   if quick:
     c.name += '_quick'

@@ -3,6 +3,7 @@ and users know).
 
 Arguments (comma-separated): model1 | model2 | model3 | model4 (or model=N), quick.
 """
+
 from mrisr_jax import config_base
 
 perceptual = config_base.load_sibling(__file__, 'perceptual.py')

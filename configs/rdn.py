@@ -4,6 +4,7 @@ GAN stage after it (the seed's `--gan` switch).
 Arguments (comma-separated): scale=2|3|4 (default 4; `x2` works too), gan, quick.
   python -m mrisr_jax.main --config configs/rdn.py:scale=2 --workdir DIR
 """
+
 from mrisr_jax import config_base
 
 _recipes = config_base.load_sibling(__file__, '_recipes.py')

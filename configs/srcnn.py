@@ -5,6 +5,7 @@ after it (the seed's `--gan` switch).
 
 Arguments (comma-separated): scale=2|3|4 (default 4; `x2` works too), gan, quick.
 """
+
 from mrisr_jax import config_base
 from mrisr_jax.models.srcnn import LR_MULTIPLIERS
 

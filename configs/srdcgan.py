@@ -9,6 +9,7 @@ The embedded sample's slices (192x168) are smaller than 240x256: the full config
 Arguments (comma-separated): scale=4 (the only one), quick.
   python -m mrisr_jax.main --config configs/srdcgan.py:quick --workdir DIR
 """
+
 from mrisr_jax import config_base
 
 _recipes = config_base.load_sibling(__file__, '_recipes.py')
@@ -22,16 +23,31 @@ def get_config(arg: str | None = None):
 
 def build(scale: int = 4, quick: bool = False):
   c = config_base.base_config('srdcgan_x4', dict(name='srdcgan', features=64, input_mean=0.5, input_std=0.5), 4)
-  c.discriminator = config_base.ml_collections.ConfigDict(dict(
-      name='srdcgan_d', features=(64, 64, 128, 128, 256, 256), negative_slope=0.2, input_mean=0.5, input_std=0.5))
+  c.discriminator = config_base.ml_collections.ConfigDict(
+    dict(name='srdcgan_d', features=(64, 64, 128, 128, 256, 256), negative_slope=0.2, input_mean=0.5, input_std=0.5)
+  )
   del c.data['hr_patch_size']  # a (height, width) pair here, not the default int side
   c.data.hr_patch_size = (240, 256)  # whole ADNI slices
   c.data.degradation = ('bicubic',)  # choice: the seed says '4 times downsampled', not how
   c.loss.gan = 'nonsaturating'  # BCE: G = BCE(D(G(x)), 1), D = BCE(D(x), 1) + BCE(D(G(x)), 0)
   c.batch_size = 16
-  c.stages = config_base.ml_collections.ConfigDict(dict(gan=config_base.stage(
-      kind='gan', epochs=300, pixel_weight=0.0, adversarial_weight=1.0, lr_g=3e-5, lr_d=2e-5, b1=0.5,
-      schedule='step', schedule_epochs=1, schedule_factor=0.95, schedule_factor_d=0.96)))
+  c.stages = config_base.ml_collections.ConfigDict(
+    dict(
+      gan=config_base.stage(
+        kind='gan',
+        epochs=300,
+        pixel_weight=0.0,
+        adversarial_weight=1.0,
+        lr_g=3e-5,
+        lr_d=2e-5,
+        b1=0.5,
+        schedule='step',
+        schedule_epochs=1,
+        schedule_factor=0.95,
+        schedule_factor_d=0.96,
+      )
+    )
+  )
   c.stage_order = ('gan',)
   if quick:
     c.name += '_quick'

@@ -7,6 +7,7 @@ longer restores (damaged files) is moved aside, never deleted, and the newest st
 used instead. The input pipeline's position is the number of samples consumed (`data_position` in
 the metadata), so a checkpoint resumes on any number of processes and devices.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,16 +31,18 @@ def workdir_path(workdir: str | epath.PathLike) -> epath.Path:
 
 
 class Checkpointer:
-
   def __init__(self, workdir: str | epath.PathLike, keep: int = 3, async_save: bool = True):
     self.workdir = workdir_path(workdir)
     self.directory = self.workdir / 'checkpoints'
-    policy = cm.AnyPreservationPolicy([
+    policy = cm.AnyPreservationPolicy(
+      [
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False),
-    ])
-    options = ocp.CheckpointManagerOptions(create=True, preservation_policy=policy,
-                                           enable_async_checkpointing=async_save)
+      ]
+    )
+    options = ocp.CheckpointManagerOptions(
+      create=True, preservation_policy=policy, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -86,8 +89,13 @@ class Checkpointer:
   def _move_aside(self, step: int, reason: str) -> None:
     source = self.directory / str(step)
     target = self.workdir / DAMAGED_DIR / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
-    logging.warning('checkpoint step %d at %s does not restore (%s): moved to %s; trying the previous step',
-                    step, source, reason, target)
+    logging.warning(
+      'checkpoint step %d at %s does not restore (%s): moved to %s; trying the previous step',
+      step,
+      source,
+      reason,
+      target,
+    )
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)
       source.rename(target)
@@ -110,12 +118,14 @@ def _all_processes_agree(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils
+
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 

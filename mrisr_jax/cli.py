@@ -9,6 +9,7 @@ them, `--config` a plain string flag) plus the overrides, then `main(config)`; `
 `main`. Either way a `UserError` ends the program with one line, `mrisr_jax: error: ...`, and exit
 status 2; Ctrl-C exits 130; any other exception keeps its traceback.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -24,8 +25,9 @@ Overrides = Sequence[tuple[str, 'str | None']]
 
 _OVERRIDE = re.compile(r'--?(?P<no>no)?config\.(?P<key>[^=]+)(?:=(?P<value>.*))?', re.S)
 _NUMBER = re.compile(r'-\.?\d.*')
-CONFIG_HELP = ('Config file, optionally FILE:ARGS (e.g. configs/casrgan.py:scale=4,quick); '
-               '--config.KEY=VALUE overrides a field.')
+CONFIG_HELP = (
+  'Config file, optionally FILE:ARGS (e.g. configs/casrgan.py:scale=4,quick); --config.KEY=VALUE overrides a field.'
+)
 
 
 def split_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]]]:
@@ -70,7 +72,7 @@ def load_config(spec: str, overrides: Overrides = (), *, lock: bool = True):
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
-  except SyntaxError as e:   # the file itself (a config it imports is reported with its own name)
+  except SyntaxError as e:  # the file itself (a config it imports is reported with its own name)
     where = f'{e.filename}:{e.lineno}' if e.filename else path
     raise ConfigError(f'{where}: syntax error: {e.msg}') from None
   get_config = getattr(module, 'get_config', None)
@@ -117,8 +119,9 @@ def _holder_field(config, key: str) -> tuple[Any, str]:
     if not last:
       node = node[part]
       if not hasattr(node, 'get_type'):
-        raise ConfigError(f'--config.{key}: config.{".".join(parts[:i + 1])} holds a value '
-                          f'({type(node).__name__}), not fields')
+        raise ConfigError(
+          f'--config.{key}: config.{".".join(parts[: i + 1])} holds a value ({type(node).__name__}), not fields'
+        )
   return node, parts[-1]
 
 
@@ -127,10 +130,16 @@ def _parse(key: str, raw: str | None, kind: type) -> Any:
   from absl import flags
   from ml_collections.config_flags import tuple_parser
   import ml_collections
+
   if kind is bool and raw is None:
     return True
-  parsers = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser(),
-             str: flags.ArgumentParser(), tuple: tuple_parser.TupleParser()}
+  parsers = {
+    bool: flags.BooleanParser(),
+    int: flags.IntegerParser(),
+    float: flags.FloatParser(),
+    str: flags.ArgumentParser(),
+    tuple: tuple_parser.TupleParser(),
+  }
   if isinstance(kind, type) and issubclass(kind, ml_collections.ConfigDict):
     return _parse_dict(key, raw)
   if kind not in parsers:
@@ -146,12 +155,13 @@ def _parse(key: str, raw: str | None, kind: type) -> Any:
 def _parse_dict(key: str, raw: str):
   import ast
   import ml_collections
+
   try:
     value = ast.literal_eval(raw)
   except (SyntaxError, ValueError):
     value = None
   if not isinstance(value, dict):
-    raise ConfigError(f"--config.{key}={raw!r}: expected a dict literal, e.g. \"{{'relu2_2': 1.0}}\"")
+    raise ConfigError(f'--config.{key}={raw!r}: expected a dict literal, e.g. "{{\'relu2_2\': 1.0}}"')
   return ml_collections.ConfigDict(value)
 
 
@@ -175,6 +185,7 @@ def parse_flags(argv: Sequence[str], overrides: list, flag_values=None) -> list[
   """absl's parse of `argv` (argv[0] the program) without the overrides, which go into `overrides`;
   a bad flag is one line (a UserError)."""
   from absl import flags
+
   flag_values = flags.FLAGS if flag_values is None else flag_values
   try:
     # expand --flagfile first, so overrides in a flag file are found as well
@@ -186,13 +197,19 @@ def parse_flags(argv: Sequence[str], overrides: list, flag_values=None) -> list[
     raise UserError(str(e)) from None
 
 
-def run(main: Callable, *, config: bool = True, user_errors: tuple[type[BaseException], ...] = (),
-        argv: Sequence[str] | None = None) -> None:
+def run(
+  main: Callable,
+  *,
+  config: bool = True,
+  user_errors: tuple[type[BaseException], ...] = (),
+  argv: Sequence[str] | None = None,
+) -> None:
   """Runs an absl entry point: main(config) (config=False: main()) after the flags the module defined.
 
   With config, the module defines `--config` as a string flag; it is loaded here with its overrides.
   """
   from absl import app, flags
+
   overrides: list = []
 
   def parser(args):

@@ -13,6 +13,7 @@ process to one GPU (local_device_ids=[SLURM_LOCALID]), which is right for one ta
 TPU pods (and multislice): jax.distributed.initialize() with no arguments reads the TPU metadata,
 so `detect` returns empty arguments there and lets jax do it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,7 +71,7 @@ def _expand_one(name: str) -> list[str]:
   m = re.search(r'\[([^\]]*)\]', name)
   if not m:
     return [name]
-  head, tail = name[:m.start()], name[m.end():]
+  head, tail = name[: m.start()], name[m.end() :]
   values = []
   for part in m.group(1).split(','):
     lo, _, hi = part.strip().partition('-')

@@ -10,6 +10,7 @@ steps_per_epoch, one epoch = one random crop of every training slice). A stage's
 
 with the VGG layers and their weights in `config.loss`; 'gan' stages also train the discriminator.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -88,6 +89,7 @@ def parse_args(arg: str | None, path: str, schema: dict) -> dict:
   naming the file and the token.
   """
   from mrisr_jax.errors import ConfigError
+
   values = {k: (v[0] if isinstance(v, tuple) else v) for k, v in schema.items()}
   known = ', '.join(k if v is False else f'{k}={"|".join(map(str, v[1]))}' for k, v in schema.items())
   parsed, unknown = [], []
@@ -95,7 +97,7 @@ def parse_args(arg: str | None, path: str, schema: dict) -> dict:
     if not token:
       continue
     name, eq, raw = token.partition('=')
-    if not eq:   # a switch, or an old token: x2 (scale), model2 (model)
+    if not eq:  # a switch, or an old token: x2 (scale), model2 (model)
       old = re.fullmatch(r'(x|[a-z_]+?)(\d+)', token)
       if old and (old[1] == 'x' and 'scale' in schema or old[1] in schema and schema[old[1]] is not False):
         name, raw = ('scale' if old[1] == 'x' else old[1]), old[2]
@@ -105,10 +107,12 @@ def parse_args(arg: str | None, path: str, schema: dict) -> dict:
       parsed.append((name, raw, token))
     else:
       unknown.append(token)
-  if unknown:   # before any value: a typo is the likelier mistake
+  if unknown:  # before any value: a typo is the likelier mistake
     example = ','.join(k if v is False else f'{k}={v[1][0]}' for k, v in schema.items())
-    raise ConfigError(f'{path}: unknown argument {",".join(sorted(unknown))!r} (known: {known}; combine '
-                      f'with commas, e.g. {path}:{example})')
+    raise ConfigError(
+      f'{path}: unknown argument {",".join(sorted(unknown))!r} (known: {known}; combine '
+      f'with commas, e.g. {path}:{example})'
+    )
   given: dict[str, str] = {}
   for name, raw, token in parsed:
     if name in given:
@@ -139,6 +143,7 @@ def load_sibling(file: str, name: str):
   """The module of the config file `name` beside `file` (a config file's __file__), loaded by path:
   config files run both imported (`configs.casrgan_x4`) and by path, where configs/ is no package."""
   import importlib.util
+
   path = pathlib.Path(file).resolve().with_name(name)
   if str(path) not in _SIBLINGS:
     spec = importlib.util.spec_from_file_location(f'mrisr_config_{path.stem}', path)
@@ -152,4 +157,5 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config of `FILE[:ARGS]` (what --config takes), loaded by path, unlocked; ConfigError if it
   cannot be (mrisr_jax.cli.load_config)."""
   from mrisr_jax import cli
+
   return cli.load_config(spec, lock=False)

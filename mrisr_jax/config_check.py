@@ -1,4 +1,5 @@
 """The config error, and `validate`: a config checked and resolved into its RunSpec (mrisr_jax.spec)."""
+
 from __future__ import annotations
 
 
@@ -8,4 +9,5 @@ from mrisr_jax.errors import ConfigError  # noqa: F401  (a UserError: one line, 
 def validate(config):
   """The RunSpec of `config` (see mrisr_jax.spec.resolve); the first problem is one ConfigError."""
   from mrisr_jax import spec
+
   return spec.resolve(config)

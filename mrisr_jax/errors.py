@@ -1,5 +1,6 @@
 """The errors a user can cause (bad data, config, weights, options): each derives from `UserError`,
 and the CLI runner (mrisr_jax.cli) ends the program with its one line and exit status 2."""
+
 from __future__ import annotations
 
 import sys

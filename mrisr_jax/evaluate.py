@@ -18,6 +18,7 @@ the reference. Scores follow fastMRI: per volume, PSNR and NMSE over the whole v
 averaged over slices, with data range = the volume's maximum; per slice, the same three with the
 same data range. `psnr_gain` is the model's PSNR minus bicubic's. Means are over volumes.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -32,23 +33,41 @@ from mrisr_jax.data.splits import IMAGE_SUFFIXES, file_format
 from mrisr_jax.spec import data_spec
 
 
-
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
-  flags.DEFINE_string('config', None, 'Config file, optionally FILE:ARGS; its data.degradation makes the LR '
-                      'inputs and its data fields read the scans; --config.KEY=VALUE overrides a field.')
-  flags.DEFINE_string('weights', None, 'Training workdir (latest checkpoint; its EMA when the config '
-                      'keeps one) or a .pth/.safetensors state_dict.')
-  flags.DEFINE_multi_string('input', None, 'High-resolution scan(s): .h5 (fastMRI), .nii/.nii.gz, .npy, '
-                            '.png/.tif/..., or a directory of them. Repeat the flag or separate paths with '
-                            'commas.')
-  flags.DEFINE_integer('scale', None, 'Expected upscaling factor; stops if the config\'s differs '
-                       '(default: the config\'s).')
+  flags.DEFINE_string(
+    'config',
+    None,
+    'Config file, optionally FILE:ARGS; its data.degradation makes the LR '
+    'inputs and its data fields read the scans; --config.KEY=VALUE overrides a field.',
+  )
+  flags.DEFINE_string(
+    'weights',
+    None,
+    'Training workdir (latest checkpoint; its EMA when the config keeps one) or a .pth/.safetensors state_dict.',
+  )
+  flags.DEFINE_multi_string(
+    'input',
+    None,
+    'High-resolution scan(s): .h5 (fastMRI), .nii/.nii.gz, .npy, '
+    '.png/.tif/..., or a directory of them. Repeat the flag or separate paths with '
+    'commas.',
+  )
+  flags.DEFINE_integer(
+    'scale', None, "Expected upscaling factor; stops if the config's differs (default: the config's)."
+  )
   flags.DEFINE_string('json', None, 'Write the machine-readable summary here (.json).')
-  flags.DEFINE_string('report', None, 'Write a report folder here: one PNG figure per volume (LR | '
-                      'bicubic | SR | HR | error, zoomed region), report.md, report.html, metrics.json.')
-  flags.DEFINE_multi_string('baselines', [], 'Other weights to score on the same LR inputs: '
-                            'WEIGHTS (same config) or WEIGHTS@CONFIG[:ARG]; repeatable.')
+  flags.DEFINE_string(
+    'report',
+    None,
+    'Write a report folder here: one PNG figure per volume (LR | '
+    'bicubic | SR | HR | error, zoomed region), report.md, report.html, metrics.json.',
+  )
+  flags.DEFINE_multi_string(
+    'baselines',
+    [],
+    'Other weights to score on the same LR inputs: WEIGHTS (same config) or WEIGHTS@CONFIG[:ARG]; repeatable.',
+  )
   flags.DEFINE_integer('tile', 0, 'LR tile side for slices larger than this (0: whole slices).')
   flags.DEFINE_integer('overlap', 16, 'LR pixels of context each tile side discards.')
   flags.DEFINE_integer('batch', 0, 'Slices (or tiles) per forward pass (0: as infer picks it, by size).')
@@ -80,8 +99,9 @@ def expand_inputs(paths) -> list[pathlib.Path]:
       elif not p.exists():
         raise EvaluateError(f'{p}: no such input file or directory')
       elif file_format(p) is None:
-        raise EvaluateError(f'{p}: unknown input suffix; use .h5, .nii, .nii.gz, .npy, '
-                            f'{", ".join(IMAGE_SUFFIXES)} or a directory')
+        raise EvaluateError(
+          f'{p}: unknown input suffix; use .h5, .nii, .nii.gz, .npy, {", ".join(IMAGE_SUFFIXES)} or a directory'
+        )
       else:
         out.append(p)
   if not out:
@@ -98,6 +118,7 @@ def read_truth(path: pathlib.Path, data_cfg) -> dict:
   """{'name', 'path', 'hr' float32 (S, H, W) in [0, 1], 'slices' (indices in the file), 'notes'}."""
   from mrisr_jax.data import splits
   from mrisr_jax.data.errors import DataError
+
   kind = file_format(path)
   notes = []
   if kind in ('fastmri', 'nifti'):
@@ -114,7 +135,8 @@ def read_truth(path: pathlib.Path, data_cfg) -> dict:
       source.close()
   elif kind == 'npy':
     from mrisr_jax import fileio
-    try:   # a 2-D slice or (S, H, W) stack, finite, real
+
+    try:  # a 2-D slice or (S, H, W) stack, finite, real
       hr, _ = fileio.read_stack(path, 'npy')
     except fileio.FileError as e:
       raise EvaluateError(str(e)) from None
@@ -128,13 +150,13 @@ def read_truth(path: pathlib.Path, data_cfg) -> dict:
     slices, name = list(range(hr.shape[0])), path.stem
   else:
     from mrisr_jax.data.images import read_grey
+
     try:
       hr = read_grey(path)[None]
     except DataError as e:
       raise EvaluateError(str(e)) from None
     slices, name = [0], path.stem
-  return {'name': name, 'path': str(path), 'hr': np.asarray(hr, np.float32), 'slices': slices,
-          'notes': notes}
+  return {'name': name, 'path': str(path), 'hr': np.asarray(hr, np.float32), 'slices': slices, 'notes': notes}
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -143,9 +165,11 @@ def read_truth(path: pathlib.Path, data_cfg) -> dict:
 def slice_metrics(hr: np.ndarray, pred: np.ndarray) -> list[dict]:
   """Per-slice PSNR/SSIM/NMSE with the volume's data range (its maximum), as fastMRI scores volumes."""
   from mrisr_jax import metrics
+
   r = float(hr.max())
-  return [{'psnr': metrics.psnr(g, p, r), 'ssim': metrics.ssim(g, p, r), 'nmse': metrics.nmse(g, p)}
-          for g, p in zip(hr, pred)]
+  return [
+    {'psnr': metrics.psnr(g, p, r), 'ssim': metrics.ssim(g, p, r), 'nmse': metrics.nmse(g, p)} for g, p in zip(hr, pred)
+  ]
 
 
 def _zoom_region(err: np.ndarray) -> tuple[int, int, int, int]:
@@ -164,6 +188,7 @@ class Method:
   def __init__(self, label: str, config, weights, tile: int, overlap: int, batch: int):
     from mrisr_jax import network_variables, registry
     from mrisr_jax.predictor import Predictor
+
     self.label, self.config, self.weights = label, config, str(weights)
     self.model = registry.build_generator(config.model)
     variables = network_variables.load_generator_variables(config, weights, self.model)
@@ -175,11 +200,14 @@ class Method:
 
 def _baseline(spec: str, config, index: int, tile, overlap, batch) -> Method:
   from mrisr_jax import config_base
+
   weights, _, config_spec = spec.partition('@')
   base_config = config_base.load_config(config_spec) if config_spec else config
   if base_config.model.scale != config.model.scale:
-    raise EvaluateError(f'--baselines {spec}: scale {base_config.model.scale} does not match the '
-                        f'evaluated config\'s scale {config.model.scale}')
+    raise EvaluateError(
+      f'--baselines {spec}: scale {base_config.model.scale} does not match the '
+      f"evaluated config's scale {config.model.scale}"
+    )
   label = pathlib.Path(weights.rstrip('/')).name or f'baseline{index}'
   if config_spec:
     label = f'{base_config.name}:{label}'
@@ -190,36 +218,45 @@ def evaluate_volume(truth: dict, methods: list[Method], config) -> dict:
   """Scores of one volume for bicubic and every method, with the arrays a figure needs."""
   from mrisr_jax import metrics
   from mrisr_jax.data import degrade, pipeline
+
   steps = data_spec(config.data).degradation
   scale = config.model.scale
   factors = degrade.lr_factors(steps, scale)
   hr0 = truth['hr']
   if min(hr0.shape[1] // factors[0] * factors[0], hr0.shape[2] // factors[1] * factors[1]) < 7:
-    raise EvaluateError(f'{truth["path"]}: slices {hr0.shape[1:]} are too small to score at x{scale} '
-                        '(SSIM needs at least 7x7 pixels after cropping to the scale)')
+    raise EvaluateError(
+      f'{truth["path"]}: slices {hr0.shape[1:]} are too small to score at x{scale} '
+      '(SSIM needs at least 7x7 pixels after cropping to the scale)'
+    )
   hr, lr = pipeline.degrade_volume(hr0, truth['name'], truth['slices'], scale, steps, config.seed)
   bicubic = np.clip(degrade.bicubic_resize(lr, *hr.shape[-2:]), 0.0, 1.0).astype(np.float32)
   preds = {'bicubic': bicubic}
   for m in methods:
     preds[m.label] = m.super_resolve(lr, bicubic, factors)
-  row = {'volume': truth['name'], 'path': truth['path'], 'slices': len(truth['slices']),
-         'hr_shape': list(hr.shape[1:]), 'lr_shape': list(lr.shape[1:])}
+  row = {
+    'volume': truth['name'],
+    'path': truth['path'],
+    'slices': len(truth['slices']),
+    'hr_shape': list(hr.shape[1:]),
+    'lr_shape': list(lr.shape[1:]),
+  }
   if hr.shape != hr0.shape:
     row['cropped_from'] = list(hr0.shape[1:])
   per_slice = {label: slice_metrics(hr, p) for label, p in preds.items()}
   for label, p in preds.items():
     row[label] = metrics.volume_metrics(hr, p)
   row['psnr_gain'] = row['model']['psnr'] - row['bicubic']['psnr']
-  row['per_slice'] = [{'slice': int(s), **{label: per_slice[label][k] for label in preds}}
-                      for k, s in enumerate(truth['slices'])]
+  row['per_slice'] = [
+    {'slice': int(s), **{label: per_slice[label][k] for label in preds}} for k, s in enumerate(truth['slices'])
+  ]
   k = hr.shape[0] // 2
-  arrays = {'lr': lr[k], 'bicubic': bicubic[k], 'sr': preds['model'][k], 'hr': hr[k],
-            'slice': truth['slices'][k]}
+  arrays = {'lr': lr[k], 'bicubic': bicubic[k], 'sr': preds['model'][k], 'hr': hr[k], 'slice': truth['slices'][k]}
   return {'row': row, 'arrays': arrays}
 
 
 def summarise(rows: list[dict], labels: list[str]) -> dict:
   from mrisr_jax import metrics
+
   mean = {label: metrics.mean_metrics([r[label] for r in rows]) for label in labels}
   mean['psnr_gain'] = float(np.mean([r['psnr_gain'] for r in rows]))
   return mean
@@ -230,14 +267,23 @@ def console_table(rows: list[dict], mean: dict, labels: list[str]) -> str:
   head = ['volume', 'slices'] + [f'{m} PSNR' for m in labels] + [f'{m} SSIM' for m in labels] + ['gain dB']
   lines = []
   for r in rows:
-    lines.append([r['volume'], str(r['slices'])] + [f'{r[m]["psnr"]:.2f}' for m in labels] +
-                 [f'{r[m]["ssim"]:.4f}' for m in labels] + [f'{r["psnr_gain"]:+.2f}'])
-  lines.append([f'mean ({len(rows)})', str(sum(r['slices'] for r in rows))] +
-               [f'{mean[m]["psnr"]:.2f}' for m in labels] + [f'{mean[m]["ssim"]:.4f}' for m in labels] +
-               [f'{mean["psnr_gain"]:+.2f}'])
+    lines.append(
+      [r['volume'], str(r['slices'])]
+      + [f'{r[m]["psnr"]:.2f}' for m in labels]
+      + [f'{r[m]["ssim"]:.4f}' for m in labels]
+      + [f'{r["psnr_gain"]:+.2f}']
+    )
+  lines.append(
+    [f'mean ({len(rows)})', str(sum(r['slices'] for r in rows))]
+    + [f'{mean[m]["psnr"]:.2f}' for m in labels]
+    + [f'{mean[m]["ssim"]:.4f}' for m in labels]
+    + [f'{mean["psnr_gain"]:+.2f}']
+  )
   widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-  fmt = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w)   # noqa: E731
-                                for i, (c, w) in enumerate(zip(cells, widths)))
+  fmt = lambda cells: '  '.join(
+    c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+    for i, (c, w) in enumerate(zip(cells, widths))
+  )
   sep = '  '.join('-' * w for w in widths)
   return '\n'.join([fmt(head), sep] + [fmt(line) for line in lines[:-1]] + [sep, fmt(lines[-1])])
 
@@ -264,13 +310,14 @@ def _check_outputs(inputs, json_path, report_dir, overwrite: bool) -> None:
 def _write_json(path: pathlib.Path, payload: dict) -> None:
   from mrisr_jax import fileio
   from mrisr_jax.report import to_jsonable
+
   fileio.write_json(path, to_jsonable(payload))
 
 
-def write_report(report_dir: pathlib.Path, result: dict, figures: list[dict], title: str,
-                 notes: list[str]) -> dict:
+def write_report(report_dir: pathlib.Path, result: dict, figures: list[dict], title: str, notes: list[str]) -> dict:
   """One figure per volume, then report.md / report.html / metrics.json (mrisr_jax.report)."""
   from mrisr_jax import report
+
   report_dir.mkdir(parents=True, exist_ok=True)
   images = []
   for i, (row, a) in enumerate(zip(result['volumes'], figures)):
@@ -282,22 +329,39 @@ def write_report(report_dir: pathlib.Path, result: dict, figures: list[dict], ti
   labels = result['methods']
   per_volume = [{'volume': r['volume'], **{m: r[m] for m in labels}} for r in result['volumes']]
   summary = {m: result['mean'][m] for m in labels}
-  return report.write_report(report_dir, title=title, summary=summary, per_volume=per_volume,
-                             images=images, notes=notes)
+  return report.write_report(
+    report_dir, title=title, summary=summary, per_volume=per_volume, images=images, notes=notes
+  )
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=None, report_dir=None,
-             baselines=(), tile: int = 0, overlap: int = 16, batch: int = 0, overwrite: bool = False,
-             progress: bool = False, log=print) -> dict:
+def evaluate(
+  config,
+  weights,
+  inputs,
+  *,
+  scale: int | None = None,
+  json_path=None,
+  report_dir=None,
+  baselines=(),
+  tile: int = 0,
+  overlap: int = 16,
+  batch: int = 0,
+  overwrite: bool = False,
+  progress: bool = False,
+  log=print,
+) -> dict:
   """Scores `weights` (and bicubic, and `baselines`) on `inputs`; returns the JSON summary."""
   from tqdm import tqdm
-  from mrisr_jax.data import degrade, pipeline
+  from mrisr_jax.data import degrade
+
   if scale is not None and int(scale) != int(config.model.scale):
-    raise EvaluateError(f'--scale {scale} does not match the config\'s model.scale {config.model.scale}; '
-                        'pick the config for that scale (e.g. configs/casrgan_x2.py)')
+    raise EvaluateError(
+      f"--scale {scale} does not match the config's model.scale {config.model.scale}; "
+      'pick the config for that scale (e.g. configs/casrgan_x2.py)'
+    )
   files = expand_inputs(inputs)
   json_path = pathlib.Path(json_path) if json_path else None
   report_dir = pathlib.Path(report_dir) if report_dir else None
@@ -308,8 +372,10 @@ def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=Non
   methods += [_baseline(spec, config, i, tile, overlap, batch) for i, spec in enumerate(baselines)]
   labels = ['model', 'bicubic'] + [m.label for m in methods[1:]]
   if len(set(labels)) != len(labels):
-    raise EvaluateError(f'--baselines: labels {labels[2:]} must differ from each other and from '
-                        '"model"/"bicubic"; give distinct weights names')
+    raise EvaluateError(
+      f'--baselines: labels {labels[2:]} must differ from each other and from '
+      '"model"/"bicubic"; give distinct weights names'
+    )
   rows, figures, notes = [], [], []
   start = time.perf_counter()
   for path in tqdm(files, desc='evaluate', unit='volume', disable=not progress, leave=False):
@@ -319,14 +385,23 @@ def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=Non
     rows.append(out['row'])
     figures.append(out['arrays'])
     if 'cropped_from' in out['row']:
-      notes.append(f'{truth["name"]}: HR slices centre-cropped from {tuple(out["row"]["cropped_from"])} '
-                   f'to {tuple(out["row"]["hr_shape"])} (a multiple of the LR factors)')
+      notes.append(
+        f'{truth["name"]}: HR slices centre-cropped from {tuple(out["row"]["cropped_from"])} '
+        f'to {tuple(out["row"]["hr_shape"])} (a multiple of the LR factors)'
+      )
   result = {
-      'config': config.name, 'model': config.model.name, 'weights': str(weights),
-      'scale': int(config.model.scale), 'degradation': list(steps), 'seed': int(config.seed),
-      'methods': labels, 'baselines': {m.label: m.weights for m in methods[1:]},
-      'volumes': rows, 'mean': summarise(rows, labels), 'seconds': time.perf_counter() - start,
-      'notes': notes,
+    'config': config.name,
+    'model': config.model.name,
+    'weights': str(weights),
+    'scale': int(config.model.scale),
+    'degradation': list(steps),
+    'seed': int(config.seed),
+    'methods': labels,
+    'baselines': {m.label: m.weights for m in methods[1:]},
+    'volumes': rows,
+    'mean': summarise(rows, labels),
+    'seconds': time.perf_counter() - start,
+    'notes': notes,
   }
   log(console_table(rows, result['mean'], labels))
   if json_path is not None:
@@ -334,13 +409,17 @@ def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=Non
     log(f'wrote {json_path}')
   if report_dir is not None:
     title = f'{config.name}: {config.model.name} x{config.model.scale} against bicubic on {len(rows)} volume(s)'
-    report_notes = [f'weights: {weights}', f'degradation: {", ".join(steps)} (seed {config.seed})',
-                    'PSNR/SSIM/NMSE per volume, data range = the volume maximum (fastMRI); '
-                    'figures show the middle slice with the region where bicubic errs most enlarged'] + notes
+    report_notes = [
+      f'weights: {weights}',
+      f'degradation: {", ".join(steps)} (seed {config.seed})',
+      'PSNR/SSIM/NMSE per volume, data range = the volume maximum (fastMRI); '
+      'figures show the middle slice with the region where bicubic errs most enlarged',
+    ] + notes
     paths = write_report(report_dir, result, figures, title, report_notes)
     log(f'wrote {paths["html"]}')
-    if pathlib.Path(weights).is_dir():   # a training workdir lists its evaluations on its front page
+    if pathlib.Path(weights).is_dir():  # a training workdir lists its evaluations on its front page
       from mrisr_jax.report import link_report
+
       try:
         log(f'linked from {link_report(weights, title, paths["html"])}')
       except OSError as e:
@@ -350,9 +429,20 @@ def evaluate(config, weights, inputs, *, scale: int | None = None, json_path=Non
 
 def main(config):
   f = flags.FLAGS
-  evaluate(config, f.weights, f.input, scale=f.scale, json_path=f.json, report_dir=f.report,
-           baselines=f.baselines, tile=f.tile, overlap=f.overlap, batch=f.batch,
-           overwrite=f.overwrite, progress=f.progress)
+  evaluate(
+    config,
+    f.weights,
+    f.input,
+    scale=f.scale,
+    json_path=f.json,
+    report_dir=f.report,
+    baselines=f.baselines,
+    tile=f.tile,
+    overlap=f.overlap,
+    batch=f.batch,
+    overwrite=f.overwrite,
+    progress=f.progress,
+  )
 
 
 def run():  # python -m mrisr_jax.evaluate, mrisr-evaluate; a missing optional package (torch) is a user error too

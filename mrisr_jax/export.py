@@ -9,6 +9,7 @@ The file's suffix picks the format: .safetensors (recommended) or .pth (torch.sa
 needs torch). A JSON beside it (FILE with the suffix .json) records the model config, the source and
 the step. An existing output is kept unless --overwrite.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,17 @@ from mrisr_jax import cli
 from mrisr_jax.errors import UserError
 
 
-
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
   flags.DEFINE_string('config', None, cli.CONFIG_HELP)
   flags.DEFINE_string('workdir', None, 'Training run to export from (default: a fresh init).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_enum('what', 'generator', list(WHAT), 'Which network: the generator, the discriminator, '
-                    'or the generator EMA (runs with config.ema_decay > 0).')
+  flags.DEFINE_enum(
+    'what',
+    'generator',
+    list(WHAT),
+    'Which network: the generator, the discriminator, or the generator EMA (runs with config.ema_decay > 0).',
+  )
   flags.DEFINE_string('out', None, 'Output file: .safetensors (recommended) or .pth.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing output file.')
   flags.mark_flags_as_required(['config', 'out'])
@@ -45,11 +49,13 @@ def model_name(config, what: str) -> str:
   return config.discriminator.name if what == 'discriminator' else config.model.name
 
 
-def export(config, out, *, workdir=None, step: int | None = None, what: str = 'generator',
-           overwrite: bool = False) -> dict:
+def export(
+  config, out, *, workdir=None, step: int | None = None, what: str = 'generator', overwrite: bool = False
+) -> dict:
   """Writes `out` (+ its .json) and returns the JSON record."""
   from mrisr_jax import fileio, network_variables
   from mrisr_jax.interop import convert, state_dict_io
+
   out = pathlib.Path(out)
   if what not in WHAT:
     raise ExportError(f'--what {what!r}: use one of {", ".join(WHAT)}')
@@ -59,8 +65,7 @@ def export(config, out, *, workdir=None, step: int | None = None, what: str = 'g
     raise ExportError(f'{out}: exists; pass --overwrite to replace it')
   name = model_name(config, what)
   if name not in convert.SUPPORTED:
-    raise ExportError(f'{what} {name!r} has no PyTorch layout yet; exportable: '
-                      f'{", ".join(sorted(convert.SUPPORTED))}')
+    raise ExportError(f'{what} {name!r} has no PyTorch layout yet; exportable: {", ".join(sorted(convert.SUPPORTED))}')
   if workdir:
     try:
       variables, step = network_variables.from_workdir(workdir, step, what)
@@ -74,10 +79,16 @@ def export(config, out, *, workdir=None, step: int | None = None, what: str = 'g
       raise ExportError('--what ema needs --workdir: a fresh initialisation has no EMA')
     variables, source = network_variables.fresh(config, what), f'fresh init, seed {config.seed}'
   state_dict = convert.flax_to_state_dict(name, variables)
-  record = {'model': name, 'what': what, 'source': source, 'step': step,
-            'config': json.loads(config.discriminator.to_json_best_effort() if what == 'discriminator'
-                                 else config.model.to_json_best_effort()),
-            'keys': len(state_dict)}
+  record = {
+    'model': name,
+    'what': what,
+    'source': source,
+    'step': step,
+    'config': json.loads(
+      config.discriminator.to_json_best_effort() if what == 'discriminator' else config.model.to_json_best_effort()
+    ),
+    'keys': len(state_dict),
+  }
   out.parent.mkdir(parents=True, exist_ok=True)
   metadata = {'mrisr_jax': json.dumps({k: v for k, v in record.items() if k != 'config'})}
   state_dict_io.save_state_dict(state_dict, out, metadata if out.suffix == '.safetensors' else None)
@@ -88,8 +99,10 @@ def export(config, out, *, workdir=None, step: int | None = None, what: str = 'g
 def main(config):
   f = flags.FLAGS
   record = export(config, f.out, workdir=f.workdir, step=f.step, what=f.what, overwrite=f.overwrite)
-  print(f'wrote {f.out}: {record["what"]} {record["model"]}, {record["keys"]} tensors, '
-        f'from {record["source"]}' + (f' step {record["step"]}' if record['step'] is not None else ''))
+  print(
+    f'wrote {f.out}: {record["what"]} {record["model"]}, {record["keys"]} tensors, '
+    f'from {record["source"]}' + (f' step {record["step"]}' if record['step'] is not None else '')
+  )
 
 
 def run():  # python -m mrisr_jax.export, mrisr-export; a missing optional package (torch) is a user error too

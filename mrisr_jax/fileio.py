@@ -11,6 +11,7 @@ Slice stacks (`read_stack` / `write_stack`, used by `infer` and `evaluate`), by 
        input's intensities with the input's attrs
 NIfTI volumes are streamed plane by plane in bounded memory instead (`mrisr_jax.nifti_volume`).
 """
+
 from __future__ import annotations
 
 import json
@@ -66,14 +67,16 @@ def write_json(path, payload, indent: int | None = 2, **kwargs) -> pathlib.Path:
 
 def write_npy(path, array) -> pathlib.Path:
   def save(tmp):
-    with open(tmp, 'wb') as f:   # a file object: np.save would append .npy to a name without it
+    with open(tmp, 'wb') as f:  # a file object: np.save would append .npy to a name without it
       np.save(f, np.asarray(array))
+
   return atomic_write(path, save)
 
 
 def write_png(path, array) -> pathlib.Path:
   """A uint8 (H, W) or (H, W, 3|4) array as a PNG."""
   from PIL import Image
+
   return atomic_write(path, lambda tmp: Image.fromarray(np.asarray(array)).save(tmp, format='PNG'))
 
 
@@ -83,6 +86,7 @@ def write_png(path, array) -> pathlib.Path:
 def stack_kind(path) -> str | None:
   """'npy', 'png', 'nii' or 'h5' by suffix (None for anything else)."""
   from mrisr_jax.data.splits import file_format
+
   path = pathlib.Path(path)
   fmt = file_format(path)
   if fmt == 'image':
@@ -113,19 +117,25 @@ def read_stack(path, kind: str) -> tuple[np.ndarray, dict]:
     return (x[None] if x.ndim == 2 else x), {'ndim': x.ndim}
   if kind == 'png':
     from mrisr_jax.data.images import read_image
+
     x, info = read_image(path)
     return x[None], {'ndim': 2, 'bit_depth': 16 if info['bit_depth'] == 16 else 8}
   if kind != 'h5':
     raise FileError(f'{path}: cannot read a {kind!r} file as a slice stack')
   from mrisr_jax.data.fastmri import FastMRISliceSource
+
   src = FastMRISliceSource([path])
   try:
     vol = src.volumes[0]
     stack = np.stack([src.read_slice(0, s) for s in range(vol.num_slices)])
   finally:
     src.close()
-  return np.clip(stack, 0.0, 1.0), {'ndim': 3, 'max': float(vol.metadata['max']),
-                                    'target': vol.metadata['target'], 'attrs': vol.metadata['attrs']}
+  return np.clip(stack, 0.0, 1.0), {
+    'ndim': 3,
+    'max': float(vol.metadata['max']),
+    'target': vol.metadata['target'],
+    'attrs': vol.metadata['attrs'],
+  }
 
 
 def write_stack(path, kind: str, stack: np.ndarray, info: dict, attrs: dict | None = None) -> None:
@@ -135,7 +145,8 @@ def write_stack(path, kind: str, stack: np.ndarray, info: dict, attrs: dict | No
   if kind == 'npy':
     write_npy(path, (stack[0] if info['ndim'] == 2 else stack).astype(np.float32))
   elif kind == 'png':
-    from mrisr_jax.data.images import write_grey   # writes atomically itself
+    from mrisr_jax.data.images import write_grey  # writes atomically itself
+
     write_grey(path, stack[0], bit_depth=info.get('bit_depth', 8))
   elif kind == 'h5':
     import h5py
@@ -147,12 +158,13 @@ def write_stack(path, kind: str, stack: np.ndarray, info: dict, attrs: dict | No
           try:
             f.attrs[k] = v
           except (TypeError, ValueError):
-            pass   # attributes h5py cannot store back as plain values are left out
+            pass  # attributes h5py cannot store back as plain values are left out
         f.attrs['max'] = float(np.max(stack) * info['max'])
         f.attrs['sr_input_max'] = info['max']
         f.attrs['sr_target'] = info['target']
         for k, v in (attrs or {}).items():
           f.attrs[f'sr_{k}'] = v
+
     atomic_write(path, save)
   else:
     raise FileError(f'{path}: cannot write a slice stack as {kind!r}')

@@ -12,6 +12,7 @@ network, so `python -m mrisr_jax.main --config ... --workdir DIR` trains from it
 every stage does, and the data pipeline starts at its first batch. The stage boundaries depend on
 the number of training slices, so run it with the same data config as the training.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -20,7 +21,6 @@ from absl import flags
 
 from mrisr_jax import cli
 from mrisr_jax.errors import UserError
-
 
 
 def define_flags() -> None:
@@ -37,8 +37,7 @@ class TorchImportError(UserError, ValueError):
   """One line naming the file, stage or workdir at fault."""
 
 
-def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
-                      what: str = 'generator') -> dict:
+def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None, what: str = 'generator') -> dict:
   """Writes the orbax checkpoint; returns {'step', 'stage', 'keys'}."""
   import jax
   import numpy as np
@@ -46,6 +45,7 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
   from mrisr_jax.checkpoint import Checkpointer
   from mrisr_jax.data import pipeline
   from mrisr_jax.interop import convert
+
   checkpoint, workdir = pathlib.Path(checkpoint), pathlib.Path(workdir)
   if not checkpoint.is_file():
     raise TorchImportError(f'{checkpoint}: no such file')
@@ -53,8 +53,9 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
     raise TorchImportError(f'{workdir}: already holds checkpoints; import into a new workdir')
   name = config.model.name if what == 'generator' else config.discriminator.name
   if name not in convert.SUPPORTED:
-    raise TorchImportError(f'{what} {name!r} has no PyTorch layout yet; importable: '
-                       f'{", ".join(sorted(convert.SUPPORTED))}')
+    raise TorchImportError(
+      f'{what} {name!r} has no PyTorch layout yet; importable: {", ".join(sorted(convert.SUPPORTED))}'
+    )
   g, d = registry.build_generator(config.model), registry.build_discriminator(config)
   config = spec.resolve(config)
   spe, plan = recipe.plan_run(config, pipeline.num_train_slices(config.data, config.scale))
@@ -64,7 +65,7 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
     raise TorchImportError(f'--stage {stage!r} is not a stage of this config ({", ".join(s.name for s in plan)})')
   init = recipe.init_state_fn(config, g, d, *recipe.make_optimizers(config, plan[0], spe))
   rng = jax.random.PRNGKey(config.seed)
-  shapes = jax.eval_shape(init, rng)   # check the file against the model before any compute
+  shapes = jax.eval_shape(init, rng)  # check the file against the model before any compute
   prefix = 'g' if what == 'generator' else 'd'
   like = {'params': getattr(shapes, f'{prefix}_params')}
   if getattr(shapes, f'{prefix}_batch_stats'):
@@ -73,18 +74,21 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
     loaded = network_variables.from_state_dict_file(checkpoint, name, like)
   except network_variables.WeightsError as e:
     raise TorchImportError(str(e)) from None
-  state = jax.device_get(jax.jit(init)(rng))   # the rest of the state, as a fresh run has it
+  state = jax.device_get(jax.jit(init)(rng))  # the rest of the state, as a fresh run has it
   updates = {f'{prefix}_params': loaded['params'], 'step': np.asarray(target.start, np.int32)}
   if 'batch_stats' in loaded:
     updates[f'{prefix}_batch_stats'] = loaded['batch_stats']
-  if what == 'generator' and state.g_ema_params:   # the EMA starts from the imported generator
+  if what == 'generator' and state.g_ema_params:  # the EMA starts from the imported generator
     updates['g_ema_params'] = loaded['params']
   state = state.replace(**updates)
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, async_save=False)
   try:
-    ckpt.save(target.start, state, {'stage': target.name, 'step': target.start,
-                                    'imported_from': str(checkpoint.absolute()), 'what': what})
+    ckpt.save(
+      target.start,
+      state,
+      {'stage': target.name, 'step': target.start, 'imported_from': str(checkpoint.absolute()), 'what': what},
+    )
   finally:
     ckpt.close()
   fileio.write_text(workdir / 'config.json', config.config.to_json_best_effort(indent=2))
@@ -94,9 +98,11 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None,
 def main(config):
   f = flags.FLAGS
   out = import_checkpoint(config, f.checkpoint, f.workdir, stage=f.stage, what=f.what)
-  print(f'wrote {f.workdir}: {f.what} from {f.checkpoint} ({out["keys"]} arrays) at step '
-        f'{out["step"]}, the start of stage {out["stage"]}; continue with python -m mrisr_jax.main '
-        f'--config ... --workdir {f.workdir}')
+  print(
+    f'wrote {f.workdir}: {f.what} from {f.checkpoint} ({out["keys"]} arrays) at step '
+    f'{out["step"]}, the start of stage {out["stage"]}; continue with python -m mrisr_jax.main '
+    f'--config ... --workdir {f.workdir}'
+  )
 
 
 def run():  # python -m mrisr_jax.import_torch, mrisr-import; a missing optional package (torch) is a user error too

@@ -21,6 +21,7 @@ Formats, by suffix:
 --tile N tiles slices larger than N x N LR pixels (see mrisr_jax.tiling). The input is never
 overwritten, nor is an existing output unless --overwrite.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,19 +38,30 @@ from mrisr_jax.spec import data_spec
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
   flags.DEFINE_string('config', None, cli.CONFIG_HELP)
-  flags.DEFINE_string('weights', None, 'Training workdir (latest checkpoint) or a .pth/.safetensors '
-                      'state_dict.')
+  flags.DEFINE_string('weights', None, 'Training workdir (latest checkpoint) or a .pth/.safetensors state_dict.')
   flags.DEFINE_string('input', None, 'Input: .npy, .png, .nii, .nii.gz or fastMRI .h5.')
   flags.DEFINE_string('output', None, 'Output file (format from its suffix).')
   flags.DEFINE_integer('tile', 0, 'LR tile side for slices larger than this (0: whole slices).')
   flags.DEFINE_integer('overlap', 16, 'LR pixels of context each tile side discards.')
-  flags.DEFINE_integer('batch', 0, 'Tiles (or slices) per forward pass; 0: as many as keep one pass '
-                       '(mrisr_jax.tiling.AUTO_BATCH_PIXELS) output pixels, at most 8, which bounds memory.')
+  flags.DEFINE_integer(
+    'batch',
+    0,
+    'Tiles (or slices) per forward pass; 0: as many as keep one pass '
+    '(mrisr_jax.tiling.AUTO_BATCH_PIXELS) output pixels, at most 8, which bounds memory.',
+  )
   flags.DEFINE_bool('overwrite', False, 'Replace an existing output file (never the input).')
-  flags.DEFINE_integer('slice_axis', None, 'NIfTI: the stored axis the model steps along (in-plane '
-                       'default 2; through-plane default the last axis that is not --thick_axis).')
-  flags.DEFINE_integer('thick_axis', None, 'NIfTI, thick-slice (through-plane) models: the stored axis '
-                       'with thick slices (default: the axis with the largest voxel size).')
+  flags.DEFINE_integer(
+    'slice_axis',
+    None,
+    'NIfTI: the stored axis the model steps along (in-plane '
+    'default 2; through-plane default the last axis that is not --thick_axis).',
+  )
+  flags.DEFINE_integer(
+    'thick_axis',
+    None,
+    'NIfTI, thick-slice (through-plane) models: the stored axis '
+    'with thick slices (default: the axis with the largest voxel size).',
+  )
   flags.DEFINE_bool('progress', True, 'Show a progress bar over the slices.')
   flags.mark_flags_as_required(['config', 'weights', 'input', 'output'])
 
@@ -65,13 +77,25 @@ class InferError(OneLineError):
 # ---------------------------------------------------------------------------------------- driver
 
 
-def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, batch: int = 0,
-          overwrite: bool = False, slice_axis: int | None = None, thick_axis: int | None = None,
-          progress: bool = False) -> dict:
+def infer(
+  config,
+  weights,
+  input,
+  output,
+  *,
+  tile: int = 0,
+  overlap: int = 16,
+  batch: int = 0,
+  overwrite: bool = False,
+  slice_axis: int | None = None,
+  thick_axis: int | None = None,
+  progress: bool = False,
+) -> dict:
   """Reads `input`, super-resolves every slice, writes `output`; returns a summary record."""
   from mrisr_jax import fileio, network_variables, nifti_volume, registry
-  from mrisr_jax.data import degrade, pipeline
+  from mrisr_jax.data import degrade
   from mrisr_jax.predictor import Predictor
+
   src, dst = pathlib.Path(input), pathlib.Path(output)
   in_kind, out_kind = fileio.stack_kind(src), fileio.stack_kind(dst)
   if in_kind is None:
@@ -79,8 +103,9 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
   if not src.is_file():
     raise InferError(f'{src}: no such input file')
   if out_kind not in OUTPUTS[in_kind]:
-    raise InferError(f'{dst}: a {in_kind} input can be written as '
-                     f'{" or ".join("." + k for k in OUTPUTS[in_kind])}, not {dst.name!r}')
+    raise InferError(
+      f'{dst}: a {in_kind} input can be written as {" or ".join("." + k for k in OUTPUTS[in_kind])}, not {dst.name!r}'
+    )
   if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
     raise InferError(f'{dst}: is the input file; choose another output')
   if dst.exists() and not overwrite:
@@ -96,20 +121,40 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
   def sr_stack(lr, bar=None):
     return predictor(lr, factors=factors, progress=bar)
 
-  record = {'model': config.model.name, 'scale': scale, 'factors': tuple(factors),
-            'weights': str(weights), 'input': str(src), 'output': str(dst), 'tile': tile,
-            'overlap': overlap}
+  record = {
+    'model': config.model.name,
+    'scale': scale,
+    'factors': tuple(factors),
+    'weights': str(weights),
+    'input': str(src),
+    'output': str(dst),
+    'tile': tile,
+    'overlap': overlap,
+  }
   dst.parent.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   if in_kind == 'nii':
     try:
-      done = nifti_volume.super_resolve_volume(src, dst, sr_stack, factors, slice_axis=slice_axis,
-                                               thick_axis=thick_axis, chunk=max(8, batch), progress=progress)
+      done = nifti_volume.super_resolve_volume(
+        src,
+        dst,
+        sr_stack,
+        factors,
+        slice_axis=slice_axis,
+        thick_axis=thick_axis,
+        chunk=max(8, batch),
+        progress=progress,
+      )
     except nifti_volume.VolumeError as e:
       raise InferError(str(e)) from None
-    record.update(mode=done['mode'], slices=int(done['shape'][done['axis']]),
-                  lr_shape=tuple(n // f for n, f in zip(done['shape'], done['factors'])),
-                  sr_shape=done['shape'], zooms=done['zooms'], seconds=time.perf_counter() - start)
+    record.update(
+      mode=done['mode'],
+      slices=int(done['shape'][done['axis']]),
+      lr_shape=tuple(n // f for n, f in zip(done['shape'], done['factors'])),
+      sr_shape=done['shape'],
+      zooms=done['zooms'],
+      seconds=time.perf_counter() - start,
+    )
     return record
   try:
     lr, info = fileio.read_stack(src, in_kind)
@@ -118,29 +163,47 @@ def infer(config, weights, input, output, *, tile: int = 0, overlap: int = 16, b
   if out_kind == 'png' and info['ndim'] != 2:
     raise InferError(f'{dst}: a .png output needs a 2-D input; {src} holds {lr.shape[0]} slices')
   from tqdm import tqdm
+
   with tqdm(total=lr.shape[0], unit='slice', disable=not progress, leave=False) as bar:
     sr = sr_stack(lr, lambda done: bar.update(done - bar.n))
-  record.update(mode='in-plane' if factors[0] == factors[1] else 'through-plane',
-                slices=int(lr.shape[0]), lr_shape=tuple(lr.shape[1:]), sr_shape=tuple(sr.shape[1:]),
-                seconds=time.perf_counter() - start)
-  fileio.write_stack(dst, out_kind, sr, info,
-                     {k: record[k] for k in ('model', 'scale', 'weights', 'input', 'tile', 'overlap')})
+  record.update(
+    mode='in-plane' if factors[0] == factors[1] else 'through-plane',
+    slices=int(lr.shape[0]),
+    lr_shape=tuple(lr.shape[1:]),
+    sr_shape=tuple(sr.shape[1:]),
+    seconds=time.perf_counter() - start,
+  )
+  fileio.write_stack(
+    dst, out_kind, sr, info, {k: record[k] for k in ('model', 'scale', 'weights', 'input', 'tile', 'overlap')}
+  )
   return record
 
 
 def summary_line(r: dict) -> str:
-  shape = lambda dims: 'x'.join(str(d) for d in dims)   # noqa: E731
+  shape = lambda dims: 'x'.join(str(d) for d in dims)  # noqa: E731
   tiles = f', {r["tile"]}-pixel tiles' if r['tile'] else ''
   what = 'volume' if len(r['lr_shape']) == 3 else f'{r["slices"]} slice(s)'
-  return (f'wrote {r["output"]}: {what} {shape(r["lr_shape"])} -> {shape(r["sr_shape"])} '
-          f'({r["model"]} x{r["scale"]} {r["mode"]}{tiles}) in {r["seconds"]:.1f} s')
+  return (
+    f'wrote {r["output"]}: {what} {shape(r["lr_shape"])} -> {shape(r["sr_shape"])} '
+    f'({r["model"]} x{r["scale"]} {r["mode"]}{tiles}) in {r["seconds"]:.1f} s'
+  )
 
 
 def main(config):
   f = flags.FLAGS
-  record = infer(config, f.weights, f.input, f.output, tile=f.tile, overlap=f.overlap,
-                 batch=f.batch, overwrite=f.overwrite, slice_axis=f.slice_axis,
-                 thick_axis=f.thick_axis, progress=f.progress)
+  record = infer(
+    config,
+    f.weights,
+    f.input,
+    f.output,
+    tile=f.tile,
+    overlap=f.overlap,
+    batch=f.batch,
+    overwrite=f.overwrite,
+    slice_axis=f.slice_axis,
+    thick_axis=f.thick_axis,
+    progress=f.progress,
+  )
   print(summary_line(record))
 
 

@@ -3,6 +3,7 @@
 Discriminators return logits; D(x) = sigmoid(logits). GAN losses are written on logits with
 softplus (sp): -log D(x) = sp(-x) and -log(1 - D(x)) = sp(x), which stay finite for any logit.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Sequence
@@ -47,12 +48,15 @@ PERCEPTUAL_CRITERIA = {'mse': mse, 'l1': l1}
 
 def _check_same_length(sr_feats, hr_feats, weights):
   if not len(sr_feats) == len(hr_feats) == len(weights):
-    raise ValueError(f'need one weight per feature map: got {len(sr_feats)} SR, {len(hr_feats)} HR '
-                     f'feature maps and {len(weights)} weights')
+    raise ValueError(
+      f'need one weight per feature map: got {len(sr_feats)} SR, {len(hr_feats)} HR '
+      f'feature maps and {len(weights)} weights'
+    )
 
 
-def perceptual(sr_feats: Sequence[jax.Array], hr_feats: Sequence[jax.Array],
-               weights: Sequence[float], criterion: str = 'mse'):
+def perceptual(
+  sr_feats: Sequence[jax.Array], hr_feats: Sequence[jax.Array], weights: Sequence[float], criterion: str = 'mse'
+):
   """sum_k w_k * criterion(sr_k, hr_k), criterion 'mse' | 'l1' (each a mean over its map)."""
   fn = registry.lookup(PERCEPTUAL_CRITERIA, 'perceptual criterion', criterion)
   _check_same_length(sr_feats, hr_feats, weights)
@@ -74,10 +78,12 @@ def style(sr_feats: Sequence[jax.Array], hr_feats: Sequence[jax.Array], weights:
 
 # --- GAN losses on logits: r = D's logits on real (HR), f = on fake (SR) ---
 
+
 class GanLoss(NamedTuple):
   """g(r, f) and d(r, f) give scalars; g ignores r (callers may pass None) unless g_needs_real.
   g_sums_batch: g is a sum over the batch, not a mean (gradient accumulation scales it by the number
   of micro-batches so that it stays the whole batch's sum)."""
+
   g: Callable[[jax.Array | None, jax.Array], jax.Array]
   d: Callable[[jax.Array, jax.Array], jax.Array]
   g_needs_real: bool
@@ -146,12 +152,12 @@ def _ragan_g(r, f):
 
 
 GAN_LOSSES: dict[str, GanLoss] = {
-    'bce_sum': GanLoss(_bce_sum_g, _bce_d, g_needs_real=False, g_sums_batch=True),
-    'nonsaturating': GanLoss(_nonsaturating_g, _bce_d, g_needs_real=False),
-    'minimax': GanLoss(_minimax_g, _bce_d, g_needs_real=False),
-    'lsgan': GanLoss(_lsgan_g, _lsgan_d, g_needs_real=False),
-    'hinge': GanLoss(_hinge_g, _hinge_d, g_needs_real=False),
-    'ragan': GanLoss(_ragan_g, _ragan_d, g_needs_real=True),
+  'bce_sum': GanLoss(_bce_sum_g, _bce_d, g_needs_real=False, g_sums_batch=True),
+  'nonsaturating': GanLoss(_nonsaturating_g, _bce_d, g_needs_real=False),
+  'minimax': GanLoss(_minimax_g, _bce_d, g_needs_real=False),
+  'lsgan': GanLoss(_lsgan_g, _lsgan_d, g_needs_real=False),
+  'hinge': GanLoss(_hinge_g, _hinge_d, g_needs_real=False),
+  'ragan': GanLoss(_ragan_g, _ragan_d, g_needs_real=True),
 }
 
 

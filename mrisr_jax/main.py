@@ -4,6 +4,7 @@ Overrides: --config.a.b=value. Running again with the same --workdir resumes fro
 checkpoint. Multi-host: start one process per host; jax.distributed is initialised from the flags
 below or, on TPU pods and SLURM, from the environment (see launch/).
 """
+
 from __future__ import annotations
 
 import logging as pylogging
@@ -16,29 +17,41 @@ from mrisr_jax import cli
 
 _CONFIG = flags.DEFINE_string('config', None, cli.CONFIG_HELP)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, images and the report.')
-_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
-                                 'Call jax.distributed.initialize: auto = when a coordinator is given or '
-                                 'the cluster environment (TPU pod, SLURM) provides one.')
+_DISTRIBUTED = flags.DEFINE_enum(
+  'distributed',
+  'auto',
+  ['auto', 'on', 'off'],
+  'Call jax.distributed.initialize: auto = when a coordinator is given or '
+  'the cluster environment (TPU pod, SLURM) provides one.',
+)
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
-_COORDINATOR_PORT = flags.DEFINE_integer('coordinator_port', None,
-                                         'SLURM: port of the coordinator on the first node (default: '
-                                         '$JAX_COORDINATOR_PORT, else 12345 + SLURM_JOB_ID % 1000).')
+_COORDINATOR_PORT = flags.DEFINE_integer(
+  'coordinator_port',
+  None,
+  'SLURM: port of the coordinator on the first node (default: '
+  '$JAX_COORDINATOR_PORT, else 12345 + SLURM_JOB_ID % 1000).',
+)
 _PREEMPTION_EXIT_CODE = flags.DEFINE_integer(
-    'preemption_exit_code', 0, 'Exit status after a SIGTERM/SIGINT made the run save and stop (e.g. 75 '
-    'for launch/slurm_gpu.sbatch, which requeues the job on it); 0 = a clean exit.')
+  'preemption_exit_code',
+  0,
+  'Exit status after a SIGTERM/SIGINT made the run save and stop (e.g. 75 '
+  'for launch/slurm_gpu.sbatch, which requeues the job on it); 0 = a clean exit.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def distributed_kwargs(mode: str, env, coordinator_address=None, num_processes=None, process_id=None,
-                       port=None) -> dict | None:
+def distributed_kwargs(
+  mode: str, env, coordinator_address=None, num_processes=None, process_id=None, port=None
+) -> dict | None:
   """The jax.distributed.initialize arguments, or None to run single-process.
 
   SLURM: computed by mrisr_jax.cluster (jax's own detection would give each process 1 GPU); TPU
   pods: {} (jax reads the TPU metadata). Explicit flags win over the environment.
   """
   from mrisr_jax import cluster
+
   if mode == 'off':
     return None
   detected = cluster.detect(env, port=port)
@@ -53,9 +66,16 @@ def distributed_kwargs(mode: str, env, coordinator_address=None, num_processes=N
 def _init_distributed() -> None:
   import jax
   from mrisr_jax import cluster, errors
+
   try:
-    kwargs = distributed_kwargs(_DISTRIBUTED.value, os.environ, _COORDINATOR.value, _NUM_PROCESSES.value,
-                                _PROCESS_ID.value, _COORDINATOR_PORT.value)
+    kwargs = distributed_kwargs(
+      _DISTRIBUTED.value,
+      os.environ,
+      _COORDINATOR.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+      _COORDINATOR_PORT.value,
+    )
   except cluster.ClusterError as e:
     errors.exit_with(e)
   if kwargs is None:
@@ -80,9 +100,17 @@ def main(config):
   _init_distributed()
   import jax
   from mrisr_jax import train
-  logging.info('JAX %s on %s: %d processes, %d devices (%d local)', jax.__version__, jax.default_backend(),
-               jax.process_count(), jax.device_count(), jax.local_device_count())
+
+  logging.info(
+    'JAX %s on %s: %d processes, %d devices (%d local)',
+    jax.__version__,
+    jax.default_backend(),
+    jax.process_count(),
+    jax.device_count(),
+    jax.local_device_count(),
+  )
   from mrisr_jax.preemption import Preempted
+
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except Preempted:  # saved and logged; the scheduler may requeue on this status

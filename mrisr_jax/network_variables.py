@@ -8,6 +8,7 @@ checked against the network the config builds: a file strictly through
 comparing its tree and shapes, so weights for another model or scale fail here with one line, not
 inside XLA.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -25,8 +26,9 @@ def like_variables(config, model=None) -> dict:
   """ShapeDtypeStructs of the generator's variables, initialised as recipe.init_state_fn does."""
   import jax
   from mrisr_jax import recipe, registry
+
   g = model if model is not None else registry.build_generator(config.model)
-  g_init, _ = recipe.network_inits(config, g, None)   # the discriminator is not needed here
+  g_init, _ = recipe.network_inits(config, g, None)  # the discriminator is not needed here
   return jax.eval_shape(g_init, jax.random.PRNGKey(0))
 
 
@@ -34,9 +36,10 @@ def fresh(config, what: str = 'generator') -> dict:
   """The network as a fresh training run initialises it (same key), without initialising the other."""
   import jax
   from mrisr_jax import recipe, registry
+
   g, d = registry.build_generator(config.model), registry.build_discriminator(config)
   g_init, d_init = recipe.network_inits(config, g, d)
-  g_rng, d_rng = jax.random.split(jax.random.PRNGKey(config.seed))   # as recipe.init_state_fn
+  g_rng, d_rng = jax.random.split(jax.random.PRNGKey(config.seed))  # as recipe.init_state_fn
   variables = jax.jit(g_init)(g_rng) if what == 'generator' else jax.jit(d_init)(d_rng)
   return {k: v for k, v in jax.device_get(variables).items() if k in ('params', 'batch_stats') and v}
 
@@ -48,8 +51,7 @@ def from_state(state, what: str = 'generator') -> dict:
   prefix = 'd' if what == 'discriminator' else 'g'
   out = {'params': get('g_ema_params' if what == 'ema' else f'{prefix}_params')}
   if what == 'ema' and not out['params']:
-    raise WeightsError('this run keeps no generator EMA (it trained with config.ema_decay=0); '
-                       'export --what generator')
+    raise WeightsError('this run keeps no generator EMA (it trained with config.ema_decay=0); export --what generator')
   stats = get(f'{prefix}_batch_stats')
   if stats:
     out['batch_stats'] = stats
@@ -59,6 +61,7 @@ def from_state(state, what: str = 'generator') -> dict:
 def from_workdir(workdir, step: int | None = None, what: str = 'generator') -> tuple[dict, int]:
   """(variables, step) of a training workdir's checkpoint: the latest, or `step`."""
   from mrisr_jax.checkpoint import Checkpointer
+
   workdir = pathlib.Path(workdir)
   if not (workdir / 'checkpoints').is_dir():
     raise WeightsError(f'{workdir}: no checkpoints directory (is this a training workdir?)')
@@ -70,8 +73,9 @@ def from_workdir(workdir, step: int | None = None, what: str = 'generator') -> t
     if step is None:
       step = max(steps)
     elif step not in steps:
-      raise WeightsError(f'{workdir / "checkpoints"}: no checkpoint at step {step} (saved: '
-                         f'{", ".join(map(str, sorted(steps)))})')
+      raise WeightsError(
+        f'{workdir / "checkpoints"}: no checkpoint at step {step} (saved: {", ".join(map(str, sorted(steps)))})'
+      )
     return from_state(ckpt.restore_unsharded(step), what), step
   finally:
     ckpt.close()
@@ -80,21 +84,25 @@ def from_workdir(workdir, step: int | None = None, what: str = 'generator') -> t
 def from_state_dict_file(path, name: str, like: dict) -> dict:
   """A reference-layout state_dict file as the variables of model `name`, strictly shaped as `like`."""
   from mrisr_jax.interop import convert, state_dict_io
+
   path = pathlib.Path(path)
   suffixes = state_dict_io.SAFETENSORS_SUFFIXES + state_dict_io.TORCH_LOAD_SUFFIXES
   if path.suffix.lower() not in suffixes:
-    raise WeightsError(f'{path}: unknown weights suffix {path.suffix!r}; give a training workdir or '
-                       f'a {", ".join(suffixes)} state_dict')
+    raise WeightsError(
+      f'{path}: unknown weights suffix {path.suffix!r}; give a training workdir or a {", ".join(suffixes)} state_dict'
+    )
   if name not in convert.SUPPORTED:
-    raise WeightsError(f'{path}: model {name!r} has no reference state_dict layout; load it from a '
-                       f'training workdir instead (file layouts: {", ".join(convert.SUPPORTED)})')
+    raise WeightsError(
+      f'{path}: model {name!r} has no reference state_dict layout; load it from a '
+      f'training workdir instead (file layouts: {", ".join(convert.SUPPORTED)})'
+    )
   try:
     state_dict = state_dict_io.load_state_dict(path)
   except (OSError, ValueError, ImportError) as e:
     raise WeightsError(f'{path}: cannot read the state_dict ({e})') from None
   try:
     return convert.state_dict_to_flax(name, state_dict, like)
-  except ValueError as e:   # strict: names missing / unexpected / mis-shaped keys
+  except ValueError as e:  # strict: names missing / unexpected / mis-shaped keys
     raise WeightsError(f'{path}: {e}') from None
 
 
@@ -113,19 +121,16 @@ def check_shapes(variables: dict, like: dict, source, name: str) -> None:
   got, want = _shapes(variables), _shapes(dict(like))
   missing = sorted(set(want) - set(got))
   unexpected = sorted(set(got) - set(want))
-  mismatched = [f'{k}: checkpoint {got[k]}, model {want[k]}' for k in want
-                if k in got and got[k] != want[k]]
+  mismatched = [f'{k}: checkpoint {got[k]}, model {want[k]}' for k in want if k in got and got[k] != want[k]]
   if missing or unexpected or mismatched:
     parts = []
-    for label, items in (('missing', missing), ('unexpected', unexpected),
-                         ('shape mismatch', mismatched)):
+    for label, items in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)):
       if items:
         parts.append(f'{label} {len(items)} ({", ".join(items[:3])}{", ..." if len(items) > 3 else ""})')
     raise WeightsError(f'{source}: checkpoint does not fit {name}: {"; ".join(parts)}')
 
 
-def load_generator_variables(config, weights, model=None, *, step: int | None = None,
-                             ema: bool | None = None) -> dict:
+def load_generator_variables(config, weights, model=None, *, step: int | None = None, ema: bool | None = None) -> dict:
   """{'params': ..., ['batch_stats': ...]} of numpy arrays for `registry.build_generator(config.model)`.
 
   weights: a training workdir (its latest checkpoint, or `step`) or a .pth/.pt/.bin/.safetensors
@@ -133,6 +138,7 @@ def load_generator_variables(config, weights, model=None, *, step: int | None = 
   validation scored).
   """
   import jax
+
   path = pathlib.Path(weights)
   name = config.model.name
   if not path.exists():

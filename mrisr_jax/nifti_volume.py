@@ -22,6 +22,7 @@ is written into a memory map of a temporary `.nii` whose pages are flushed and d
 chunk, then (for `.nii.gz`) gzipped, streamed, and moved into place, so the resident memory is a
 few chunks of planes, whatever the volume size (`tools/benchmark_infer.py` measures it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,15 +67,17 @@ def sr_affine(affine, factors) -> np.ndarray:
 class Plan:
   """How a volume is cut into planes: iterate over `axis`; a plane's rows/cols are stored axes
   `rows`, `cols`; stored axis i grows by `factors[i]`."""
+
   axis: int
   rows: int
   cols: int
   factors: tuple[int, int, int]
-  mode: str   # 'in-plane' | 'through-plane'
+  mode: str  # 'in-plane' | 'through-plane'
 
 
-def plan_volume(path, shape, zooms, lr_factors: tuple[int, int], slice_axis: int | None = None,
-                thick_axis: int | None = None) -> Plan:
+def plan_volume(
+  path, shape, zooms, lr_factors: tuple[int, int], slice_axis: int | None = None, thick_axis: int | None = None
+) -> Plan:
   """The Plan for a model whose 2-D LR grid is `lr_factors` (fy, fx); see the module docstring."""
   fy, fx = (int(f) for f in lr_factors)
   for name, ax in (('slice_axis', slice_axis), ('thick_axis', thick_axis)):
@@ -82,29 +85,36 @@ def plan_volume(path, shape, zooms, lr_factors: tuple[int, int], slice_axis: int
       raise VolumeError(f'{path}: {name} {ax} must be 0, 1 or 2 (a stored axis)')
   if fy == fx:
     if thick_axis is not None:
-      raise VolumeError(f'{path}: --thick_axis needs a through-plane (thick-slice) model; this config '
-                        f'refines both in-plane axes by {fy}')
+      raise VolumeError(
+        f'{path}: --thick_axis needs a through-plane (thick-slice) model; this config '
+        f'refines both in-plane axes by {fy}'
+      )
     axis = 2 if slice_axis is None else slice_axis
     rows, cols = (a for a in range(3) if a != axis)
     factors = [fy, fy, fy]
     factors[axis] = 1
     return Plan(axis, rows, cols, tuple(factors), 'in-plane')
   if min(fy, fx) != 1:
-    raise VolumeError(f'{path}: LR factors {(fy, fx)} refine both axes by different amounts; '
-                      'only (s, s), (s, 1) and (1, s) are supported')
+    raise VolumeError(
+      f'{path}: LR factors {(fy, fx)} refine both axes by different amounts; '
+      'only (s, s), (s, 1) and (1, s) are supported'
+    )
   s = max(fy, fx)
   if thick_axis is None:
     z = np.asarray(zooms, dtype=np.float64)
     order = np.argsort(-z, kind='stable')
     if np.isclose(z[order[0]], z[order[1]]):
-      raise VolumeError(f'{path}: voxel sizes {tuple(float(v) for v in z)} have no single thickest '
-                        'axis; pass --thick_axis (the stored axis with thick slices)')
+      raise VolumeError(
+        f'{path}: voxel sizes {tuple(float(v) for v in z)} have no single thickest '
+        'axis; pass --thick_axis (the stored axis with thick slices)'
+      )
     thick_axis = int(order[0])
   if slice_axis is None:
     slice_axis = max(a for a in range(3) if a != thick_axis)
   if slice_axis == thick_axis:
-    raise VolumeError(f'{path}: slice_axis and thick_axis are both {thick_axis}; through-plane planes '
-                      'must contain the thick axis')
+    raise VolumeError(
+      f'{path}: slice_axis and thick_axis are both {thick_axis}; through-plane planes must contain the thick axis'
+    )
   other = 3 - slice_axis - thick_axis
   rows, cols = (thick_axis, other) if fy == s else (other, thick_axis)
   factors = [1, 1, 1]
@@ -116,6 +126,7 @@ def plan_volume(path, shape, zooms, lr_factors: tuple[int, int], slice_axis: int
 def open_uncompressed(path, workdir):
   """The NIfTI image of `path`, memory-mappable: a .nii.gz is decompressed into `workdir` first."""
   import nibabel as nib
+
   path = pathlib.Path(path)
   tmp = None
   try:
@@ -132,7 +143,7 @@ def open_uncompressed(path, workdir):
       source = path
     try:
       img = nib.load(str(source), mmap=True)
-    except Exception as e:   # nibabel raises many types for bad files
+    except Exception as e:  # nibabel raises many types for bad files
       raise VolumeError(f'{path}: cannot read as NIfTI ({e})') from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
       raise VolumeError(f'{path}: is a {type(img).__name__}, not a NIfTI image')
@@ -154,7 +165,7 @@ def read_planes(img, path, axis: int, start: int, stop: int) -> np.ndarray:
   slicer += [0] * (len(img.shape) - 3)
   try:
     block = np.asarray(img.dataobj[tuple(slicer)], dtype=np.float32)
-  except Exception as e:   # truncated files, short memmaps
+  except Exception as e:  # truncated files, short memmaps
     raise VolumeError(f'{path}: cannot read voxels {start}:{stop} along axis {axis} ({e})') from None
   if not np.all(np.isfinite(block)):
     raise VolumeError(f'{path}: has non-finite voxels in {start}:{stop} along axis {axis}')
@@ -166,14 +177,13 @@ def intensity_scale(img, path, chunk: int = 16) -> float:
   shape = img.shape[:3]
   stride = max(1, -(-int(np.prod(shape)) // PERCENTILE_SAMPLES))
   samples, offset = [], 0
-  for start in range(0, shape[2], chunk):   # axis 2 is contiguous on disk (Fortran order)
+  for start in range(0, shape[2], chunk):  # axis 2 is contiguous on disk (Fortran order)
     flat = read_planes(img, path, 2, start, min(shape[2], start + chunk)).ravel(order='F')
-    samples.append(flat[(-offset) % stride::stride])
+    samples.append(flat[(-offset) % stride :: stride])
     offset += flat.size
   hi = float(np.percentile(np.concatenate(samples), PERCENTILE))
   if not hi > 0:
-    raise VolumeError(f'{path}: the {PERCENTILE}th percentile is {hi:g}; expected a positive '
-                      'intensity scale')
+    raise VolumeError(f'{path}: the {PERCENTILE}th percentile is {hi:g}; expected a positive intensity scale')
   return hi
 
 
@@ -190,7 +200,7 @@ class StreamWriter:
     header.set_data_dtype(np.float32)
     header.set_data_shape(self.shape)
     header.set_slope_inter(1.0, 0.0)
-    header.set_data_offset(0)   # write_to sets the smallest legal offset
+    header.set_data_offset(0)  # write_to sets the smallest legal offset
     fd, name = tempfile.mkstemp(suffix='.nii', prefix=f'.{self.path.name}.', dir=self.path.parent)
     self.tmp = pathlib.Path(name)
     self._file = os.fdopen(fd, 'w+b')
@@ -227,12 +237,17 @@ class StreamWriter:
     self._release()
     try:
       if self.path.name.lower().endswith('.gz'):
+
         def compress(gz):
-          with open(gz, 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=1) as out, \
-              open(self.tmp, 'rb') as src:
+          with (
+            open(gz, 'wb') as raw,
+            gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=1) as out,
+            open(self.tmp, 'rb') as src,
+          ):
             shutil.copyfileobj(src, out, 1 << 22)
+
         fileio.atomic_write(self.path, compress)
-      else:   # the finished memory-mapped temp file is the output: one rename puts it in place
+      else:  # the finished memory-mapped temp file is the output: one rename puts it in place
         os.replace(self.tmp, self.path)
     finally:
       if self.tmp.exists():
@@ -260,7 +275,7 @@ def sr_header(img, plan: Plan, shape):
   for i in range(3):
     zooms[i] = zooms[i] / plan.factors[i]
   header.set_data_shape(shape)
-  header.set_zooms(zooms[:len(header.get_zooms())])
+  header.set_zooms(zooms[: len(header.get_zooms())])
   sform, s_code = img.get_sform(coded=True)
   qform, q_code = img.get_qform(coded=True)
   header.set_sform(sr_affine(img.affine if sform is None else sform, plan.factors), code=int(s_code or 0))
@@ -268,15 +283,24 @@ def sr_header(img, plan: Plan, shape):
   return header
 
 
-def super_resolve_volume(src, dst, sr_stack: Callable[[np.ndarray], np.ndarray],
-                         lr_factors: tuple[int, int], *, slice_axis: int | None = None,
-                         thick_axis: int | None = None, chunk: int = 8, progress: bool = True) -> dict:
+def super_resolve_volume(
+  src,
+  dst,
+  sr_stack: Callable[[np.ndarray], np.ndarray],
+  lr_factors: tuple[int, int],
+  *,
+  slice_axis: int | None = None,
+  thick_axis: int | None = None,
+  chunk: int = 8,
+  progress: bool = True,
+) -> dict:
   """Super-resolves the NIfTI `src` into `dst` (.nii or .nii.gz) plane chunk by plane chunk.
 
   sr_stack: (n, a, b) float32 in [0, 1] -> (n, a * f_rows, b * f_cols) in [0, 1].
   Returns {'mode', 'axis', 'factors', 'shape', 'zooms', 'hi'}.
   """
   from tqdm import tqdm
+
   src, dst = pathlib.Path(src), pathlib.Path(dst)
   with open_uncompressed(src, dst.parent) as img:
     shape = tuple(int(n) for n in img.shape[:3])
@@ -284,21 +308,21 @@ def super_resolve_volume(src, dst, sr_stack: Callable[[np.ndarray], np.ndarray],
     hi = intensity_scale(img, src)
     out_shape = tuple(n * f for n, f in zip(shape, plan.factors))
     header = sr_header(img, plan, out_shape)
-    order = (plan.axis, plan.rows, plan.cols)   # stored axes -> (plane, row, col)
+    order = (plan.axis, plan.rows, plan.cols)  # stored axes -> (plane, row, col)
     back = tuple(np.argsort(order))
     n = shape[plan.axis]
-    with StreamWriter(dst, header, out_shape) as writer, \
-        tqdm(total=n, desc=f'{src.name} ({plan.mode})', unit='plane', disable=not progress,
-             leave=False) as bar:
+    with (
+      StreamWriter(dst, header, out_shape) as writer,
+      tqdm(total=n, desc=f'{src.name} ({plan.mode})', unit='plane', disable=not progress, leave=False) as bar,
+    ):
       for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         stack = np.transpose(read_planes(img, src, plan.axis, start, stop), order)
         sr = sr_stack(np.clip(stack / np.float32(hi), 0.0, 1.0))
         want = (stop - start, stack.shape[1] * plan.factors[plan.rows], stack.shape[2] * plan.factors[plan.cols])
-        if np.shape(sr) != want:   # a wrong shape would leave silent zeros in the output
+        if np.shape(sr) != want:  # a wrong shape would leave silent zeros in the output
           raise VolumeError(f'{src}: the model returned planes of shape {np.shape(sr)}, expected {want}')
         writer.write(plan.axis, start, np.transpose(sr * np.float32(hi), back))
         bar.update(stop - start)
     zooms = tuple(float(z) for z in header.get_zooms()[:3])
-  return {'mode': plan.mode, 'axis': plan.axis, 'factors': plan.factors, 'shape': out_shape,
-          'zooms': zooms, 'hi': hi}
+  return {'mode': plan.mode, 'axis': plan.axis, 'factors': plan.factors, 'shape': out_shape, 'zooms': zooms, 'hi': hi}

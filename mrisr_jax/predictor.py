@@ -7,6 +7,7 @@ Slices are edge-padded to the model's size multiple and cropped back, and option
 overlapping tiles (`mrisr_jax.tiling`); the forward pass is jitted once per process for each model
 and batch shape, however many Predictors or files use it.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -24,12 +25,14 @@ def _jitted_predict():
   if _JITTED is None:
     import jax
     from mrisr_jax import steps
+
     _JITTED = jax.jit(steps.predict, static_argnames='g_model')
   return _JITTED
 
 
 class Geometry(NamedTuple):
   """What tiling needs to know of a generator (validation, which gets no model, passes this)."""
+
   scale: int
   size_multiple: int
   upsampled_input: bool = False
@@ -46,25 +49,39 @@ class Predictor:
   the default device. Validation passes its mesh-sharded compiled predict instead.
   """
 
-  def __init__(self, model, variables, *, tile: int = 0, overlap: int = 16, batch: int = 0,
-               fixed_batch: bool = False, apply: Callable | None = None):
-    self.geometry = Geometry(int(model.scale), int(model.size_multiple),
-                             bool(getattr(model, 'upsampled_input', False)))
+  def __init__(
+    self,
+    model,
+    variables,
+    *,
+    tile: int = 0,
+    overlap: int = 16,
+    batch: int = 0,
+    fixed_batch: bool = False,
+    apply: Callable | None = None,
+  ):
+    self.geometry = Geometry(int(model.scale), int(model.size_multiple), bool(getattr(model, 'upsampled_input', False)))
     self.tile, self.overlap, self.batch, self.fixed_batch = tile, overlap, batch, fixed_batch
     if apply is None:
       import jax
+
       jitted = _jitted_predict()
       variables = jax.device_put(variables)
-      apply = lambda v, x: jitted(v, x, g_model=model)   # noqa: E731
+      apply = lambda v, x: jitted(v, x, g_model=model)  # noqa: E731
     self.variables, self._apply = variables, apply
 
   def forward(self, x: np.ndarray) -> np.ndarray:
     """One batch (B, H, W, C) at the model's input size -> numpy SR (B, H*f, W*f, C)."""
     return np.asarray(self._apply(self.variables, x))
 
-  def __call__(self, lr: np.ndarray, *, factors: tuple[int, int] | None = None,
-               bicubic: np.ndarray | None = None,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
+  def __call__(
+    self,
+    lr: np.ndarray,
+    *,
+    factors: tuple[int, int] | None = None,
+    bicubic: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+  ) -> np.ndarray:
     """lr (N, h, w) float32 in [0, 1] -> SR (N, h*fy, w*fx) in [0, 1]; (N, h, w, 1) -> (N, H, W, 1).
 
     factors: (fy, fx) of the LR grid, (scale, scale) by default (anisotropic pairs need a model
@@ -72,12 +89,23 @@ class Predictor:
     progress: called with the number of slices finished after each batch.
     """
     lr = np.asarray(lr)
-    channel = lr.ndim == 4 and lr.shape[-1] == 1   # the models' NHWC layout, one (grey) channel
+    channel = lr.ndim == 4 and lr.shape[-1] == 1  # the models' NHWC layout, one (grey) channel
     if channel:
       lr = lr[..., 0]
       bicubic = None if bicubic is None else np.asarray(bicubic)[..., 0]
     g = self.geometry
-    sr = tiling.super_resolve(self.forward, lr, g.scale, g.size_multiple, g.upsampled_input,
-                              tile=self.tile, overlap=self.overlap, batch=self.batch, factors=factors,
-                              bicubic=bicubic, fixed_batch=self.fixed_batch, progress=progress)
+    sr = tiling.super_resolve(
+      self.forward,
+      lr,
+      g.scale,
+      g.size_multiple,
+      g.upsampled_input,
+      tile=self.tile,
+      overlap=self.overlap,
+      batch=self.batch,
+      factors=factors,
+      bicubic=bicubic,
+      fixed_batch=self.fixed_batch,
+      progress=progress,
+    )
     return sr[..., None] if channel else sr

@@ -10,6 +10,7 @@
 A signal that arrives during a compile, a validation pass or a checkpoint write is held until that
 work ends: the loop finishes the step it is on, saves, and exits. A second Ctrl-C aborts at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ from absl import logging
 def _sync_manager_running() -> bool:
   # jax has no public query for this; the attribute is what jax.distributed.initialize sets.
   from jax._src import distributed
+
   return getattr(distributed.global_state, 'preemption_sync_manager', None) is not None
 
 
@@ -55,8 +57,11 @@ class PreemptionGuard:
     if signum == signal.SIGINT:
       # a second Ctrl-C aborts without saving
       signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
-    logging.warning('received %s: the run saves a checkpoint at the next step all processes reach, then '
-                    'stops%s', name, ' (Ctrl-C again to abort without saving)' if signum == signal.SIGINT else '')
+    logging.warning(
+      'received %s: the run saves a checkpoint at the next step all processes reach, then stops%s',
+      name,
+      ' (Ctrl-C again to abort without saving)' if signum == signal.SIGINT else '',
+    )
     if self._multiprocess:
       os.kill(os.getpid(), signal.SIGTERM)  # jax's preemption notifier takes it to every process
     else:
@@ -66,6 +71,7 @@ class PreemptionGuard:
     """True on every process at the one step where they all save and stop."""
     if self._multiprocess:
       from jax.experimental import multihost_utils
+
       return bool(multihost_utils.reached_preemption_sync_point(int(step)))
     return self._flag is not None
 

@@ -5,6 +5,7 @@ train.py adds the loop (data, jit on the mesh, checkpoints, logs); benchmarks an
 pieces directly, so they time and test exactly what training runs. Every function here takes the
 RunSpec (a ConfigDict is resolved first, so direct callers get the same checks).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ from mrisr_jax.train_state import TrainState
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """A stage of the recipe placed on the step axis."""
+
   spec: StageSpec
   start: int  # global step at which the stage begins
   end: int  # global step at which it ends (exclusive)
@@ -65,9 +67,10 @@ def stage_schedules(stage: Stage, steps_per_epoch: int) -> dict:
   times the batch-size factor, after its warm-up (stage field warmup_epochs)."""
   s = stage.spec
   lr_g, lr_d = s.lr_g * stage.lr_scale, s.lr_d * stage.lr_scale  # x * 1.0 == x: unscaled runs unchanged
-  return {'g': make_schedule(s.schedule, lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor,
-                             s.warmup_epochs),
-          'd': make_schedule(s.schedule, lr_d, steps_per_epoch, s.schedule_epochs, s.factor_d, s.warmup_epochs)}
+  return {
+    'g': make_schedule(s.schedule, lr_g, steps_per_epoch, s.schedule_epochs, s.schedule_factor, s.warmup_epochs),
+    'd': make_schedule(s.schedule, lr_d, steps_per_epoch, s.schedule_epochs, s.factor_d, s.warmup_epochs),
+  }
 
 
 def _scale_by_name(multipliers: dict) -> optax.GradientTransformation:
@@ -75,9 +78,11 @@ def _scale_by_name(multipliers: dict) -> optax.GradientTransformation:
 
   Applied after Adam, so it scales the step size exactly as a per-layer learning rate does.
   """
+
   def scale(updates, params=None):
     del params
     return {k: jax.tree.map(lambda u, f=multipliers.get(k, 1.0): u * f, v) for k, v in updates.items()}
+
   return optax.stateless(scale)
 
 
@@ -114,10 +119,16 @@ def loss_spec(run: RunSpec, stage: Stage) -> steps.LossSpec:
   s, loss = stage.spec, resolve(run).loss
   _, p_weights, s_weights = _taps(loss)
   return steps.LossSpec(
-      pixel=s.pixel_loss, pixel_weight=float(s.pixel_weight), perceptual_weight=float(s.perceptual_weight),
-      perceptual_layer_weights=tuple(map(float, p_weights)), perceptual_criterion=loss.perceptual_criterion,
-      style_weight=float(s.style_weight), style_layer_weights=tuple(map(float, s_weights)),
-      adversarial_weight=float(s.adversarial_weight) if s.kind == 'gan' else 0.0, gan=loss.gan)
+    pixel=s.pixel_loss,
+    pixel_weight=float(s.pixel_weight),
+    perceptual_weight=float(s.perceptual_weight),
+    perceptual_layer_weights=tuple(map(float, p_weights)),
+    perceptual_criterion=loss.perceptual_criterion,
+    style_weight=float(s.style_weight),
+    style_layer_weights=tuple(map(float, s_weights)),
+    adversarial_weight=float(s.adversarial_weight) if s.kind == 'gan' else 0.0,
+    gan=loss.gan,
+  )
 
 
 def needs_vgg(run: RunSpec, stages: list[Stage]) -> bool:
@@ -130,13 +141,18 @@ def load_perceptual(loss_cfg: LossConfig, dtype: str = 'float32') -> tuple[Calla
   the params stay float32."""
   if not isinstance(loss_cfg, LossConfig):  # a config.loss section
     from mrisr_jax.spec import loss_config
+
     loss_cfg = loss_config(loss_cfg)
   taps, _, _ = _taps(loss_cfg)
   last = max(taps)
   arch = loss_cfg.vgg_arch
-  model = vgg_lib.VGGFeatures(arch=arch, last_layer=last, taps=tuple(taps),
-                              normalize_input=bool(loss_cfg.vgg_imagenet_norm),
-                              dtype=registry.compute_dtype(dtype))
+  model = vgg_lib.VGGFeatures(
+    arch=arch,
+    last_layer=last,
+    taps=tuple(taps),
+    normalize_input=bool(loss_cfg.vgg_imagenet_norm),
+    dtype=registry.compute_dtype(dtype),
+  )
   if loss_cfg.vgg_weights:
     try:
       params = vgg_lib.load_vgg_params(loss_cfg.vgg_weights, arch, last)
@@ -145,15 +161,21 @@ def load_perceptual(loss_cfg: LossConfig, dtype: str = 'float32') -> tuple[Calla
     logging.info('perceptual loss: %s features[:%d] from %s', arch, last + 1, loss_cfg.vgg_weights)
   elif loss_cfg.allow_random_vgg:
     params = vgg_lib.init_vgg_params(jax.random.PRNGKey(0), arch, last)
-    logging.warning('perceptual loss: RANDOMLY INITIALISED %s features (config.loss.allow_random_vgg=True); '
-                    'this is not the seed recipe without ImageNet weights (config.loss.vgg_weights)', arch)
+    logging.warning(
+      'perceptual loss: RANDOMLY INITIALISED %s features (config.loss.allow_random_vgg=True); '
+      'this is not the seed recipe without ImageNet weights (config.loss.vgg_weights)',
+      arch,
+    )
   else:
-    url = {'vgg19': 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
-           'vgg16': 'https://download.pytorch.org/models/vgg16-397923af.pth'}.get(arch, '')
+    url = {
+      'vgg19': 'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
+      'vgg16': 'https://download.pytorch.org/models/vgg16-397923af.pth',
+    }.get(arch, '')
     raise vgg_lib.VGGWeightsError(
-        f'config.loss.vgg_weights is empty: the perceptual/style loss needs ImageNet {arch} weights. Download '
-        f'torchvision\'s {url.rsplit("/", 1)[-1]} ({url}) and pass --config.loss.vgg_weights=PATH '
-        '(or a .npz from tools/convert_vgg.py)')
+      f'config.loss.vgg_weights is empty: the perceptual/style loss needs ImageNet {arch} weights. Download '
+      f"torchvision's {url.rsplit('/', 1)[-1]} ({url}) and pass --config.loss.vgg_weights=PATH "
+      '(or a .npz from tools/convert_vgg.py)'
+    )
   return functools.partial(_apply_vgg, model), params
 
 
@@ -170,10 +192,16 @@ def network_inits(run: RunSpec, g_model, d_model) -> tuple[Callable, Callable]:
   run = resolve(run)
   hr_h, hr_w = run.data.hr_patch_size
   in_h, in_w = registry.input_size(g_model, run.lr_patch_shape)
-  g_init = lambda rng: g_model.init({'params': rng}, jnp.zeros((1, in_h, in_w, run.model.in_channels)),  # noqa: E731
-                                    train=False)
-  d_init = lambda rng: d_model.init({'params': rng}, jnp.zeros((1, hr_h, hr_w, run.model.out_channels)),  # noqa: E731
-                                    train=False)
+  g_init = lambda rng: g_model.init(
+    {'params': rng},
+    jnp.zeros((1, in_h, in_w, run.model.in_channels)),  # noqa: E731
+    train=False,
+  )
+  d_init = lambda rng: d_model.init(
+    {'params': rng},
+    jnp.zeros((1, hr_h, hr_w, run.model.out_channels)),  # noqa: E731
+    train=False,
+  )
   return g_init, d_init
 
 
@@ -185,11 +213,17 @@ def init_state_fn(run: RunSpec, g_model, d_model, g_tx, d_tx) -> Callable:
   def init(rng):
     g_rng, d_rng = jax.random.split(rng)
     g_vars, d_vars = g_init(g_rng), d_init(d_rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'],
-                      g_batch_stats=g_vars.get('batch_stats', {}), d_params=d_vars['params'],
-                      d_batch_stats=d_vars.get('batch_stats', {}), g_opt_state=g_tx.init(g_vars['params']),
-                      d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(run.seed + 1),
-                      g_ema_params=g_vars['params'] if run.ema_decay > 0 else {})
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_vars['params'],
+      g_batch_stats=g_vars.get('batch_stats', {}),
+      d_params=d_vars['params'],
+      d_batch_stats=d_vars.get('batch_stats', {}),
+      g_opt_state=g_tx.init(g_vars['params']),
+      d_opt_state=d_tx.init(d_vars['params']),
+      rng=jax.random.PRNGKey(run.seed + 1),
+      g_ema_params=g_vars['params'] if run.ema_decay > 0 else {},
+    )
 
   return init
 
@@ -200,7 +234,17 @@ def stage_step(run: RunSpec, stage: Stage, g_model, d_model, g_tx, d_tx, vgg: Ca
   spec = loss_spec(run, stage)
   ema, accum = run.ema_decay, run.grad_accum_steps
   if stage.spec.kind == 'gan':
-    return functools.partial(steps.gan_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
-                             loss=spec, vgg=vgg, ema_decay=ema, grad_accum_steps=accum)
-  return functools.partial(steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg,
-                           ema_decay=ema, grad_accum_steps=accum)
+    return functools.partial(
+      steps.gan_step,
+      g_model=g_model,
+      d_model=d_model,
+      g_tx=g_tx,
+      d_tx=d_tx,
+      loss=spec,
+      vgg=vgg,
+      ema_decay=ema,
+      grad_accum_steps=accum,
+    )
+  return functools.partial(
+    steps.generator_step, g_model=g_model, g_tx=g_tx, loss=spec, vgg=vgg, ema_decay=ema, grad_accum_steps=accum
+  )

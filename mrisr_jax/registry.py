@@ -8,6 +8,7 @@ through `losses.PIXEL_LOSSES` / `losses.GAN_LOSSES` with the same `lookup`.
 
 Importing this module imports neither jax nor torch (`interop.convert` needs only numpy).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ def lookup(table: dict, kind: str, name: str):
 
 class Model(NamedTuple):
   """A model's entry; every part is imported on use (a config names a model without importing all)."""
+
   kind: str  # 'generator' or 'discriminator'
   module: str  # 'module:Class' of the flax module
   torch: str  # its mirror, a class in mrisr_jax.interop.torch_models
@@ -45,22 +47,23 @@ class Model(NamedTuple):
 _G, _D = 'generator', 'discriminator'
 # System by system, generator before discriminator: the order `convert.SUPPORTED` lists them in.
 MODELS: dict[str, Model] = {
-    'srcnn': Model(_G, 'mrisr_jax.models.srcnn:SRCNN', 'TorchSRCNN', 'srcnn_key_map'),
-    'drrn': Model(_G, 'mrisr_jax.models.drrn:DRRN', 'TorchDRRN', 'drrn_key_map'),
-    'edsr': Model(_G, 'mrisr_jax.models.edsr:EDSR', 'TorchEDSR', 'edsr_key_map'),
-    'rdn': Model(_G, 'mrisr_jax.models.rdn:RDN', 'TorchRDN', 'rdn_key_map'),
-    'casr': Model(_G, 'mrisr_jax.models.casr:CASR', 'TorchCASR', 'casr_key_map'),
-    'casrgan_d': Model(_D, 'mrisr_jax.models.discriminator:CASRGANDiscriminator',
-                       'TorchGANDiscriminator', 'casrgan_d_key_map'),
-    'fagan': Model(_G, 'mrisr_jax.models.fagan:FAGANGenerator', 'TorchFAGANGenerator', 'fagan_key_map'),
-    'fagan_sn_d': Model(_D, 'mrisr_jax.models.fagan:FAGANDiscriminator', 'TorchFAGANDiscriminator',
-                        'fagan_sn_d_key_map'),
-    'srdcgan': Model(_G, 'mrisr_jax.models.srdcgan:SRDCGANGenerator', 'TorchSRDCGANGenerator',
-                     'srdcgan_key_map'),
-    'srdcgan_d': Model(_D, 'mrisr_jax.models.srdcgan:SRDCGANDiscriminator', 'TorchSRDCGANDiscriminator',
-                       'srdcgan_d_key_map'),
-    'perceptual_sr': Model(_G, 'mrisr_jax.models.perceptual_sr:PerceptualSRNet', 'TorchPerceptualSRNet',
-                           'perceptual_sr_key_map'),
+  'srcnn': Model(_G, 'mrisr_jax.models.srcnn:SRCNN', 'TorchSRCNN', 'srcnn_key_map'),
+  'drrn': Model(_G, 'mrisr_jax.models.drrn:DRRN', 'TorchDRRN', 'drrn_key_map'),
+  'edsr': Model(_G, 'mrisr_jax.models.edsr:EDSR', 'TorchEDSR', 'edsr_key_map'),
+  'rdn': Model(_G, 'mrisr_jax.models.rdn:RDN', 'TorchRDN', 'rdn_key_map'),
+  'casr': Model(_G, 'mrisr_jax.models.casr:CASR', 'TorchCASR', 'casr_key_map'),
+  'casrgan_d': Model(
+    _D, 'mrisr_jax.models.discriminator:CASRGANDiscriminator', 'TorchGANDiscriminator', 'casrgan_d_key_map'
+  ),
+  'fagan': Model(_G, 'mrisr_jax.models.fagan:FAGANGenerator', 'TorchFAGANGenerator', 'fagan_key_map'),
+  'fagan_sn_d': Model(_D, 'mrisr_jax.models.fagan:FAGANDiscriminator', 'TorchFAGANDiscriminator', 'fagan_sn_d_key_map'),
+  'srdcgan': Model(_G, 'mrisr_jax.models.srdcgan:SRDCGANGenerator', 'TorchSRDCGANGenerator', 'srdcgan_key_map'),
+  'srdcgan_d': Model(
+    _D, 'mrisr_jax.models.srdcgan:SRDCGANDiscriminator', 'TorchSRDCGANDiscriminator', 'srdcgan_d_key_map'
+  ),
+  'perceptual_sr': Model(
+    _G, 'mrisr_jax.models.perceptual_sr:PerceptualSRNet', 'TorchPerceptualSRNet', 'perceptual_sr_key_map'
+  ),
 }
 # name -> 'module:Class', by kind
 GENERATORS: dict[str, str] = {n: m.module for n, m in MODELS.items() if m.kind == _G}
@@ -70,6 +73,7 @@ SCALES = (2, 3, 4, 8)  # union over the models; each model class says which it s
 
 def compute_dtype(name: str):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   return getattr(jnp, lookup({n: n for n in _DTYPES}, 'config.model.dtype', name))
 
 
@@ -78,6 +82,7 @@ def resolve_scan_unroll(scan_unroll: int, depth: int) -> int:
   if scan_unroll > 0:
     return scan_unroll
   import jax
+
   return depth if jax.default_backend() == 'cpu' else 1
 
 
@@ -115,8 +120,7 @@ def _kwargs(cls, cfg: ml_collections.ConfigDict, prefix: str, skip=()) -> dict:
     if key == 'name' or key in skip:
       continue
     if key not in known:
-      raise UnknownNameError(f'{prefix}.{key} is not a field of {cls.__name__}; its fields: '
-                             f'{", ".join(sorted(known))}')
+      raise UnknownNameError(f'{prefix}.{key} is not a field of {cls.__name__}; its fields: {", ".join(sorted(known))}')
     kw[key] = tuple(value) if isinstance(value, list) else value
   if 'dtype' in kw:
     kw['dtype'] = compute_dtype(kw['dtype'])

@@ -28,18 +28,18 @@ from PIL import Image, ImageDraw
 from mrisr_jax import fileio
 
 __all__ = [
-    "CAPTION_H",
-    "GAP",
-    "GridLayout",
-    "apply_colormap",
-    "grid_layout",
-    "image_grid",
-    "save_png",
-    "to_uint8",
-    "link_report",
-    "replace_section",
-    "to_jsonable",
-    "write_report",
+  'CAPTION_H',
+  'GAP',
+  'GridLayout',
+  'apply_colormap',
+  'grid_layout',
+  'image_grid',
+  'save_png',
+  'to_uint8',
+  'link_report',
+  'replace_section',
+  'to_jsonable',
+  'write_report',
 ]
 
 #: Height in pixels of the caption strip above every row of panels.
@@ -49,22 +49,22 @@ GAP = 2
 BACKGROUND = (0, 0, 0)
 CAPTION_COLOR = (255, 255, 255)
 BOX_COLOR = (0, 255, 128)
-DEFAULT_LABELS = ("LR (nearest)", "Bicubic", "SR", "HR")
+DEFAULT_LABELS = ('LR (nearest)', 'Bicubic', 'SR', 'HR')
 
 # Anchor colours of a magma-like ramp (black -> purple -> orange -> pale yellow).
 _MAGMA_ANCHORS = np.array(
-    [
-        (0, 0, 4),
-        (28, 16, 68),
-        (79, 18, 123),
-        (129, 37, 129),
-        (181, 54, 122),
-        (229, 80, 100),
-        (251, 135, 97),
-        (254, 194, 135),
-        (252, 253, 191),
-    ],
-    dtype=np.float64,
+  [
+    (0, 0, 4),
+    (28, 16, 68),
+    (79, 18, 123),
+    (129, 37, 129),
+    (181, 54, 122),
+    (229, 80, 100),
+    (251, 135, 97),
+    (254, 194, 135),
+    (252, 253, 191),
+  ],
+  dtype=np.float64,
 )
 
 
@@ -74,44 +74,44 @@ _MAGMA_ANCHORS = np.array(
 
 
 def to_uint8(img, vmax: float | None = None) -> np.ndarray:
-    """Map ``img`` to uint8: ``round(clip(img, 0, v) / v * 255)`` with ``v = vmax or 1``.
+  """Map ``img`` to uint8: ``round(clip(img, 0, v) / v * 255)`` with ``v = vmax or 1``.
 
-    NaNs become 0. The shape is unchanged.
-    """
-    v = 1.0 if vmax is None else float(vmax)
-    if not v > 0:
-        raise ValueError(f"vmax must be > 0, got {vmax}")
-    x = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=v, neginf=0.0)
-    return np.round(np.clip(x, 0.0, v) / v * 255.0).astype(np.uint8)
+  NaNs become 0. The shape is unchanged.
+  """
+  v = 1.0 if vmax is None else float(vmax)
+  if not v > 0:
+    raise ValueError(f'vmax must be > 0, got {vmax}')
+  x = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=v, neginf=0.0)
+  return np.round(np.clip(x, 0.0, v) / v * 255.0).astype(np.uint8)
 
 
 def apply_colormap(values, vmax: float) -> np.ndarray:
-    """Colour ``values`` with a magma-like ramp: 0 -> near black, ``vmax`` -> pale yellow.
+  """Colour ``values`` with a magma-like ramp: 0 -> near black, ``vmax`` -> pale yellow.
 
-    Values are clipped to ``[0, vmax]``; the result is uint8 with a trailing RGB axis.
-    """
-    vmax = float(vmax)
-    if not vmax > 0:
-        raise ValueError(f"vmax must be > 0, got {vmax}")
-    t = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)) / vmax, 0.0, 1.0)
-    xp = np.linspace(0.0, 1.0, len(_MAGMA_ANCHORS))
-    rgb = np.stack([np.interp(t, xp, _MAGMA_ANCHORS[:, c]) for c in range(3)], axis=-1)
-    return np.round(rgb).astype(np.uint8)
+  Values are clipped to ``[0, vmax]``; the result is uint8 with a trailing RGB axis.
+  """
+  vmax = float(vmax)
+  if not vmax > 0:
+    raise ValueError(f'vmax must be > 0, got {vmax}')
+  t = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)) / vmax, 0.0, 1.0)
+  xp = np.linspace(0.0, 1.0, len(_MAGMA_ANCHORS))
+  rgb = np.stack([np.interp(t, xp, _MAGMA_ANCHORS[:, c]) for c in range(3)], axis=-1)
+  return np.round(rgb).astype(np.uint8)
 
 
 def _gray_rgb(img_u8: np.ndarray) -> np.ndarray:
-    return np.repeat(img_u8[..., None], 3, axis=-1)
+  return np.repeat(img_u8[..., None], 3, axis=-1)
 
 
 def _upsample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize: ``out[i, j] = img[i * h // H, j * w // W]``.
+  """Nearest-neighbour resize: ``out[i, j] = img[i * h // H, j * w // W]``.
 
-    For an integer factor this equals ``np.repeat`` along both axes.
-    """
-    h, w = img.shape
-    rows = (np.arange(shape[0]) * h) // shape[0]
-    cols = (np.arange(shape[1]) * w) // shape[1]
-    return img[rows[:, None], cols[None, :]]
+  For an integer factor this equals ``np.repeat`` along both axes.
+  """
+  h, w = img.shape
+  rows = (np.arange(shape[0]) * h) // shape[0]
+  cols = (np.arange(shape[1]) * w) // shape[1]
+  return img[rows[:, None], cols[None, :]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,262 +121,258 @@ def _upsample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GridLayout:
-    """Geometry of :func:`image_grid`.
+  """Geometry of :func:`image_grid`.
 
-    ``panel_origins[i]`` is the ``(row, col)`` of the top-left image pixel of panel ``i``
-    (0 LR, 1 bicubic, 2 SR, 3 HR, 4 error) in the first row; each panel is ``H x W``.
-    ``zoom_origins[i]`` is the top-left pixel of the enlarged region of panel ``i``
-    (``h*zoom_factor x w*zoom_factor``) in the second row, empty without ``zoom``.
-    """
+  ``panel_origins[i]`` is the ``(row, col)`` of the top-left image pixel of panel ``i``
+  (0 LR, 1 bicubic, 2 SR, 3 HR, 4 error) in the first row; each panel is ``H x W``.
+  ``zoom_origins[i]`` is the top-left pixel of the enlarged region of panel ``i``
+  (``h*zoom_factor x w*zoom_factor``) in the second row, empty without ``zoom``.
+  """
 
-    shape: tuple[int, int, int]
-    panel_shape: tuple[int, int]
-    panel_origins: list = field(default_factory=list)
-    zoom_origins: list = field(default_factory=list)
-    zoom_factor: int = 0
+  shape: tuple[int, int, int]
+  panel_shape: tuple[int, int]
+  panel_origins: list = field(default_factory=list)
+  zoom_origins: list = field(default_factory=list)
+  zoom_factor: int = 0
 
 
 N_PANELS = 5
 
 
 def grid_layout(hr_shape, zoom=None) -> GridLayout:
-    """Layout of :func:`image_grid` for an HR slice of shape ``(H, W)``.
+  """Layout of :func:`image_grid` for an HR slice of shape ``(H, W)``.
 
-    Without zoom the grid is ``(CAPTION_H + H, 5*W + 4*GAP, 3)``: a caption strip of
-    ``CAPTION_H`` rows above five ``H x W`` panels separated by ``GAP`` columns.
+  Without zoom the grid is ``(CAPTION_H + H, 5*W + 4*GAP, 3)``: a caption strip of
+  ``CAPTION_H`` rows above five ``H x W`` panels separated by ``GAP`` columns.
 
-    With ``zoom=(y, x, h, w)`` the enlargement factor is
-    ``z = max(1, min(H // h, W // w))`` and a second row of height ``CAPTION_H + h*z``
-    follows after ``GAP`` rows, so the grid is
-    ``(2*CAPTION_H + H + GAP + h*z, 5*W + 4*GAP, 3)``; each enlarged region is centred
-    horizontally in its ``W``-wide column.
-    """
-    H, W = int(hr_shape[0]), int(hr_shape[1])
-    width = N_PANELS * W + (N_PANELS - 1) * GAP
-    origins = [(CAPTION_H, i * (W + GAP)) for i in range(N_PANELS)]
-    if zoom is None:
-        return GridLayout((CAPTION_H + H, width, 3), (H, W), origins)
-    y, x, h, w = (int(v) for v in zoom)
-    if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
-        raise ValueError(f"zoom {zoom} is not a region inside the {H}x{W} HR image")
-    z = max(1, min(H // h, W // w))
-    top = CAPTION_H + H + GAP + CAPTION_H
-    zoom_origins = [(top, i * (W + GAP) + (W - w * z) // 2) for i in range(N_PANELS)]
-    return GridLayout((top + h * z, width, 3), (H, W), origins, zoom_origins, z)
+  With ``zoom=(y, x, h, w)`` the enlargement factor is
+  ``z = max(1, min(H // h, W // w))`` and a second row of height ``CAPTION_H + h*z``
+  follows after ``GAP`` rows, so the grid is
+  ``(2*CAPTION_H + H + GAP + h*z, 5*W + 4*GAP, 3)``; each enlarged region is centred
+  horizontally in its ``W``-wide column.
+  """
+  H, W = int(hr_shape[0]), int(hr_shape[1])
+  width = N_PANELS * W + (N_PANELS - 1) * GAP
+  origins = [(CAPTION_H, i * (W + GAP)) for i in range(N_PANELS)]
+  if zoom is None:
+    return GridLayout((CAPTION_H + H, width, 3), (H, W), origins)
+  y, x, h, w = (int(v) for v in zoom)
+  if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
+    raise ValueError(f'zoom {zoom} is not a region inside the {H}x{W} HR image')
+  z = max(1, min(H // h, W // w))
+  top = CAPTION_H + H + GAP + CAPTION_H
+  zoom_origins = [(top, i * (W + GAP) + (W - w * z) // 2) for i in range(N_PANELS)]
+  return GridLayout((top + h * z, width, 3), (H, W), origins, zoom_origins, z)
 
 
 def _caption_strip(text: str, width: int) -> np.ndarray:
-    """A ``(CAPTION_H, width, 3)`` strip with ``text`` in PIL's default font (clipped)."""
-    im = Image.new("RGB", (width, CAPTION_H), BACKGROUND)
-    ImageDraw.Draw(im).text((2, 1), text, fill=CAPTION_COLOR)
-    return np.asarray(im)
+  """A ``(CAPTION_H, width, 3)`` strip with ``text`` in PIL's default font (clipped)."""
+  im = Image.new('RGB', (width, CAPTION_H), BACKGROUND)
+  ImageDraw.Draw(im).text((2, 1), text, fill=CAPTION_COLOR)
+  return np.asarray(im)
 
 
 def _draw_box(panel: np.ndarray, zoom) -> np.ndarray:
-    """Outline the zoom region one pixel outside it (clipped to the panel)."""
-    y, x, h, w = zoom
-    im = Image.fromarray(panel)
-    ImageDraw.Draw(im).rectangle([x - 1, y - 1, x + w, y + h], outline=BOX_COLOR, width=1)
-    return np.asarray(im).copy()
+  """Outline the zoom region one pixel outside it (clipped to the panel)."""
+  y, x, h, w = zoom
+  im = Image.fromarray(panel)
+  ImageDraw.Draw(im).rectangle([x - 1, y - 1, x + w, y + h], outline=BOX_COLOR, width=1)
+  return np.asarray(im).copy()
 
 
 def image_grid(lr, bicubic, sr, hr, *, zoom=None, err_max: float | None = None, labels=None):
-    """Side-by-side comparison image, uint8 ``(rows, cols, 3)``.
+  """Side-by-side comparison image, uint8 ``(rows, cols, 3)``.
 
-    Panels, left to right: LR (nearest-upsampled to the HR size) | bicubic | SR | HR |
-    ``|SR - HR|``. The four images are shown as ``to_uint8(x)`` (``[0, 1]`` -> 0..255,
-    grey); the error map uses :func:`apply_colormap` scaled to ``[0, err_max]``
-    (default: the largest error, at least 1e-6), and its caption states that max. Each
-    panel has a caption (PIL default font, clipped to the panel width) in a strip of
-    ``CAPTION_H`` rows above it, so the image pixels themselves are untouched. ``labels`` overrides the first four
-    captions.
+  Panels, left to right: LR (nearest-upsampled to the HR size) | bicubic | SR | HR |
+  ``|SR - HR|``. The four images are shown as ``to_uint8(x)`` (``[0, 1]`` -> 0..255,
+  grey); the error map uses :func:`apply_colormap` scaled to ``[0, err_max]``
+  (default: the largest error, at least 1e-6), and its caption states that max. Each
+  panel has a caption (PIL default font, clipped to the panel width) in a strip of
+  ``CAPTION_H`` rows above it, so the image pixels themselves are untouched. ``labels`` overrides the first four
+  captions.
 
-    ``zoom=(y, x, h, w)`` (HR pixels) adds a second row with that region of every panel
-    enlarged by an integer factor (nearest), and outlines the region on the first row
-    (the outline lies just outside the region). See :func:`grid_layout` for the exact
-    shape and panel positions.
-    """
-    hr = np.asarray(hr, dtype=np.float64)
-    if hr.ndim != 2:
-        raise ValueError(f"expected 2-D slices, got hr {hr.shape}")
-    bicubic = np.asarray(bicubic, dtype=np.float64)
-    sr = np.asarray(sr, dtype=np.float64)
-    lr = np.asarray(lr, dtype=np.float64)
-    for name, a in (("bicubic", bicubic), ("sr", sr)):
-        if a.shape != hr.shape:
-            raise ValueError(f"{name} shape {a.shape} != hr shape {hr.shape}")
-    if lr.ndim != 2 or lr.shape[0] > hr.shape[0] or lr.shape[1] > hr.shape[1]:
-        raise ValueError(f"lr shape {lr.shape} must be 2-D and not larger than hr {hr.shape}")
+  ``zoom=(y, x, h, w)`` (HR pixels) adds a second row with that region of every panel
+  enlarged by an integer factor (nearest), and outlines the region on the first row
+  (the outline lies just outside the region). See :func:`grid_layout` for the exact
+  shape and panel positions.
+  """
+  hr = np.asarray(hr, dtype=np.float64)
+  if hr.ndim != 2:
+    raise ValueError(f'expected 2-D slices, got hr {hr.shape}')
+  bicubic = np.asarray(bicubic, dtype=np.float64)
+  sr = np.asarray(sr, dtype=np.float64)
+  lr = np.asarray(lr, dtype=np.float64)
+  for name, a in (('bicubic', bicubic), ('sr', sr)):
+    if a.shape != hr.shape:
+      raise ValueError(f'{name} shape {a.shape} != hr shape {hr.shape}')
+  if lr.ndim != 2 or lr.shape[0] > hr.shape[0] or lr.shape[1] > hr.shape[1]:
+    raise ValueError(f'lr shape {lr.shape} must be 2-D and not larger than hr {hr.shape}')
 
-    layout = grid_layout(hr.shape, zoom)
-    err = np.abs(sr - hr)
-    emax = max(float(err.max()), 1e-6) if err_max is None else float(err_max)
-    panels = [
-        _gray_rgb(to_uint8(_upsample_nearest(lr, hr.shape))),
-        _gray_rgb(to_uint8(bicubic)),
-        _gray_rgb(to_uint8(sr)),
-        _gray_rgb(to_uint8(hr)),
-        apply_colormap(err, emax),
-    ]
-    names = list(DEFAULT_LABELS if labels is None else labels)
-    if len(names) != 4:
-        raise ValueError("labels must name the 4 image panels")
-    names.append(f"|SR-HR| [0, {emax:.3g}]")
+  layout = grid_layout(hr.shape, zoom)
+  err = np.abs(sr - hr)
+  emax = max(float(err.max()), 1e-6) if err_max is None else float(err_max)
+  panels = [
+    _gray_rgb(to_uint8(_upsample_nearest(lr, hr.shape))),
+    _gray_rgb(to_uint8(bicubic)),
+    _gray_rgb(to_uint8(sr)),
+    _gray_rgb(to_uint8(hr)),
+    apply_colormap(err, emax),
+  ]
+  names = list(DEFAULT_LABELS if labels is None else labels)
+  if len(names) != 4:
+    raise ValueError('labels must name the 4 image panels')
+  names.append(f'|SR-HR| [0, {emax:.3g}]')
 
-    canvas = np.zeros(layout.shape, dtype=np.uint8)
-    canvas[...] = BACKGROUND
-    H, W = hr.shape
-    crops = []
+  canvas = np.zeros(layout.shape, dtype=np.uint8)
+  canvas[...] = BACKGROUND
+  H, W = hr.shape
+  crops = []
+  if zoom is not None:
+    y, x, h, w = (int(v) for v in zoom)
+    crops = [p[y : y + h, x : x + w] for p in panels]
+    panels = [_draw_box(p, (y, x, h, w)) for p in panels]
+  for i, p in enumerate(panels):
+    r0, c0 = layout.panel_origins[i]
+    canvas[r0 : r0 + H, c0 : c0 + W] = p
+  if zoom is not None:
+    z = layout.zoom_factor
+    for i, c in enumerate(crops):
+      big = np.repeat(np.repeat(c, z, axis=0), z, axis=1)
+      r0, c0 = layout.zoom_origins[i]
+      canvas[r0 : r0 + big.shape[0], c0 : c0 + big.shape[1]] = big
+
+  for i, name in enumerate(names):
+    r0, c0 = layout.panel_origins[i]
+    canvas[r0 - CAPTION_H : r0, c0 : c0 + W] = _caption_strip(name, W)
     if zoom is not None:
-        y, x, h, w = (int(v) for v in zoom)
-        crops = [p[y : y + h, x : x + w] for p in panels]
-        panels = [_draw_box(p, (y, x, h, w)) for p in panels]
-    for i, p in enumerate(panels):
-        r0, c0 = layout.panel_origins[i]
-        canvas[r0 : r0 + H, c0 : c0 + W] = p
-    if zoom is not None:
-        z = layout.zoom_factor
-        for i, c in enumerate(crops):
-            big = np.repeat(np.repeat(c, z, axis=0), z, axis=1)
-            r0, c0 = layout.zoom_origins[i]
-            canvas[r0 : r0 + big.shape[0], c0 : c0 + big.shape[1]] = big
-
-    for i, name in enumerate(names):
-        r0, c0 = layout.panel_origins[i]
-        canvas[r0 - CAPTION_H : r0, c0 : c0 + W] = _caption_strip(name, W)
-        if zoom is not None:
-            zr, _ = layout.zoom_origins[i]
-            c0 = i * (W + GAP)
-            canvas[zr - CAPTION_H : zr, c0 : c0 + W] = _caption_strip(
-                f"zoom x{layout.zoom_factor}", W
-            )
-    return canvas
+      zr, _ = layout.zoom_origins[i]
+      c0 = i * (W + GAP)
+      canvas[zr - CAPTION_H : zr, c0 : c0 + W] = _caption_strip(f'zoom x{layout.zoom_factor}', W)
+  return canvas
 
 
 def save_png(path, array) -> str:
-    """Write ``array`` as a PNG (creating parent folders) and return the path as ``str``.
+  """Write ``array`` as a PNG (creating parent folders) and return the path as ``str``.
 
-    ``array`` is uint8 ``(H, W)`` or ``(H, W, 3|4)``; a float array is first passed
-    through :func:`to_uint8` (``[0, 1]`` -> 0..255).
-    """
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.floating):
-            raise TypeError(f"save_png expects uint8 or float data, got {a.dtype}")
-        a = to_uint8(a)
-    return str(fileio.write_png(path, a))
+  ``array`` is uint8 ``(H, W)`` or ``(H, W, 3|4)``; a float array is first passed
+  through :func:`to_uint8` (``[0, 1]`` -> 0..255).
+  """
+  a = np.asarray(array)
+  if a.dtype != np.uint8:
+    if not np.issubdtype(a.dtype, np.floating):
+      raise TypeError(f'save_png expects uint8 or float data, got {a.dtype}')
+    a = to_uint8(a)
+  return str(fileio.write_png(path, a))
 
 
 # ---------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------
 
-_METRIC_COLUMNS = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("nmse", "NMSE"))
+_METRIC_COLUMNS = (('psnr', 'PSNR (dB)'), ('ssim', 'SSIM'), ('nmse', 'NMSE'))
 
 
 def _fmt(key: str, v) -> str:
-    if v is None:
-        return "—"
-    v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if key == "psnr":
-        return f"{v:.2f}"
-    if key == "ssim":
-        return f"{v:.4f}"
-    if key == "nmse":
-        return f"{v:.5f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
-    if key == "gain":
-        return f"{v:+.2f}"
-    return f"{v:.4g}"
+  if v is None:
+    return '—'
+  v = float(v)
+  if math.isnan(v):
+    return 'nan'
+  if math.isinf(v):
+    return 'inf' if v > 0 else '-inf'
+  if key == 'psnr':
+    return f'{v:.2f}'
+  if key == 'ssim':
+    return f'{v:.4f}'
+  if key == 'nmse':
+    return f'{v:.5f}' if abs(v) >= 1e-3 or v == 0 else f'{v:.3e}'
+  if key == 'gain':
+    return f'{v:+.2f}'
+  return f'{v:.4g}'
 
 
 def _method_order(keys) -> list[str]:
-    keys = list(keys)
-    first = [k for k in ("model", "bicubic") if k in keys]
-    return first + [k for k in keys if k not in first]
+  keys = list(keys)
+  first = [k for k in ('model', 'bicubic') if k in keys]
+  return first + [k for k in keys if k not in first]
 
 
 def _gain(m: Mapping | None, ref: Mapping | None):
-    if not m or not ref or "psnr" not in m or "psnr" not in ref:
-        return None
-    return float(m["psnr"]) - float(ref["psnr"])
+  if not m or not ref or 'psnr' not in m or 'psnr' not in ref:
+    return None
+  return float(m['psnr']) - float(ref['psnr'])
 
 
 def _summary_rows(summary: Mapping) -> tuple[list[str], list[list[str]]]:
-    header = ["method"] + [label for _, label in _METRIC_COLUMNS]
-    has_ref = "bicubic" in summary
+  header = ['method'] + [label for _, label in _METRIC_COLUMNS]
+  has_ref = 'bicubic' in summary
+  if has_ref:
+    header.append('ΔPSNR vs bicubic (dB)')
+  rows = []
+  for name in _method_order(summary):
+    m = summary[name] or {}
+    row = [str(name)] + [_fmt(k, m.get(k)) for k, _ in _METRIC_COLUMNS]
     if has_ref:
-        header.append("ΔPSNR vs bicubic (dB)")
-    rows = []
-    for name in _method_order(summary):
-        m = summary[name] or {}
-        row = [str(name)] + [_fmt(k, m.get(k)) for k, _ in _METRIC_COLUMNS]
-        if has_ref:
-            row.append(_fmt("gain", _gain(m, summary["bicubic"])))
-        rows.append(row)
-    return header, rows
+      row.append(_fmt('gain', _gain(m, summary['bicubic'])))
+    rows.append(row)
+  return header, rows
 
 
 def _per_volume_rows(per_volume: Sequence[Mapping]) -> tuple[list[str], list[list[str]]]:
-    methods: list[str] = []
-    for r in per_volume:
-        for k, v in r.items():
-            if isinstance(v, Mapping) and k not in methods:
-                methods.append(k)
-    methods = _method_order(methods)
-    header = ["volume"]
+  methods: list[str] = []
+  for r in per_volume:
+    for k, v in r.items():
+      if isinstance(v, Mapping) and k not in methods:
+        methods.append(k)
+  methods = _method_order(methods)
+  header = ['volume']
+  for m in methods:
+    header += [f'{m} {label}' for _, label in _METRIC_COLUMNS]
+  gain = 'model' in methods and 'bicubic' in methods
+  if gain:
+    header.append('ΔPSNR (dB)')
+  rows = []
+  for r in per_volume:
+    row = [str(r.get('volume', ''))]
     for m in methods:
-        header += [f"{m} {label}" for _, label in _METRIC_COLUMNS]
-    gain = "model" in methods and "bicubic" in methods
+      vals = r.get(m) or {}
+      row += [_fmt(k, vals.get(k)) for k, _ in _METRIC_COLUMNS]
     if gain:
-        header.append("ΔPSNR (dB)")
-    rows = []
-    for r in per_volume:
-        row = [str(r.get("volume", ""))]
-        for m in methods:
-            vals = r.get(m) or {}
-            row += [_fmt(k, vals.get(k)) for k, _ in _METRIC_COLUMNS]
-        if gain:
-            row.append(_fmt("gain", _gain(r.get("model"), r.get("bicubic"))))
-        rows.append(row)
-    return header, rows
+      row.append(_fmt('gain', _gain(r.get('model'), r.get('bicubic'))))
+    rows.append(row)
+  return header, rows
 
 
 def _md_table(header, rows) -> list[str]:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+  def line(cells):
+    return '| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |'
 
-    return [line(header), "|" + "|".join(["---"] * len(header)) + "|"] + [line(r) for r in rows]
+  return [line(header), '|' + '|'.join(['---'] * len(header)) + '|'] + [line(r) for r in rows]
 
 
 def _html_table(header, rows) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+  esc = html.escape
+  head = ''.join(f'<th>{esc(h)}</th>' for h in header)
+  body = ''.join('<tr>' + ''.join(f'<td>{esc(c)}</td>' for c in r) + '</tr>' for r in rows)
+  return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def to_jsonable(x):
-    if isinstance(x, Mapping):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return to_jsonable(x.tolist())
-    if isinstance(x, np.bool_):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, os.PathLike):
-        return os.fspath(x)
-    return x
+  if isinstance(x, Mapping):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return to_jsonable(x.tolist())
+  if isinstance(x, np.bool_):
+    return bool(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.floating):
+    return float(x)
+  if isinstance(x, os.PathLike):
+    return os.fspath(x)
+  return x
 
 
 _CSS = """
@@ -390,150 +386,148 @@ figcaption{font-size:0.9em;color:#555}
 
 
 def write_report(
-    out_dir,
-    *,
-    title: str,
-    summary: Mapping,
-    per_volume: Sequence[Mapping],
-    images: Sequence[str],
-    notes: Sequence[str] = (),
+  out_dir,
+  *,
+  title: str,
+  summary: Mapping,
+  per_volume: Sequence[Mapping],
+  images: Sequence[str],
+  notes: Sequence[str] = (),
 ) -> dict:
-    """Write ``report.md``, ``report.html`` and ``metrics.json`` into ``out_dir``.
+  """Write ``report.md``, ``report.html`` and ``metrics.json`` into ``out_dir``.
 
-    ``summary`` maps a method name to its metrics, e.g.
-    ``{'model': {'psnr':..,'ssim':..,'nmse':..}, 'bicubic': {...}}``; rows are ordered
-    model, bicubic, then the other keys, with a "ΔPSNR vs bicubic" column
-    (``psnr[method] - psnr['bicubic']``) when ``'bicubic'`` is present; the model's
-    PSNR/SSIM gain over bicubic is also stated in a sentence. ``per_volume`` rows look
-    like ``{'volume': name, 'model': {...}, 'bicubic': {...}}``. ``images`` are paths
-    relative to ``out_dir`` (shown as markdown images and ``<img src>``), ``notes`` are
-    listed at the end. Numbers are printed as PSNR ``%.2f``, SSIM ``%.4f``, NMSE
-    ``%.5f`` (``%.3e`` below 1e-3).
+  ``summary`` maps a method name to its metrics, e.g.
+  ``{'model': {'psnr':..,'ssim':..,'nmse':..}, 'bicubic': {...}}``; rows are ordered
+  model, bicubic, then the other keys, with a "ΔPSNR vs bicubic" column
+  (``psnr[method] - psnr['bicubic']``) when ``'bicubic'`` is present; the model's
+  PSNR/SSIM gain over bicubic is also stated in a sentence. ``per_volume`` rows look
+  like ``{'volume': name, 'model': {...}, 'bicubic': {...}}``. ``images`` are paths
+  relative to ``out_dir`` (shown as markdown images and ``<img src>``), ``notes`` are
+  listed at the end. Numbers are printed as PSNR ``%.2f``, SSIM ``%.4f``, NMSE
+  ``%.5f`` (``%.3e`` below 1e-3).
 
-    ``metrics.json`` holds ``{'title', 'summary', 'per_volume', 'images', 'notes'}``
-    (numpy scalars converted; an infinite PSNR is written as ``Infinity``, which Python's
-    ``json`` reads back). ``out_dir`` is created if needed. Returns
-    ``{'markdown': path, 'html': path, 'json': path}`` (``str`` paths).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = [os.fspath(p) for p in images]
-    notes = [str(n) for n in notes]
-    s_head, s_rows = _summary_rows(summary)
-    v_head, v_rows = _per_volume_rows(per_volume)
+  ``metrics.json`` holds ``{'title', 'summary', 'per_volume', 'images', 'notes'}``
+  (numpy scalars converted; an infinite PSNR is written as ``Infinity``, which Python's
+  ``json`` reads back). ``out_dir`` is created if needed. Returns
+  ``{'markdown': path, 'html': path, 'json': path}`` (``str`` paths).
+  """
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  images = [os.fspath(p) for p in images]
+  notes = [str(n) for n in notes]
+  s_head, s_rows = _summary_rows(summary)
+  v_head, v_rows = _per_volume_rows(per_volume)
 
-    gain_line = None
-    if "model" in summary and "bicubic" in summary:
-        m, b = summary["model"] or {}, summary["bicubic"] or {}
-        parts = []
-        g = _gain(m, b)
-        if g is not None:
-            parts.append(f"{_fmt('gain', g)} dB PSNR")
-        if "ssim" in m and "ssim" in b:
-            parts.append(f"{float(m['ssim']) - float(b['ssim']):+.4f} SSIM")
-        if parts:
-            gain_line = "Model gain over bicubic: " + ", ".join(parts) + "."
+  gain_line = None
+  if 'model' in summary and 'bicubic' in summary:
+    m, b = summary['model'] or {}, summary['bicubic'] or {}
+    parts = []
+    g = _gain(m, b)
+    if g is not None:
+      parts.append(f'{_fmt("gain", g)} dB PSNR')
+    if 'ssim' in m and 'ssim' in b:
+      parts.append(f'{float(m["ssim"]) - float(b["ssim"]):+.4f} SSIM')
+    if parts:
+      gain_line = 'Model gain over bicubic: ' + ', '.join(parts) + '.'
 
-    # ---- markdown
-    md = [f"# {title}", "", "## Summary", ""]
-    md += _md_table(s_head, s_rows)
-    if gain_line:
-        md += ["", gain_line]
-    md += ["", f"## Per volume ({len(per_volume)})", ""]
-    md += _md_table(v_head, v_rows) if per_volume else ["(none)"]
-    if images:
-        md += ["", "## Images", ""]
-        for p in images:
-            md += [f"![{Path(p).stem}]({quote(p.replace(os.sep, '/'))})", ""]
-    if notes:
-        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    md_path = out / "report.md"
-    fileio.write_text(md_path, "\n".join(md).rstrip("\n") + "\n")
+  # ---- markdown
+  md = [f'# {title}', '', '## Summary', '']
+  md += _md_table(s_head, s_rows)
+  if gain_line:
+    md += ['', gain_line]
+  md += ['', f'## Per volume ({len(per_volume)})', '']
+  md += _md_table(v_head, v_rows) if per_volume else ['(none)']
+  if images:
+    md += ['', '## Images', '']
+    for p in images:
+      md += [f'![{Path(p).stem}]({quote(p.replace(os.sep, "/"))})', '']
+  if notes:
+    md += ['', '## Notes', ''] + [f'- {n}' for n in notes]
+  md_path = out / 'report.md'
+  fileio.write_text(md_path, '\n'.join(md).rstrip('\n') + '\n')
 
-    # ---- html
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        "<h2>Summary</h2>",
-        _html_table(s_head, s_rows),
-    ]
-    if gain_line:
-        parts.append(f"<p>{esc(gain_line)}</p>")
-    parts.append(f"<h2>Per volume ({len(per_volume)})</h2>")
-    parts.append(_html_table(v_head, v_rows) if per_volume else "<p>(none)</p>")
-    if images:
-        parts.append("<h2>Images</h2>")
-        for p in images:
-            src = esc(quote(p.replace(os.sep, "/")), quote=True)
-            parts.append(
-                f'<figure><img src="{src}" alt="{esc(Path(p).stem, quote=True)}">'
-                f"<figcaption>{esc(p)}</figcaption></figure>"
-            )
-    if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    parts.append("</body></html>")
-    html_path = out / "report.html"
-    fileio.write_text(html_path, "\n".join(parts) + "\n")
+  # ---- html
+  esc = html.escape
+  parts = [
+    '<!DOCTYPE html>',
+    '<html lang="en"><head><meta charset="utf-8">',
+    f'<title>{esc(title)}</title><style>{_CSS}</style></head><body>',
+    f'<h1>{esc(title)}</h1>',
+    '<h2>Summary</h2>',
+    _html_table(s_head, s_rows),
+  ]
+  if gain_line:
+    parts.append(f'<p>{esc(gain_line)}</p>')
+  parts.append(f'<h2>Per volume ({len(per_volume)})</h2>')
+  parts.append(_html_table(v_head, v_rows) if per_volume else '<p>(none)</p>')
+  if images:
+    parts.append('<h2>Images</h2>')
+    for p in images:
+      src = esc(quote(p.replace(os.sep, '/')), quote=True)
+      parts.append(
+        f'<figure><img src="{src}" alt="{esc(Path(p).stem, quote=True)}"><figcaption>{esc(p)}</figcaption></figure>'
+      )
+  if notes:
+    parts.append('<h2>Notes</h2><ul>' + ''.join(f'<li>{esc(n)}</li>' for n in notes) + '</ul>')
+  parts.append('</body></html>')
+  html_path = out / 'report.html'
+  fileio.write_text(html_path, '\n'.join(parts) + '\n')
 
-    # ---- json
-    payload = {
-        "title": title,
-        "summary": to_jsonable(summary),
-        "per_volume": to_jsonable(list(per_volume)),
-        "images": images,
-        "notes": notes,
-    }
-    json_path = out / "metrics.json"
-    fileio.write_json(json_path, payload)
+  # ---- json
+  payload = {
+    'title': title,
+    'summary': to_jsonable(summary),
+    'per_volume': to_jsonable(list(per_volume)),
+    'images': images,
+    'notes': notes,
+  }
+  json_path = out / 'metrics.json'
+  fileio.write_json(json_path, payload)
 
-    return {"markdown": str(md_path), "html": str(html_path), "json": str(json_path)}
+  return {'markdown': str(md_path), 'html': str(html_path), 'json': str(json_path)}
 
 
 def link_report(workdir, title: str, target) -> str:
-    """List ``target`` (a report page or figure) in ``workdir/index.html``, the run's front page.
+  """List ``target`` (a report page or figure) in ``workdir/index.html``, the run's front page.
 
-    Entries live in ``workdir/reports.json`` as ``{'title', 'href'}`` with ``href`` relative to
-    the workdir; linking the same target again replaces its title. Returns the index path.
-    """
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    href = os.path.relpath(os.path.abspath(target), os.path.abspath(work)).replace(os.sep, "/")
-    listing = work / "reports.json"
-    try:
-        entries = json.loads(listing.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        entries = []
-    entries = [e for e in entries if isinstance(e, dict) and e.get("href") != href]
-    entries.append({"title": str(title), "href": href})
-    fileio.write_json(listing, entries)   # atomic: evaluations may link concurrently
-    esc = html.escape
-    items = "".join(
-        f'<li><a href="{esc(quote(e["href"]), quote=True)}">{esc(e["title"])}</a>'
-        f" <code>{esc(e['href'])}</code></li>"
-        for e in entries
-    )
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(work.name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{esc(work.name)}</h1><h2>Reports</h2><ul>{items}</ul></body></html>\n"
-    )
-    index = work / "index.html"
-    fileio.write_text(index, page)
-    return str(index)
+  Entries live in ``workdir/reports.json`` as ``{'title', 'href'}`` with ``href`` relative to
+  the workdir; linking the same target again replaces its title. Returns the index path.
+  """
+  work = Path(workdir)
+  work.mkdir(parents=True, exist_ok=True)
+  href = os.path.relpath(os.path.abspath(target), os.path.abspath(work)).replace(os.sep, '/')
+  listing = work / 'reports.json'
+  try:
+    entries = json.loads(listing.read_text(encoding='utf-8'))
+  except (OSError, ValueError):
+    entries = []
+  entries = [e for e in entries if isinstance(e, dict) and e.get('href') != href]
+  entries.append({'title': str(title), 'href': href})
+  fileio.write_json(listing, entries)  # atomic: evaluations may link concurrently
+  esc = html.escape
+  items = ''.join(
+    f'<li><a href="{esc(quote(e["href"]), quote=True)}">{esc(e["title"])}</a> <code>{esc(e["href"])}</code></li>'
+    for e in entries
+  )
+  page = (
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    f'<title>{esc(work.name)}</title><style>{_CSS}</style></head><body>'
+    f'<h1>{esc(work.name)}</h1><h2>Reports</h2><ul>{items}</ul></body></html>\n'
+  )
+  index = work / 'index.html'
+  fileio.write_text(index, page)
+  return str(index)
 
 
 def replace_section(path, section: str, heading: str) -> None:
-    """Put ``section`` (which starts and ends with its ``<!-- x:begin -->``/``<!-- x:end -->``
-    markers) into the markdown file ``path``: in place of the marked block, or appended under
-    ``heading`` when the file has none. The benchmark tools write ``docs/benchmarks.md`` so."""
-    begin, end = section.splitlines()[0], section.splitlines()[-1]
-    p = Path(path)
-    text = p.read_text(encoding="utf-8") if p.exists() else ""
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + f"\n\n{heading}\n\n" + section + "\n"
-    fileio.write_text(p, text)
+  """Put ``section`` (which starts and ends with its ``<!-- x:begin -->``/``<!-- x:end -->``
+  markers) into the markdown file ``path``: in place of the marked block, or appended under
+  ``heading`` when the file has none. The benchmark tools write ``docs/benchmarks.md`` so."""
+  begin, end = section.splitlines()[0], section.splitlines()[-1]
+  p = Path(path)
+  text = p.read_text(encoding='utf-8') if p.exists() else ''
+  if begin in text:
+    text = re.sub(re.escape(begin) + '.*?' + re.escape(end), lambda _: section, text, flags=re.S)
+  else:
+    text = text.rstrip() + f'\n\n{heading}\n\n' + section + '\n'
+  fileio.write_text(p, text)

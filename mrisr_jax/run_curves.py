@@ -7,6 +7,7 @@
 train.py writes with clu's ``create_default_writer`` (TF2 summary writer): scalars are stored as
 0-d float32 tensor summaries (``tensor_content`` bytes, plugin ``scalars``), not ``simple_value``.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,6 +38,7 @@ def _scalar_of(value) -> float | None:
   """The float of a scalar summary value, or None for images, histograms, hparams, text."""
   # Lazy: tensorboard (and the TensorFlow it pulls in when installed) is slow to import.
   from tensorboard.util import tensor_util
+
   kind = value.WhichOneof('value')
   if kind == 'simple_value':  # TF1-style scalars
     return float(value.simple_value)
@@ -98,8 +100,7 @@ def read_scalars(workdir: str | os.PathLike) -> Scalars:
 
 def _loss_tags(scalars: Mapping) -> list[str]:
   # Gradient norms live on another scale than the loss terms; they are left out.
-  return sorted(t for t in scalars
-                if t.startswith('train/') and not t.startswith('train/lr_') and 'grad' not in t)
+  return sorted(t for t in scalars if t.startswith('train/') and not t.startswith('train/lr_') and 'grad' not in t)
 
 
 def _lr_tags(scalars: Mapping) -> list[str]:
@@ -128,8 +129,7 @@ def _plot_lrs(ax, scalars, tags) -> None:
   for tag in tags:
     steps, values = scalars[tag]
     any_positive |= bool(np.any(values > 0))
-    ax.plot(steps, _positive_only(values), label=tag.removeprefix('train/'),
-            marker='.' if steps.size < 20 else None)
+    ax.plot(steps, _positive_only(values), label=tag.removeprefix('train/'), marker='.' if steps.size < 20 else None)
   if any_positive:
     ax.set_yscale('log')
   ax.set_title('learning rates')
@@ -140,8 +140,7 @@ def _plot_psnr(ax, scalars, tags) -> None:
   for tag, label in PSNR_TAGS:
     if tag in tags:
       steps, values = scalars[tag]
-      ax.plot(steps, values, label=label, marker='o', markersize=3,
-              linestyle='--' if label == 'bicubic' else '-')
+      ax.plot(steps, values, label=label, marker='o', markersize=3, linestyle='--' if label == 'bicubic' else '-')
   ax.set_title('validation PSNR')
   ax.set_ylabel('PSNR (dB)')
 
@@ -149,13 +148,15 @@ def _plot_psnr(ax, scalars, tags) -> None:
 def _write_png_atomic(fig, out: Path) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from mrisr_jax import fileio
+
   FigureCanvasAgg(fig)
   # readers (a browser on the run's index) never see a half-written PNG
   fileio.atomic_write(out, lambda tmp: fig.savefig(tmp, format='png'))
 
 
-def plot_curves(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]], out_path: str | os.PathLike,
-                title: str = '') -> str:
+def plot_curves(
+  scalars: Mapping[str, tuple[np.ndarray, np.ndarray]], out_path: str | os.PathLike, title: str = ''
+) -> str:
   """Writes losses | learning rates | validation PSNR vs step as a PNG; returns its path.
 
   A panel whose tags are absent is left out; with none of them, :class:`RunCurvesError`.
@@ -173,8 +174,10 @@ def plot_curves(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]], out_path: 
   if psnr_tags:
     panels.append((_plot_psnr, psnr_tags))
   if not panels:
-    raise RunCurvesError('nothing to plot: no train/* loss, train/lr_* or val/*_psnr scalars '
-                         f'(tags: {", ".join(sorted(scalars)) or "none"})')
+    raise RunCurvesError(
+      'nothing to plot: no train/* loss, train/lr_* or val/*_psnr scalars '
+      f'(tags: {", ".join(sorted(scalars)) or "none"})'
+    )
 
   fig = Figure(figsize=(5.0 * len(panels), 4.0), dpi=100, layout='constrained')
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -197,4 +200,3 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
   root = Path(workdir)
   out_path = Path(out) if out is not None else root / 'report' / 'curves.png'
   return plot_curves(scalars, out_path, title=root.resolve().name)
-

@@ -1,12 +1,14 @@
 """Learning-rate schedules, counted in optimizer steps and configured in epochs."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
 
 
-def make_schedule(kind: str, base_lr: float, steps_per_epoch: int, every_epochs: int,
-                  factor: float = 0.5, warmup_epochs: float = 0.0) -> optax.Schedule:
+def make_schedule(
+  kind: str, base_lr: float, steps_per_epoch: int, every_epochs: int, factor: float = 0.5, warmup_epochs: float = 0.0
+) -> optax.Schedule:
   """kind:
   - 'step': staircase, lr = base * factor ** floor(epoch / every) (the seed: halve every 30 epochs);
   - 'linear': the reference's LinearLR(start 1, end `factor`, total_iters=every) stepped per epoch:
@@ -27,6 +29,7 @@ def make_schedule(kind: str, base_lr: float, steps_per_epoch: int, every_epochs:
   def warmed(step):
     ramp = base_lr * (jnp.asarray(step, jnp.float32) + 1.0) / warmup
     return jnp.where(step < warmup, ramp, schedule(step))
+
   return warmed
 
 
@@ -34,11 +37,12 @@ def _decay(kind: str, base_lr: float, spe: int, every_epochs: int, factor: float
   if kind == 'constant':
     return optax.constant_schedule(base_lr)
   if kind == 'step':
-    return optax.exponential_decay(base_lr, transition_steps=every_epochs * spe,
-                                   decay_rate=factor, staircase=True)
+    return optax.exponential_decay(base_lr, transition_steps=every_epochs * spe, decay_rate=factor, staircase=True)
   if kind == 'linear':
+
     def linear(step):
       epoch = jnp.minimum(jnp.floor_divide(step, spe), every_epochs)
       return base_lr * (1.0 - (1.0 - factor) * epoch / every_epochs)
+
     return linear
   raise ValueError(f'unknown schedule {kind!r}; known: constant, linear, step')

@@ -11,6 +11,7 @@ so each device holds 1/fsdp of the kernels, gradients and optimizer states (ZeRO
 
 Hosts hand numpy to `global_batch`, which assembles one global jax.Array from every process's share.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,8 @@ ACTIONS = (FSDP_LAST, FSDP_LARGEST, REPLICATED)
 # 'd_params/down_3/conv/kernel'; Dense kernels are (in, out). Optimizer states take their parameter's
 # sharding (matched on the path suffix), whatever the rules say about their own paths.
 DEFAULT_RULES = (
-    (r'(^|/)kernel$', FSDP_LAST),
-    (r'.*', REPLICATED),
+  (r'(^|/)kernel$', FSDP_LAST),
+  (r'.*', REPLICATED),
 )
 
 
@@ -51,6 +52,7 @@ def rules_for(run) -> tuple:
 def _error(message: str) -> ValueError:
   # config_check.ConfigError (a ValueError): one line to the user; imported here to keep imports light
   from mrisr_jax.config_check import ConfigError
+
   return ConfigError(message)
 
 
@@ -60,8 +62,9 @@ def mesh_shape(mesh_cfg, n_devices: int) -> dict[str, int]:
   cfg = {str(k): v for k, v in dict(mesh_cfg).items()}
   for name, size in cfg.items():
     if name not in AXES:
-      raise _error(f'config.mesh.{name}={size}: no parameter or batch is sharded over {name!r} '
-                   f'(known axes: {", ".join(AXES)})')
+      raise _error(
+        f'config.mesh.{name}={size}: no parameter or batch is sharded over {name!r} (known axes: {", ".join(AXES)})'
+      )
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or (size < 1 and size != -1):
       raise _error(f'config.mesh.{name}={size!r} must be a positive integer or -1 (the remaining devices)')
   sizes = {a: int(cfg.get(a, 1)) for a in AXES}
@@ -121,6 +124,7 @@ def host_replicated_to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Arr
 
 # --- parameter and optimizer-state shardings ---
 
+
 def _key_name(k) -> str:
   for attr in ('key', 'name', 'idx'):
     if hasattr(k, attr):
@@ -143,8 +147,9 @@ def check_rules(rules: Sequence) -> list[tuple[re.Pattern, Any]]:
     except (TypeError, ValueError, re.error) as e:
       raise _error(f'sharding rule {rule!r}: expected (regex, action) with a valid regex ({e})') from None
     if isinstance(action, str) and action not in ACTIONS:
-      raise _error(f'sharding rule {rule!r}: unknown action {action!r} (known: {", ".join(ACTIONS)} or a '
-                   'PartitionSpec)')
+      raise _error(
+        f'sharding rule {rule!r}: unknown action {action!r} (known: {", ".join(ACTIONS)} or a PartitionSpec)'
+      )
     out.append((pattern, action if isinstance(action, str) else P(*action)))
   return out
 
@@ -219,10 +224,13 @@ def state_shardings(mesh: Mesh, abstract_state, rules: Sequence = DEFAULT_RULES)
   refused (one line): those devices would only repeat the data axis's work with smaller batches."""
   specs = partition_specs(abstract_state, mesh, rules)
   n = mesh.shape.get(FSDP_AXIS, 1)
-  if n > 1 and not any(FSDP_AXIS in jax.tree.leaves(tuple(s)) for s in jax.tree.leaves(
-      specs, is_leaf=lambda x: isinstance(x, P))):
-    raise _error(f'config.mesh.fsdp={n}: no parameter is sharded over {FSDP_AXIS!r} (the sharding rules match no '
-                 f'parameter with an axis divisible by {n}); use config.mesh.data instead')
+  if n > 1 and not any(
+    FSDP_AXIS in jax.tree.leaves(tuple(s)) for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+  ):
+    raise _error(
+      f'config.mesh.fsdp={n}: no parameter is sharded over {FSDP_AXIS!r} (the sharding rules match no '
+      f'parameter with an axis divisible by {n}); use config.mesh.data instead'
+    )
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
@@ -240,9 +248,13 @@ def sharded_fraction(abstract_state, shardings, roots: tuple[str, ...] = ('g_par
 
 # --- compiled memory ---
 
-MEMORY_FIELDS = (('arguments', 'argument_size_in_bytes'), ('outputs', 'output_size_in_bytes'),
-                 ('aliased', 'alias_size_in_bytes'), ('temporaries', 'temp_size_in_bytes'),
-                 ('generated code', 'generated_code_size_in_bytes'))
+MEMORY_FIELDS = (
+  ('arguments', 'argument_size_in_bytes'),
+  ('outputs', 'output_size_in_bytes'),
+  ('aliased', 'alias_size_in_bytes'),
+  ('temporaries', 'temp_size_in_bytes'),
+  ('generated code', 'generated_code_size_in_bytes'),
+)
 
 
 def memory_stats(compiled) -> dict[str, int] | None:
@@ -257,7 +269,7 @@ def memory_stats(compiled) -> dict[str, int] | None:
   if m is None:
     return None
   out = {name: int(getattr(m, attr, 0) or 0) for name, attr in MEMORY_FIELDS}
-  out['total'] = (out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries'] + out['generated code'])
+  out['total'] = out['arguments'] + out['outputs'] - out['aliased'] + out['temporaries'] + out['generated code']
   return out
 
 
@@ -267,5 +279,8 @@ def memory_report(compiled) -> str:
   if stats is None:
     return 'memory per device: not reported by this backend'
   mib = {k: v / 2**20 for k, v in stats.items()}
-  return ('memory per device: ' + ', '.join(f'{k} {mib[k]:.1f} MiB' for k, _ in MEMORY_FIELDS) +
-          f'; total {mib["total"]:.1f} MiB')
+  return (
+    'memory per device: '
+    + ', '.join(f'{k} {mib[k]:.1f} MiB' for k, _ in MEMORY_FIELDS)
+    + f'; total {mib["total"]:.1f} MiB'
+  )

@@ -10,6 +10,7 @@ Every check names the key and the value at fault in one line (`ConfigError`), in
 that need two sections at once (a crop that does not fit the scale, a degradation the model cannot
 invert).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,6 +71,7 @@ def _get(section, key: str, default):
 class DataSpec:
   """config.data, resolved: `hr_patch_size` is (height, width), `degradation` a tuple of parsed-valid
   steps. The defaults below are the only ones (docs/data.md, docs/degradations.md)."""
+
   # --- where the data is ---
   root: str = ''  # '' = the embedded sample (MNI152 T1 in fastMRI h5 form)
   format: str = 'auto'  # auto | fastmri (*.h5) | nifti (*.nii, *.nii.gz) | images (HR/ + LR/x{s}/ PNGs)
@@ -125,13 +127,16 @@ def _data_error(cond: bool, msg: str) -> None:
 
 def _patch(value) -> tuple[int, int]:
   sides = list(value) if isinstance(value, (tuple, list)) else [value]
-  _data_error(len(sides) in (1, 2) and all(_is_int(v) and v >= 1 for v in sides),
-              f'data.hr_patch_size: {value!r} must be a positive integer or (height, width)')
+  _data_error(
+    len(sides) in (1, 2) and all(_is_int(v) and v >= 1 for v in sides),
+    f'data.hr_patch_size: {value!r} must be a positive integer or (height, width)',
+  )
   return int(sides[0]), int(sides[-1])
 
 
 def _degradation(value) -> tuple[str, ...]:
   from mrisr_jax.data import degrade
+
   steps = (value,) if isinstance(value, str) else tuple(value)
   try:
     degrade.parse_degradation(steps)
@@ -166,18 +171,22 @@ def data_spec(section) -> DataSpec:
   if section is not None:
     keys = section.keys() if hasattr(section, 'keys') else vars(section).keys()
     unknown = sorted(set(keys) - set(known))
-    _data_error(not unknown, f'data.{unknown[0] if unknown else ""}: not a data field; known: '
-                f'{", ".join(sorted(known))}')
+    _data_error(
+      not unknown, f'data.{unknown[0] if unknown else ""}: not a data field; known: {", ".join(sorted(known))}'
+    )
   base = DataSpec()
   v = {name: _plain(_get(section, name, getattr(base, name))) for name in known}
   v['format'] = _one_of(v['format'], 'format', FORMATS)
   v['scan'] = _one_of(v['scan'], 'scan', ('full', 'header'))
   v['lr_source'] = _one_of(v['lr_source'], 'lr_source', LR_SOURCES)
-  _data_error(_is_int(v['slice_axis']) and v['slice_axis'] in (0, 1, 2),
-              f'data.slice_axis: {v["slice_axis"]!r} must be 0, 1 or 2')
+  _data_error(
+    _is_int(v['slice_axis']) and v['slice_axis'] in (0, 1, 2), f'data.slice_axis: {v["slice_axis"]!r} must be 0, 1 or 2'
+  )
   pct = v['intensity_percentiles']
-  _data_error(isinstance(pct, tuple) and len(pct) == 2 and all(map(_is_number, pct)) and 0 <= pct[0] < pct[1] <= 100,
-              f'data.intensity_percentiles: {pct!r} must satisfy 0 <= low < high <= 100')
+  _data_error(
+    isinstance(pct, tuple) and len(pct) == 2 and all(map(_is_number, pct)) and 0 <= pct[0] < pct[1] <= 100,
+    f'data.intensity_percentiles: {pct!r} must satisfy 0 <= low < high <= 100',
+  )
   acq = v['acquisitions']
   v['acquisitions'] = (acq,) if isinstance(acq, str) else tuple(acq)
   v['val_fraction'] = _fraction(v['val_fraction'], 'val_fraction', allow_zero=True)
@@ -202,6 +211,7 @@ class ModelSpec(Mapping):
   """config.model (or config.discriminator): `name` and the module's own fields, exactly as the module
   names them (registry builds `Module(**fields)`). A read-only mapping, so the registry reads it as it
   reads a config section; `upsampled_input` and `size_multiple` come from the built module."""
+
   name: str
   fields: tuple[tuple[str, Any], ...]
   upsampled_input: bool = False
@@ -250,6 +260,7 @@ def _module_fields(section) -> tuple[tuple[str, Any], ...]:
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
   """One stage of the recipe (config.stages[name]); the defaults below are the only ones."""
+
   name: str = ''
   kind: str = 'generator'  # 'generator' (content losses only) or 'gan' (adds D and the adversarial term)
   epochs: int = 60
@@ -291,23 +302,31 @@ def _stage_spec(name: str, section, loss_names) -> StageSpec:
   key = f'config.stages.{name}'
   known = set(StageSpec.defaults())
   unknown = sorted(set(section.keys()) - known)
-  _require(not unknown, f'{key}.{unknown[0] if unknown else ""} is not a stage field; known: '
-           f'{", ".join(sorted(known))}')
+  _require(
+    not unknown, f'{key}.{unknown[0] if unknown else ""} is not a stage field; known: {", ".join(sorted(known))}'
+  )
   v = {**StageSpec.defaults(), **{k: _plain(x) for k, x in section.items()}}
   _require(v['kind'] in STAGE_KINDS, f'{key}.kind={v["kind"]!r}; known: {", ".join(STAGE_KINDS)}')
   _require(v['schedule'] in SCHEDULES, f'{key}.schedule={v["schedule"]!r}; known: {", ".join(SCHEDULES)}')
   _require(v['pixel_loss'] in loss_names, f'{key}.pixel_loss={v["pixel_loss"]!r}; known: {", ".join(loss_names)}')
   _require(_is_int(v['epochs']) and v['epochs'] >= 0, f'{key}.epochs={v["epochs"]!r} must be an integer >= 0')
-  _require(_is_number(v['schedule_epochs']) and v['schedule_epochs'] > 0,
-           f'{key}.schedule_epochs={v["schedule_epochs"]!r} must be > 0')
-  _require(_is_number(v['warmup_epochs']) and v['warmup_epochs'] >= 0,
-           f'{key}.warmup_epochs={v["warmup_epochs"]!r} must be >= 0')
+  _require(
+    _is_number(v['schedule_epochs']) and v['schedule_epochs'] > 0,
+    f'{key}.schedule_epochs={v["schedule_epochs"]!r} must be > 0',
+  )
+  _require(
+    _is_number(v['warmup_epochs']) and v['warmup_epochs'] >= 0,
+    f'{key}.warmup_epochs={v["warmup_epochs"]!r} must be >= 0',
+  )
   for w in LOSS_WEIGHTS:
     _require(_is_number(v[w]) and v[w] >= 0, f'{key}.{w}={v[w]!r} must be >= 0')
   _require(any(v[w] > 0 for w in LOSS_WEIGHTS), f'{key}: every loss weight is 0 ({", ".join(LOSS_WEIGHTS)})')
   if v['kind'] == 'gan':
-    _require(v['adversarial_weight'] > 0, f'{key}.adversarial_weight={v["adversarial_weight"]}: a gan stage '
-             'needs a positive adversarial weight (use kind=generator otherwise)')
+    _require(
+      v['adversarial_weight'] > 0,
+      f'{key}.adversarial_weight={v["adversarial_weight"]}: a gan stage '
+      'needs a positive adversarial weight (use kind=generator otherwise)',
+    )
   return StageSpec(name=name, **v)
 
 
@@ -315,6 +334,7 @@ def _stage_spec(name: str, section, loss_names) -> StageSpec:
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """config.loss: the VGG feature losses and the GAN loss shared by every stage."""
+
   vgg_arch: str = 'vgg19'
   # torchvision layer name -> weight; 'convX_Y' is before its ReLU, 'reluX_Y' after.
   perceptual_layers: tuple[tuple[str, float], ...] = (('conv3_4', 1.0),)  # CASRGAN: VGG19 features[:17]
@@ -336,14 +356,18 @@ def loss_config(section) -> LossConfig:
   """A LossConfig from config.loss; a bad name or layer is one ConfigError naming the key."""
   from mrisr_jax import losses, registry
   from mrisr_jax.models import vgg as vgg_lib
+
   known = set(LossConfig.defaults())
   unknown = sorted(set(section.keys()) - known)
-  _require(not unknown, f'config.loss.{unknown[0] if unknown else ""} is not a loss field; known: '
-           f'{", ".join(sorted(known))}')
+  _require(
+    not unknown, f'config.loss.{unknown[0] if unknown else ""} is not a loss field; known: {", ".join(sorted(known))}'
+  )
   v = {**LossConfig.defaults(), **dict(section.items())}
   registry.lookup(losses.GAN_LOSSES, 'config.loss.gan', v['gan'])
-  _require(v['perceptual_criterion'] in ('mse', 'l1'),
-           f'config.loss.perceptual_criterion={v["perceptual_criterion"]!r}; known: l1, mse')
+  _require(
+    v['perceptual_criterion'] in ('mse', 'l1'),
+    f'config.loss.perceptual_criterion={v["perceptual_criterion"]!r}; known: l1, mse',
+  )
   for field in ('perceptual_layers', 'style_layers'):
     layers = tuple((str(n), float(w)) for n, w in dict(v[field]).items())
     for layer, _ in layers:
@@ -359,16 +383,30 @@ def loss_config(section) -> LossConfig:
 # ----------------------------------------------------------------------------------------------- run
 # The run-level fields with their defaults (config_base sets each of them; older configs may lack some).
 RUN_DEFAULTS = dict(
-    name='run', seed=0, batch_size=16, eval_batch_size=8, ema_decay=0.0, grad_accum_steps=1,
-    lr_scaling='none', base_batch_size=16, log_every_steps=50, image_every_steps=500, eval_every_steps=1000,
-    checkpoint_every_steps=1000, stop_after_steps=0, max_consecutive_skipped_steps=10, profile_steps='',
-    keep_checkpoints=3)
+  name='run',
+  seed=0,
+  batch_size=16,
+  eval_batch_size=8,
+  ema_decay=0.0,
+  grad_accum_steps=1,
+  lr_scaling='none',
+  base_batch_size=16,
+  log_every_steps=50,
+  image_every_steps=500,
+  eval_every_steps=1000,
+  checkpoint_every_steps=1000,
+  stop_after_steps=0,
+  max_consecutive_skipped_steps=10,
+  profile_steps='',
+  keep_checkpoints=3,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """The whole run, resolved. `config` is the ConfigDict it came from (for config.json and the
   TensorBoard hparams only)."""
+
   name: str
   seed: int
   model: ModelSpec
@@ -410,7 +448,7 @@ class RunSpec:
     ('linear'), its square root ('sqrt') or 1 ('none'); the stages' lr_g / lr_d are the rates at
     base_batch_size."""
     ratio = self.batch_size / self.base_batch_size
-    return {'none': 1.0, 'linear': ratio, 'sqrt': ratio ** 0.5}[self.lr_scaling]
+    return {'none': 1.0, 'linear': ratio, 'sqrt': ratio**0.5}[self.lr_scaling]
 
   def stage(self, name: str) -> StageSpec:
     return next(s for s in self.stages if s.name == name)
@@ -429,47 +467,65 @@ def parse_profile_steps(value: str) -> tuple[int, int]:
 
 def _model_spec(config) -> ModelSpec:
   from mrisr_jax import registry
+
   m = config.model
   cls = registry.generator_class(m.name)
   # the scale check is the generator's own (models.base.SRGenerator.scale_error); named by config key here
-  _require(cls.scale_error(m.scale) is None,
-           f'config.model.scale={m.scale!r} is not supported by {m.name} ({cls.__name__}); use one of '
-           f'{cls.supported_scales}')
+  _require(
+    cls.scale_error(m.scale) is None,
+    f'config.model.scale={m.scale!r} is not supported by {m.name} ({cls.__name__}); use one of {cls.supported_scales}',
+  )
   registry.compute_dtype(m.dtype)
   # float16 needs loss scaling (its range underflows small gradients), which is not implemented
-  for key, dtype in (('config.model.dtype', m.dtype), ('config.discriminator.dtype', config.discriminator.get('dtype'))):
+  for key, dtype in (
+    ('config.model.dtype', m.dtype),
+    ('config.discriminator.dtype', config.discriminator.get('dtype')),
+  ):
     _require(dtype != 'float16', f'{key}={dtype!r} is not supported (no loss scaling); use bfloat16 or float32')
   g = registry.build_generator(m)  # names any config field the module lacks
-  return ModelSpec(name=str(m.name), fields=_module_fields(m), upsampled_input=bool(g.upsampled_input),
-                   size_multiple=int(g.size_multiple))
+  return ModelSpec(
+    name=str(m.name),
+    fields=_module_fields(m),
+    upsampled_input=bool(g.upsampled_input),
+    size_multiple=int(g.size_multiple),
+  )
 
 
 def _check_fit(model: ModelSpec, data: DataSpec) -> None:
   """The crop and the degradation against the model: the checks that need both sections."""
   from mrisr_jax.data import degrade
+
   s, (ph, pw) = model.scale, data.hr_patch_size
   p = ph if ph == pw else (ph, pw)
   factors = degrade.lr_factors(data.degradation, s)
   if not model.upsampled_input:
-    _require(factors == (s, s), f'config.data.degradation={data.degradation!r} reduces (rows, columns) by '
-             f'{factors}, but {model.name} upsamples both by {s}; anisotropic degradations (thick slices) '
-             'need a model that takes the upsampled input (srcnn, drrn)')
-  _require(ph % s == 0 and pw % s == 0,
-           f'config.data.hr_patch_size={p} is not divisible by config.model.scale={s}')
-  _require(ph % factors[0] == 0 and pw % factors[1] == 0,
-           f'config.data.hr_patch_size={p} is not divisible by the degradation\'s reduction {factors}')
+    _require(
+      factors == (s, s),
+      f'config.data.degradation={data.degradation!r} reduces (rows, columns) by '
+      f'{factors}, but {model.name} upsamples both by {s}; anisotropic degradations (thick slices) '
+      'need a model that takes the upsampled input (srcnn, drrn)',
+    )
+  _require(ph % s == 0 and pw % s == 0, f'config.data.hr_patch_size={p} is not divisible by config.model.scale={s}')
+  _require(
+    ph % factors[0] == 0 and pw % factors[1] == 0,
+    f"config.data.hr_patch_size={p} is not divisible by the degradation's reduction {factors}",
+  )
   m = model.size_multiple
-  _require((ph // s) % m == 0 and (pw // s) % m == 0,
-           f'config.data.hr_patch_size={p}: the LR crop {ph // s}x{pw // s} must be a multiple of {m} for '
-           f'{model.name} (e.g. model.patch_size*model.window_size)')
-  _require(not data.transposes or (ph == pw and factors[0] == factors[1]),
-           f'config.data.transposes=True needs a square crop and an isotropic degradation (crop {p}, '
-           f'reduction {factors})')
+  _require(
+    (ph // s) % m == 0 and (pw // s) % m == 0,
+    f'config.data.hr_patch_size={p}: the LR crop {ph // s}x{pw // s} must be a multiple of {m} for '
+    f'{model.name} (e.g. model.patch_size*model.window_size)',
+  )
+  _require(
+    not data.transposes or (ph == pw and factors[0] == factors[1]),
+    f'config.data.transposes=True needs a square crop and an isotropic degradation (crop {p}, reduction {factors})',
+  )
 
 
 def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   """Checks `config` and returns its RunSpec; the first problem is one ConfigError naming the key."""
   from mrisr_jax import losses, registry
+
   if isinstance(config, RunSpec):
     return config
   model = _model_spec(config)
@@ -479,32 +535,51 @@ def resolve(config: ml_collections.ConfigDict) -> RunSpec:
     raise ConfigError(f'config.{e}' if str(e).startswith('data.') else f'config.data: {e}') from None
   _check_fit(model, data)
   g = {k: config.get(k, d) for k, d in RUN_DEFAULTS.items()}
-  _require(_is_int(g['batch_size']) and g['batch_size'] > 0, f'config.batch_size={g["batch_size"]!r} must be a '
-           'positive integer')
-  _require(_is_int(g['eval_batch_size']) and g['eval_batch_size'] > 0,
-           f'config.eval_batch_size={g["eval_batch_size"]!r} must be a positive integer')
-  _require(_is_number(g['ema_decay']) and 0 <= g['ema_decay'] < 1,
-           f'config.ema_decay={g["ema_decay"]!r} must be in [0, 1) (0 = no EMA)')
+  _require(
+    _is_int(g['batch_size']) and g['batch_size'] > 0,
+    f'config.batch_size={g["batch_size"]!r} must be a positive integer',
+  )
+  _require(
+    _is_int(g['eval_batch_size']) and g['eval_batch_size'] > 0,
+    f'config.eval_batch_size={g["eval_batch_size"]!r} must be a positive integer',
+  )
+  _require(
+    _is_number(g['ema_decay']) and 0 <= g['ema_decay'] < 1,
+    f'config.ema_decay={g["ema_decay"]!r} must be in [0, 1) (0 = no EMA)',
+  )
   k = g['grad_accum_steps']
   _require(_is_int(k) and k >= 1, f'config.grad_accum_steps={k!r} must be an integer >= 1')
-  _require(g['batch_size'] % k == 0, f'config.grad_accum_steps={k} does not divide config.batch_size='
-           f'{g["batch_size"]} (each step splits the batch into {k} equal micro-batches)')
+  _require(
+    g['batch_size'] % k == 0,
+    f'config.grad_accum_steps={k} does not divide config.batch_size='
+    f'{g["batch_size"]} (each step splits the batch into {k} equal micro-batches)',
+  )
   _require(g['lr_scaling'] in LR_SCALINGS, f'config.lr_scaling={g["lr_scaling"]!r}; known: {", ".join(LR_SCALINGS)}')
   base = g['base_batch_size']
   _require(_is_int(base) and base > 0, f'config.base_batch_size={base!r} must be a positive integer')
-  for name in ('log_every_steps', 'image_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-               'keep_checkpoints', 'max_consecutive_skipped_steps'):
+  for name in (
+    'log_every_steps',
+    'image_every_steps',
+    'eval_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'max_consecutive_skipped_steps',
+  ):
     _require(_is_int(g[name]) and g[name] > 0, f'config.{name}={g[name]!r} must be a positive integer')
-  _require(_is_int(g['stop_after_steps']) and g['stop_after_steps'] >= 0,
-           f'config.stop_after_steps={g["stop_after_steps"]!r} must be an integer >= 0 (0 = run to the end)')
+  _require(
+    _is_int(g['stop_after_steps']) and g['stop_after_steps'] >= 0,
+    f'config.stop_after_steps={g["stop_after_steps"]!r} must be an integer >= 0 (0 = run to the end)',
+  )
   if g['profile_steps']:
     parse_profile_steps(g['profile_steps'])
   order = tuple(config.stage_order)
   _require(len(order) > 0, 'config.stage_order is empty')
   stages = []
   for name in order:
-    _require(name in config.stages, f'config.stage_order names {name!r}, which is not in config.stages '
-             f'(known: {", ".join(config.stages.keys())})')
+    _require(
+      name in config.stages,
+      f'config.stage_order names {name!r}, which is not in config.stages (known: {", ".join(config.stages.keys())})',
+    )
     stage = _stage_spec(name, config.stages[name], tuple(losses.PIXEL_LOSSES))
     if stage.kind == 'gan':
       registry.discriminator_class(config.discriminator.name)
@@ -514,13 +589,29 @@ def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   rules = tuple(tuple(r) for r in (config.get('sharding_rules', ()) or ()))
   d = config.discriminator
   return RunSpec(
-      name=str(g['name']), seed=int(config.get('seed', 0)), model=model,
-      discriminator=ModelSpec(name=str(d.name), fields=_module_fields(d)), data=data, loss=loss,
-      stages=tuple(stages), batch_size=int(g['batch_size']), eval_batch_size=int(g['eval_batch_size']),
-      ema_decay=float(g['ema_decay']), grad_accum_steps=int(k), lr_scaling=str(g['lr_scaling']),
-      base_batch_size=int(base), lr_multipliers=_plain(config.get('lr_multipliers', None) or {}), mesh=mesh,
-      sharding_rules=rules, log_every_steps=int(g['log_every_steps']),
-      image_every_steps=int(g['image_every_steps']), eval_every_steps=int(g['eval_every_steps']),
-      checkpoint_every_steps=int(g['checkpoint_every_steps']), stop_after_steps=int(g['stop_after_steps']),
-      max_consecutive_skipped_steps=int(g['max_consecutive_skipped_steps']),
-      profile_steps=str(g['profile_steps']), keep_checkpoints=int(g['keep_checkpoints']), config=config)
+    name=str(g['name']),
+    seed=int(config.get('seed', 0)),
+    model=model,
+    discriminator=ModelSpec(name=str(d.name), fields=_module_fields(d)),
+    data=data,
+    loss=loss,
+    stages=tuple(stages),
+    batch_size=int(g['batch_size']),
+    eval_batch_size=int(g['eval_batch_size']),
+    ema_decay=float(g['ema_decay']),
+    grad_accum_steps=int(k),
+    lr_scaling=str(g['lr_scaling']),
+    base_batch_size=int(base),
+    lr_multipliers=_plain(config.get('lr_multipliers', None) or {}),
+    mesh=mesh,
+    sharding_rules=rules,
+    log_every_steps=int(g['log_every_steps']),
+    image_every_steps=int(g['image_every_steps']),
+    eval_every_steps=int(g['eval_every_steps']),
+    checkpoint_every_steps=int(g['checkpoint_every_steps']),
+    stop_after_steps=int(g['stop_after_steps']),
+    max_consecutive_skipped_steps=int(g['max_consecutive_skipped_steps']),
+    profile_steps=str(g['profile_steps']),
+    keep_checkpoints=int(g['keep_checkpoints']),
+    config=config,
+  )

@@ -8,6 +8,7 @@ A stage's generator loss is the weighted sum in `LossSpec`:
 Generators and discriminators may carry state besides params (BatchNorm running statistics,
 spectral-norm vectors) in `batch_stats`; training calls update it, as PyTorch's train() mode does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ VggFn = Callable[[Any, jax.Array], tuple]
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
   """The generator loss of one stage (static: hashable, part of the jitted function)."""
+
   pixel: str = 'l1'
   pixel_weight: float = 1.0
   perceptual_weight: float = 0.0
@@ -65,16 +67,21 @@ def _content_terms(sr, hr, hr_feats, vgg_params, vgg: VggFn | None, spec: LossSp
     sr_feats = vgg(vgg_params, losses.grey_to_rgb(sr))
     n_p = len(spec.perceptual_layer_weights)
     if spec.perceptual_weight > 0:
-      terms['perceptual'] = losses.perceptual(sr_feats[:n_p], hr_feats[:n_p], spec.perceptual_layer_weights,
-                                              spec.perceptual_criterion)
+      terms['perceptual'] = losses.perceptual(
+        sr_feats[:n_p], hr_feats[:n_p], spec.perceptual_layer_weights, spec.perceptual_criterion
+      )
     if spec.style_weight > 0:
       terms['style'] = losses.style(sr_feats[n_p:], hr_feats[n_p:], spec.style_layer_weights)
   return terms
 
 
 def _weighted(terms: dict, spec: LossSpec):
-  weights = {'pixel': spec.pixel_weight, 'perceptual': spec.perceptual_weight, 'style': spec.style_weight,
-             'adversarial': spec.adversarial_weight}
+  weights = {
+    'pixel': spec.pixel_weight,
+    'perceptual': spec.perceptual_weight,
+    'style': spec.style_weight,
+    'adversarial': spec.adversarial_weight,
+  }
   return sum(weights[k] * v for k, v in terms.items())
 
 
@@ -140,10 +147,18 @@ def _unless_skipped(ok: jax.Array, old: TrainState, new: TrainState) -> TrainSta
   return kept.replace(step=new.step)
 
 
-def generator_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model: nn.Module,
-                   g_tx: optax.GradientTransformation, loss: LossSpec = LossSpec(),
-                   vgg: VggFn | None = None, ema_decay: float = 0.999,
-                   grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+def generator_step(
+  state: TrainState,
+  batch: dict,
+  vgg_params: Any = None,
+  *,
+  g_model: nn.Module,
+  g_tx: optax.GradientTransformation,
+  loss: LossSpec = LossSpec(),
+  vgg: VggFn | None = None,
+  ema_decay: float = 0.999,
+  grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict]:
   """One generator update on the content loss (no discriminator): pre-training and fine-tuning stages.
 
   grad_accum_steps = k > 1: the batch runs as k micro-batches (`_split`) whose gradients are averaged
@@ -165,23 +180,42 @@ def generator_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_
     (total, (stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, stats, {'loss_g': total, **terms}
 
-  grads, g_stats, metrics = _accumulate(grad_fn, state.g_params, state.g_batch_stats, _split(batch, k), k,
-                                        _step_rng(state))
+  grads, g_stats, metrics = _accumulate(
+    grad_fn, state.g_params, state.g_batch_stats, _split(batch, k), k, _step_rng(state)
+  )
   metrics = _mean_over_micro(metrics, k)
   updates, g_opt_state = g_tx.update(grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
-  new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_stats,
-                            g_opt_state=g_opt_state, g_ema_params=_ema(state, g_params, ema_decay))
+  new_state = state.replace(
+    step=state.step + 1,
+    g_params=g_params,
+    g_batch_stats=g_stats,
+    g_opt_state=g_opt_state,
+    g_ema_params=_ema(state, g_params, ema_decay),
+  )
   grad_norm = optax.tree.norm(grads)
   ok = _finite(metrics['loss_g'], grad_norm)
   return _unless_skipped(ok, state, new_state), {
-      **metrics, 'grad_norm_g': grad_norm, 'skipped': 1.0 - ok.astype(jnp.float32)}
+    **metrics,
+    'grad_norm_g': grad_norm,
+    'skipped': 1.0 - ok.astype(jnp.float32),
+  }
 
 
-def gan_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model: nn.Module,
-             d_model: nn.Module, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
-             loss: LossSpec, vgg: VggFn | None = None, ema_decay: float = 0.999,
-             grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+def gan_step(
+  state: TrainState,
+  batch: dict,
+  vgg_params: Any = None,
+  *,
+  g_model: nn.Module,
+  d_model: nn.Module,
+  g_tx: optax.GradientTransformation,
+  d_tx: optax.GradientTransformation,
+  loss: LossSpec,
+  vgg: VggFn | None = None,
+  ema_decay: float = 0.999,
+  grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict]:
   """One G step (D scores SR), then one D step on SR.detach() and HR, as the CASRGAN reference.
 
   D runs in training mode throughout (PyTorch's model.train()): every D forward normalises with
@@ -232,7 +266,8 @@ def gan_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model:
 
   micro = _split(batch, k)
   g_grads, (g_stats, d_stats), (sr, g_terms) = _accumulate(
-      g_grad_fn, state.g_params, (state.g_batch_stats, state.d_batch_stats), micro, k, _step_rng(state))
+    g_grad_fn, state.g_params, (state.g_batch_stats, state.d_batch_stats), micro, k, _step_rng(state)
+  )
   g_terms = _mean_over_micro(g_terms, k)
   loss_g = g_terms.pop('loss_g')
   g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
@@ -244,26 +279,43 @@ def gan_step(state: TrainState, batch: dict, vgg_params: Any = None, *, g_model:
     def d_loss_fn(d_params):
       fake_logits, stats = run_d(d_params, d_stats, micro['sr'])
       real_logits, stats = run_d(d_params, stats, micro['hr'])
-      return gan.d(real_logits, fake_logits), (stats, {'d_real': jnp.mean(jax.nn.sigmoid(real_logits)),
-                                                       'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits))})
+      return gan.d(real_logits, fake_logits), (
+        stats,
+        {'d_real': jnp.mean(jax.nn.sigmoid(real_logits)), 'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits))},
+      )
 
     (loss_d, (stats, terms)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
     return grads, stats, {'loss_d': loss_d, **terms}
 
-  d_grads, d_stats, d_terms = _accumulate(d_grad_fn, state.d_params, d_stats, {'sr': sr, 'hr': micro['hr']},
-                                          k, _step_rng(state))
+  d_grads, d_stats, d_terms = _accumulate(
+    d_grad_fn, state.d_params, d_stats, {'sr': sr, 'hr': micro['hr']}, k, _step_rng(state)
+  )
   d_terms = _mean_over_micro(d_terms, k)
   loss_d = d_terms.pop('loss_d')
   d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_updates)
 
-  new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_stats,
-                            g_opt_state=g_opt_state, d_params=d_params, d_opt_state=d_opt_state,
-                            d_batch_stats=d_stats, g_ema_params=_ema(state, g_params, ema_decay))
+  new_state = state.replace(
+    step=state.step + 1,
+    g_params=g_params,
+    g_batch_stats=g_stats,
+    g_opt_state=g_opt_state,
+    d_params=d_params,
+    d_opt_state=d_opt_state,
+    d_batch_stats=d_stats,
+    g_ema_params=_ema(state, g_params, ema_decay),
+  )
   norm_g, norm_d = optax.tree.norm(g_grads), optax.tree.norm(d_grads)
   ok = _finite(loss_g, loss_d, norm_g, norm_d)
-  metrics = {'loss_g': loss_g, 'loss_d': loss_d, **g_terms, **d_terms, 'grad_norm_g': norm_g,
-             'grad_norm_d': norm_d, 'skipped': 1.0 - ok.astype(jnp.float32)}
+  metrics = {
+    'loss_g': loss_g,
+    'loss_d': loss_d,
+    **g_terms,
+    **d_terms,
+    'grad_norm_g': norm_g,
+    'grad_norm_d': norm_d,
+    'skipped': 1.0 - ok.astype(jnp.float32),
+  }
   return _unless_skipped(ok, state, new_state), metrics
 
 

@@ -12,6 +12,7 @@ Models that take the bicubic-upsampled LR (SRCNN, DRRN) are tiled in the HR grid
 `overlap` are given in LR pixels and scaled by each axis's factor there. Those models also serve
 thick-slice (through-plane) data, whose LR grid is coarse along one axis only (factors (s, 1)).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -51,10 +52,21 @@ def _kept(start: int, size: int, length: int, overlap: int) -> tuple[int, int]:
   return lo, hi
 
 
-def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multiple: int,
-                  upsampled_input: bool, tile: int = 0, overlap: int = 16, batch: int = 8, *,
-                  factors: tuple[int, int] | None = None, bicubic: np.ndarray | None = None,
-                  fixed_batch: bool = False, progress: Callable[[int], None] | None = None) -> np.ndarray:
+def super_resolve(
+  predict_fn: Callable,
+  lr: np.ndarray,
+  scale: int,
+  size_multiple: int,
+  upsampled_input: bool,
+  tile: int = 0,
+  overlap: int = 16,
+  batch: int = 8,
+  *,
+  factors: tuple[int, int] | None = None,
+  bicubic: np.ndarray | None = None,
+  fixed_batch: bool = False,
+  progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
   """lr (S, h, w) float32 in [0, 1] -> SR (S, h*fy, w*fx) in [0, 1].
 
   predict_fn: x (B, H, W, 1) -> (B, H*f, W*f, 1), f = 1 for upsampled-input models, else scale.
@@ -74,7 +86,7 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
     raise TilingError(f'tile ({tile}), overlap ({overlap}) and batch ({batch}) must be >= 0')
   n, h, w = lr.shape
   fy, fx = (scale, scale) if factors is None else (int(factors[0]), int(factors[1]))
-  if upsampled_input:   # the model eats (and is tiled in) the HR grid
+  if upsampled_input:  # the model eats (and is tiled in) the HR grid
     x = bicubic if bicubic is not None else np.clip(bicubic_resize(lr, h * fy, w * fx), 0.0, 1.0)
     x = np.asarray(x, np.float32)
     if x.shape != (n, h * fy, w * fx):
@@ -82,8 +94,10 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
     f, grid = 1, (fy, fx)
   else:
     if (fy, fx) != (scale, scale):
-      raise TilingError(f'super_resolve: LR factors {(fy, fx)} need a model that takes the upsampled '
-                        f'input; this one upsamples both axes by {scale}')
+      raise TilingError(
+        f'super_resolve: LR factors {(fy, fx)} need a model that takes the upsampled '
+        f'input; this one upsamples both axes by {scale}'
+      )
     x, f, grid = lr, scale, (1, 1)
   H, W = x.shape[1:]
   m = max(1, int(size_multiple))
@@ -91,11 +105,13 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
   if tile > 0 and (h > tile or w > tile):
     ty, tx = (max(m, (tile * g) // m * m) for g in grid)
     if ty <= 2 * ovy or tx <= 2 * ovx:
-      raise TilingError(f'tile {tile} (legal size {min(ty // grid[0], tx // grid[1])} for a size multiple '
-                        f'of {m}) must exceed 2 * overlap = {2 * overlap}; use a larger --tile or a '
-                        'smaller --overlap')
+      raise TilingError(
+        f'tile {tile} (legal size {min(ty // grid[0], tx // grid[1])} for a size multiple '
+        f'of {m}) must exceed 2 * overlap = {2 * overlap}; use a larger --tile or a '
+        'smaller --overlap'
+      )
     th, tw = min(ty, _round_up(H, m)), min(tx, _round_up(W, m))
-  else:   # whole slices: one tile each
+  else:  # whole slices: one tile each
     th, tw, ovy, ovx = _round_up(H, m), _round_up(W, m), 0, 0
   # edge-pad the bottom/right so a tile never runs past the image (as validation pads)
   x = np.pad(x, [(0, 0), (0, max(0, th - H)), (0, max(0, tw - W))], mode='edge')
@@ -104,17 +120,17 @@ def super_resolve(predict_fn: Callable, lr: np.ndarray, scale: int, size_multipl
   out = np.zeros((n, H * f, W * f), np.float32)
   if batch == 0:
     batch = max(1, min(8, AUTO_BATCH_PIXELS // (th * tw * f * f)))
-  bsz = batch if fixed_batch else min(batch, len(jobs))   # the last batch is filled by repeats
+  bsz = batch if fixed_batch else min(batch, len(jobs))  # the last batch is filled by repeats
   for i in range(0, len(jobs), bsz):
-    chunk = jobs[i:i + bsz]
-    tiles = np.stack([x[k, y:y + th, xx:xx + tw] for k, y, xx in chunk])
+    chunk = jobs[i : i + bsz]
+    tiles = np.stack([x[k, y : y + th, xx : xx + tw] for k, y, xx in chunk])
     if len(chunk) < bsz:
       tiles = np.concatenate([tiles, np.repeat(tiles[-1:], bsz - len(chunk), axis=0)])
-    sr = np.asarray(predict_fn(tiles[..., None]))[:len(chunk), ..., 0]
+    sr = np.asarray(predict_fn(tiles[..., None]))[: len(chunk), ..., 0]
     for (k, y, xx), o in zip(chunk, sr):
       y0, y1 = _kept(y, th, H, ovy)
       x0, x1 = _kept(xx, tw, W, ovx)
-      out[k, y0 * f:y1 * f, x0 * f:x1 * f] = o[(y0 - y) * f:(y1 - y) * f, (x0 - xx) * f:(x1 - xx) * f]
+      out[k, y0 * f : y1 * f, x0 * f : x1 * f] = o[(y0 - y) * f : (y1 - y) * f, (x0 - xx) * f : (x1 - xx) * f]
     if progress is not None:
-      progress(jobs[i + bsz][0] if i + bsz < len(jobs) else n)   # slices whose tiles are all done
+      progress(jobs[i + bsz][0] if i + bsz < len(jobs) else n)  # slices whose tiles are all done
   return np.clip(out, 0.0, 1.0)

@@ -6,6 +6,7 @@ report), `run_stages` (the loop, under a preemption guard), then `write_run_repo
 checkpoint policy (`CheckpointPolicy`) decides when to save: every `checkpoint_every_steps`, at each
 stage end, and at the step all processes agree on after a SIGTERM/SIGINT.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,6 +65,7 @@ def _is_local(path: epath.Path) -> bool:
 @dataclasses.dataclass
 class Run:
   """What `setup` builds once and the loop, the validation and the report share."""
+
   config: spec.RunSpec
   workdir: epath.Path
   files: pathlib.Path  # local folder for images and the report (the workdir, or a staging copy)
@@ -101,6 +103,7 @@ class Run:
 class StageStep:
   """A stage's train step jitted on the mesh, as training runs it; benchmarks and parity checks use it
   too, so they measure and compare exactly this."""
+
   stage: Stage
   g_model: Any
   g_tx: Any
@@ -116,8 +119,9 @@ def state_layout(config: spec.RunSpec, mesh, init_state: Callable) -> tuple[Any,
   return abstract_state, sharding.state_shardings(mesh, abstract_state, sharding.rules_for(config))
 
 
-def jit_stage_step(config: spec.RunSpec, stage: Stage, steps_per_epoch: int, mesh, state_sharding, d_model,
-                   vgg: Callable | None) -> StageStep:
+def jit_stage_step(
+  config: spec.RunSpec, stage: Stage, steps_per_epoch: int, mesh, state_sharding, d_model, vgg: Callable | None
+) -> StageStep:
   """The stage's generator, optimizers and pure step, jitted with the state and batch laid out on `mesh`."""
   g_model = recipe.stage_generator(config, stage)
   g_tx, d_tx = recipe.make_optimizers(config, stage, steps_per_epoch)
@@ -126,8 +130,12 @@ def jit_stage_step(config: spec.RunSpec, stage: Stage, steps_per_epoch: int, mes
     del lr_fns['d']  # D is not trained in this stage
   repl = sharding.replicated(mesh)
   fn = recipe.stage_step(config, stage, g_model, d_model, g_tx, d_tx, vgg)
-  step = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), repl),
-                 out_shardings=(state_sharding, repl), donate_argnums=0)
+  step = jax.jit(
+    fn,
+    in_shardings=(state_sharding, sharding.batch_sharding(mesh), repl),
+    out_shardings=(state_sharding, repl),
+    donate_argnums=0,
+  )
   return StageStep(stage=stage, g_model=g_model, g_tx=g_tx, d_tx=d_tx, step=step, lr_fns=lr_fns)
 
 
@@ -152,10 +160,16 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
   # each device's rows split evenly over the k micro-batches, so no rows move between devices
   if config.batch_size % (dp * k) or config.batch_size % jax.process_count():
     raise ConfigError(
-        f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} times '
-        f'config.grad_accum_steps={k} and by the process count {jax.process_count()}')
-  logging.info('mesh %s over %d devices (%d processes), global batch %d', dict(mesh.shape),
-               mesh.size, jax.process_count(), config.batch_size)
+      f'config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} times '
+      f'config.grad_accum_steps={k} and by the process count {jax.process_count()}'
+    )
+  logging.info(
+    'mesh %s over %d devices (%d processes), global batch %d',
+    dict(mesh.shape),
+    mesh.size,
+    jax.process_count(),
+    config.batch_size,
+  )
 
   d_model = registry.build_discriminator(config)
   root, is_sample = resolve_data_root(config.data.root)  # the pipeline logs when it is the sample
@@ -163,14 +177,19 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
   train_split = pipeline.train_source(config.data, scale)  # read once; the pipeline below reuses it
   n_slices = len(train_split[0])
   steps_per_epoch, plan = recipe.plan_run(config, n_slices)
-  logging.info('%d training slices, %d steps per epoch; stages: %s', n_slices, steps_per_epoch,
-               ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan))
+  logging.info(
+    '%d training slices, %d steps per epoch; stages: %s',
+    n_slices,
+    steps_per_epoch,
+    ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan),
+  )
 
   vgg = vgg_params = None
   if recipe.needs_vgg(config, plan):  # before anything slow: missing VGG weights fail at once
     vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
-  init_state = recipe.init_state_fn(config, registry.build_generator(config.model), d_model,
-                                    *recipe.make_optimizers(config, plan[0], steps_per_epoch))
+  init_state = recipe.init_state_fn(
+    config, registry.build_generator(config.model), d_model, *recipe.make_optimizers(config, plan[0], steps_per_epoch)
+  )
   rng = jax.random.PRNGKey(config.seed)
   abstract_state, state_sharding = state_layout(config, mesh, init_state)
   repl = sharding.replicated(mesh)
@@ -184,9 +203,14 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
     # checkpoints without a position (imported weights, older runs) continue where an
     # uninterrupted run of this config would be
     data_position = int(meta.get('data_position', step * config.batch_size))
-    logging.info('resumed from %s at step %d (stage %s), data position %d%s', ckpt.directory, step,
-                 meta.get('stage'), data_position,
-                 f" imported from {meta['imported_from']}" if 'imported_from' in meta else '')
+    logging.info(
+      'resumed from %s at step %d (stage %s), data position %d%s',
+      ckpt.directory,
+      step,
+      meta.get('stage'),
+      data_position,
+      f' imported from {meta["imported_from"]}' if 'imported_from' in meta else '',
+    )
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
     data_position = 0
@@ -196,34 +220,68 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
   if vgg is not None:
     vgg_params = jax.device_put(vgg_params, repl)
   dataset, _ = pipeline.make_train_dataset(
-      config.data, scale=scale, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      upsampled_input=config.model.upsampled_input, start=data_position, split=train_split)
+    config.data,
+    scale=scale,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    upsampled_input=config.model.upsampled_input,
+    start=data_position,
+    split=train_split,
+  )
   data_iter = iter(dataset)
   first_batch = pipeline.next_batch(data_iter)
 
-  validator = Validator(pipeline.load_validation_volumes(config.data, scale, config.seed), scale,
-                        config.model.size_multiple, mesh, config.eval_batch_size,
-                        degradation=config.data.degradation, upsampled_input=config.model.upsampled_input)
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() != 0,
-                                                asynchronous=True)
+  validator = Validator(
+    pipeline.load_validation_volumes(config.data, scale, config.seed),
+    scale,
+    config.model.size_multiple,
+    mesh,
+    config.eval_batch_size,
+    degradation=config.data.degradation,
+    upsampled_input=config.model.upsampled_input,
+  )
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() != 0, asynchronous=True)
   files = pathlib.Path(str(workdir)) if _is_local(workdir) else pathlib.Path(tempfile.mkdtemp(prefix='mrisr_'))
   if restored is None and config.config is not None:
     writer.write_hparams(_flat_config(config.config))
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(config.config.to_json_best_effort(indent=2))
-  return Run(config=config, workdir=workdir, files=files, mesh=mesh, plan=plan,
-             steps_per_epoch=steps_per_epoch, total_steps=plan[-1].end, state=state,
-             state_sharding=state_sharding, batch_sharding=sharding.batch_sharding(mesh), ckpt=ckpt,
-             data_iter=data_iter, data_position=data_position, first_batch=first_batch, d_model=d_model,
-             vgg=vgg, vgg_params=vgg_params, validator=validator, writer=writer, best_psnr=best_psnr,
-             resumed=restored is not None, is_sample=is_sample, data_root=root)
+  return Run(
+    config=config,
+    workdir=workdir,
+    files=files,
+    mesh=mesh,
+    plan=plan,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=plan[-1].end,
+    state=state,
+    state_sharding=state_sharding,
+    batch_sharding=sharding.batch_sharding(mesh),
+    ckpt=ckpt,
+    data_iter=data_iter,
+    data_position=data_position,
+    first_batch=first_batch,
+    d_model=d_model,
+    vgg=vgg,
+    vgg_params=vgg_params,
+    validator=validator,
+    writer=writer,
+    best_psnr=best_psnr,
+    resumed=restored is not None,
+    is_sample=is_sample,
+    data_root=root,
+  )
 
 
 def _make_predict(run: Run, g_model) -> Callable:
   g_vars_sharding = steps.generator_variables(run.state_sharding)
-  return jax.jit(functools.partial(steps.predict, g_model=g_model),
-                 in_shardings=(g_vars_sharding, run.batch_sharding), out_shardings=sharding.replicated(run.mesh))
+  return jax.jit(
+    functools.partial(steps.predict, g_model=g_model),
+    in_shardings=(g_vars_sharding, run.batch_sharding),
+    out_shardings=sharding.replicated(run.mesh),
+  )
 
 
 def compile_stage(run: Run, stage: Stage) -> CompiledStage:
@@ -232,18 +290,26 @@ def compile_stage(run: Run, stage: Stage) -> CompiledStage:
   parts = jit_stage_step(config, stage, run.steps_per_epoch, run.mesh, run.state_sharding, run.d_model, run.vgg)
   g_model, g_tx, d_tx = parts.g_model, parts.g_tx, parts.d_tx
   abstract_state = abstract_like(run.state, run.state_sharding)
-  abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype,
-                                            sharding=run.batch_sharding) for k, v in run.first_batch.items()}
+  abstract_batch = {
+    k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype, sharding=run.batch_sharding)
+    for k, v in run.first_batch.items()
+  }
   t0 = time.time()
   compiled = parts.step.lower(abstract_state, abstract_batch, run.vgg_params).compile()
-  logging.info('stage %s: step compiled in %.1f s; %s', stage.name, time.time() - t0,
-               sharding.memory_report(compiled))
+  logging.info('stage %s: step compiled in %.1f s; %s', stage.name, time.time() - t0, sharding.memory_report(compiled))
   vgg_params = run.vgg_params
-  init_optimizers = jax.jit(lambda st: st.replace(g_opt_state=g_tx.init(st.g_params),
-                                                  d_opt_state=d_tx.init(st.d_params)),
-                            out_shardings=run.state_sharding, donate_argnums=0)
-  return CompiledStage(stage=stage, train_step=lambda st, b: compiled(st, b, vgg_params),
-                       init_optimizers=init_optimizers, predict=_make_predict(run, g_model), lr_fns=parts.lr_fns)
+  init_optimizers = jax.jit(
+    lambda st: st.replace(g_opt_state=g_tx.init(st.g_params), d_opt_state=d_tx.init(st.d_params)),
+    out_shardings=run.state_sharding,
+    donate_argnums=0,
+  )
+  return CompiledStage(
+    stage=stage,
+    train_step=lambda st, b: compiled(st, b, vgg_params),
+    init_optimizers=init_optimizers,
+    predict=_make_predict(run, g_model),
+    lr_fns=parts.lr_fns,
+  )
 
 
 def compile_stages(run: Run, stop_at: int) -> list[CompiledStage]:
@@ -290,14 +356,20 @@ class MetricsLog:
     skipped = len(host) - len(good)
     run = self.run
     if skipped:
-      logging.warning('step %d: %d of the last %d steps had non-finite gradients and were skipped '
-                      '(%d in a row, %d in this run)', step, skipped, len(host), self.consecutive_skips,
-                      self.total_skips)
+      logging.warning(
+        'step %d: %d of the last %d steps had non-finite gradients and were skipped (%d in a row, %d in this run)',
+        step,
+        skipped,
+        len(host),
+        self.consecutive_skips,
+        self.total_skips,
+      )
     if self.consecutive_skips >= self.max_skips:
       raise NonFiniteLossError(
-          f'non-finite gradients in {self.consecutive_skips} consecutive steps up to step {step} '
-          f'(stage {stage.name}; config.max_consecutive_skipped_steps={self.max_skips}); training stopped, '
-          f'the last good checkpoint in {run.ckpt.directory} is kept (step {run.ckpt.latest_step()})')
+        f'non-finite gradients in {self.consecutive_skips} consecutive steps up to step {step} '
+        f'(stage {stage.name}; config.max_consecutive_skipped_steps={self.max_skips}); training stopped, '
+        f'the last good checkpoint in {run.ckpt.directory} is kept (step {run.ckpt.latest_step()})'
+      )
     scalars = {'train/skipped_steps': float(skipped)}
     lrs = {f'lr_{k}': float(fn(step - 1 - stage.start)) for k, fn in lr_fns.items()}
     mean = {}
@@ -310,14 +382,28 @@ class MetricsLog:
     self.t_log, self.step_log = now, step
     terms = ' '.join(f'{k}={v:.4g}' for k, v in mean.items() if not k.startswith('grad'))
     lr_text = ' '.join(f'{k}={v:.2e}' for k, v in lrs.items())
-    logging.info('[%s] step %d/%d %s %s | %.2f steps/s, ETA %s', stage.name, step, run.total_steps, terms,
-                 lr_text, sps, _format_eta((run.total_steps - step) / max(sps, 1e-9)))
+    logging.info(
+      '[%s] step %d/%d %s %s | %.2f steps/s, ETA %s',
+      stage.name,
+      step,
+      run.total_steps,
+      terms,
+      lr_text,
+      sps,
+      _format_eta((run.total_steps - step) / max(sps, 1e-9)),
+    )
 
 
 def _meta(run: Run, stage: Stage, step: int) -> dict:
-  return {'stage': stage.name, 'step': step, 'best_val_psnr': run.best_psnr,
-          'data_position': run.data_position, 'process_count': jax.process_count(),
-          'device_count': jax.device_count(), 'config': _config_json(run.config)}
+  return {
+    'stage': stage.name,
+    'step': step,
+    'best_val_psnr': run.best_psnr,
+    'data_position': run.data_position,
+    'process_count': jax.process_count(),
+    'device_count': jax.device_count(),
+    'config': _config_json(run.config),
+  }
 
 
 class CheckpointPolicy:
@@ -327,8 +413,9 @@ class CheckpointPolicy:
   def __init__(self, run: Run, guard: PreemptionGuard):
     self.run, self.guard = run, guard
 
-  def maybe_save(self, step: int, stage: Stage, is_stage_end: bool, metrics_log: MetricsLog,
-                 lr_fns: dict, last_eval: dict | None) -> None:
+  def maybe_save(
+    self, step: int, stage: Stage, is_stage_end: bool, metrics_log: MetricsLog, lr_fns: dict, last_eval: dict | None
+  ) -> None:
     run = self.run
     preempted = self.guard.reached(step)  # every process calls this at every step
     if preempted:
@@ -344,8 +431,7 @@ class CheckpointPolicy:
         logging.warning('step %d: checkpoint deferred, the last step had non-finite gradients', step)
         return
       val = last_eval['summary']['model']['psnr'] if last_eval and last_eval.get('step') == step else None
-      run.ckpt.save(step, run.state, _meta(run, stage, step),
-                    metrics={BEST_METRIC: val} if val is not None else None)
+      run.ckpt.save(step, run.state, _meta(run, stage, step), metrics={BEST_METRIC: val} if val is not None else None)
 
 
 def _config_json(run: spec.RunSpec) -> dict:
@@ -416,8 +502,15 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
       if step == stage.start:  # a new stage starts with fresh optimizer states and schedules
         run.state = compiled.init_optimizers(run.state)
       s = stage.spec
-      logging.info('stage %s (%s): steps [%d, %d), alpha=%s dropout=%s', stage.name, s.kind, stage.start,
-                   stage.end, s.deepnorm_alpha, s.dropout)
+      logging.info(
+        'stage %s (%s): steps [%d, %d), alpha=%s dropout=%s',
+        stage.name,
+        s.kind,
+        stage.start,
+        stage.end,
+        s.deepnorm_alpha,
+        s.dropout,
+      )
       end = min(stage.end, stop_at)
       while step < end:
         profiler.before_step(step)
@@ -455,24 +548,30 @@ def write_run_report(run: Run, last_eval: dict) -> None:
   curves = _plot_curves(run.files) if _is_local(run.workdir) else None
   random_vgg = run.vgg is not None and config.loss.allow_random_vgg and not config.loss.vgg_weights
   paths = report.write_report(
-      run.files / 'report', title=f'{config.name}: validation at step {step}',
-      summary=last_eval['summary'], per_volume=last_eval['per_volume'],
-      images=[str(pathlib.Path('..') / grid_rel)] + ([pathlib.Path(curves).name] if curves else []),
-      notes=[f'data: {"embedded sample (MNI ICBM152 2009a T1)" if run.is_sample else run.data_root}',
-             f'best validation PSNR during the run: {run.best_psnr:.3f} dB',
-             f'stages: {", ".join(s.name for s in run.plan)}; {run.total_steps} steps, global batch '
-             f'{config.batch_size}'] +
-            (['perceptual loss used RANDOM VGG features (quick config)'] if random_vgg else []))
+    run.files / 'report',
+    title=f'{config.name}: validation at step {step}',
+    summary=last_eval['summary'],
+    per_volume=last_eval['per_volume'],
+    images=[str(pathlib.Path('..') / grid_rel)] + ([pathlib.Path(curves).name] if curves else []),
+    notes=[
+      f'data: {"embedded sample (MNI ICBM152 2009a T1)" if run.is_sample else run.data_root}',
+      f'best validation PSNR during the run: {run.best_psnr:.3f} dB',
+      f'stages: {", ".join(s.name for s in run.plan)}; {run.total_steps} steps, global batch {config.batch_size}',
+    ]
+    + (['perceptual loss used RANDOM VGG features (quick config)'] if random_vgg else []),
+  )
   report.link_report(run.files, 'validation report', paths['html'])
   if curves:
     report.link_report(run.files, 'training curves', curves)
-  logging.info('report written to %s (linked from %s)', run.workdir / 'report' / 'report.html',
-               run.workdir / 'index.html')
+  logging.info(
+    'report written to %s (linked from %s)', run.workdir / 'report' / 'report.html', run.workdir / 'index.html'
+  )
 
 
 def _plot_curves(workdir: pathlib.Path) -> str | None:
   """report/curves.png from the run's event files; a plotting failure never fails the run."""
   from mrisr_jax import run_curves
+
   try:
     return run_curves.plot_run(workdir)
   except (run_curves.RunCurvesError, OSError, ImportError) as e:

@@ -1,4 +1,5 @@
 """The train state: everything that changes during a run, as one pytree."""
+
 from __future__ import annotations
 
 from typing import Any

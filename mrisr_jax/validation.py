@@ -7,6 +7,7 @@ multiple of the model's size multiple, and the SR output is cropped back to the 
 (`mrisr_jax.predictor`, as `infer` and `evaluate` run models). Models that take the
 bicubic-upsampled LR (SRCNN, DRRN) get the bicubic image as input.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,16 @@ class _Volume:
 class Validator:
   """Holds the validation volumes with their LR inputs and bicubic scores, computed once."""
 
-  def __init__(self, volumes: list[dict], scale: int, size_multiple: int, mesh, eval_batch_size: int,
-               degradation: tuple = ('area',), upsampled_input: bool = False):
+  def __init__(
+    self,
+    volumes: list[dict],
+    scale: int,
+    size_multiple: int,
+    mesh,
+    eval_batch_size: int,
+    degradation: tuple = ('area',),
+    upsampled_input: bool = False,
+  ):
     self.scale = scale
     self.size_multiple = size_multiple
     self.upsampled_input = upsampled_input
@@ -47,29 +56,30 @@ class Validator:
     self.batch = max(dp, eval_batch_size - eval_batch_size % dp)
     self.volumes = []
     for v in volumes:
-      if 'lr' in v:   # the data layer's LR (paired files, or its seeded degradation)
+      if 'lr' in v:  # the data layer's LR (paired files, or its seeded degradation)
         hr, lr = np.asarray(v['hr'], np.float32), np.asarray(v['lr'], np.float32)
       else:
         hr = crop_to_multiple(np.asarray(v['hr'], np.float32), scale)
         lr = make_lr(hr, scale, degradation)
-      if lr.shape[-2:] == hr.shape[-2:]:   # HR-sized LR files (downsample.py -k) are the bicubic
+      if lr.shape[-2:] == hr.shape[-2:]:  # HR-sized LR files (downsample.py -k) are the bicubic
         if not upsampled_input:
-          raise ValueError(f"validation volume {v['name']}: the LR is HR-sized, which only models that "
-                           'take the upsampled input can use')
+          raise ValueError(
+            f'validation volume {v["name"]}: the LR is HR-sized, which only models that '
+            'take the upsampled input can use'
+          )
         bic = np.clip(lr, 0.0, 1.0)
       else:
         bic = np.clip(bicubic_resize(lr, *hr.shape[-2:]), 0.0, 1.0).astype(np.float32)
       self.volumes.append(_Volume(v['name'], hr, lr, bic, metrics.volume_metrics(hr, bic)))
 
-  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray,
-                    bicubic: np.ndarray | None = None) -> np.ndarray:
+  def super_resolve(self, predict: Callable, g_vars, lr: np.ndarray, bicubic: np.ndarray | None = None) -> np.ndarray:
     """lr (S, h, w) -> SR (S, h*fy, w*fx) in [0, 1], batched over slices on the mesh.
 
     Models that take the upsampled LR get `bicubic` (the clipped bicubic of `lr`; computed if not given).
     """
     batch_sharding = sharding.batch_sharding(self.mesh)
 
-    def apply(variables, x):   # the compiled, mesh-sharded predict of training
+    def apply(variables, x):  # the compiled, mesh-sharded predict of training
       return predict(variables, sharding.host_replicated_to_global(x, batch_sharding))
 
     factors = None
@@ -84,7 +94,7 @@ class Validator:
     """(LR, bicubic, SR, HR) of the middle slice of the first volume, for image grids."""
     v = self.volumes[0]
     k = v.hr.shape[0] // 2
-    sr = self.super_resolve(predict, g_vars, v.lr[k:k + 1], v.bicubic[k:k + 1])[0]
+    sr = self.super_resolve(predict, g_vars, v.lr[k : k + 1], v.bicubic[k : k + 1])[0]
     return v.lr[k], v.bicubic[k], sr, v.hr[k]
 
   def run(self, predict: Callable, g_vars) -> dict:
@@ -92,8 +102,7 @@ class Validator:
     per_volume, sample = [], None
     for v in self.volumes:
       sr = self.super_resolve(predict, g_vars, v.lr, v.bicubic)
-      per_volume.append({'volume': v.name, 'model': metrics.volume_metrics(v.hr, sr),
-                         'bicubic': v.bicubic_metrics})
+      per_volume.append({'volume': v.name, 'model': metrics.volume_metrics(v.hr, sr), 'bicubic': v.bicubic_metrics})
       if sample is None:
         k = v.hr.shape[0] // 2
         sample = (v.lr[k], v.bicubic[k], sr[k], v.hr[k])
@@ -103,6 +112,7 @@ class Validator:
 
 def log_line(summary: dict) -> str:
   m, b = summary['model'], summary['bicubic']
-  return (f"val PSNR {m['psnr']:.3f} dB (bicubic {b['psnr']:.3f}, gain {m['psnr'] - b['psnr']:+.3f}) "
-          f"SSIM {m['ssim']:.4f} (bicubic {b['ssim']:.4f}) NMSE {m['nmse']:.5f} (bicubic {b['nmse']:.5f})")
-
+  return (
+    f'val PSNR {m["psnr"]:.3f} dB (bicubic {b["psnr"]:.3f}, gain {m["psnr"] - b["psnr"]:+.3f}) '
+    f'SSIM {m["ssim"]:.4f} (bicubic {b["ssim"]:.4f}) NMSE {m["nmse"]:.5f} (bicubic {b["nmse"]:.5f})'
+  )

@@ -4,11 +4,13 @@ Many tests compile the same small train steps again (resumed runs, several proce
 CLIs); JAX's persistent cache turns those repeats into a disk read. Set before jax is imported, and
 inherited by the subprocesses the tests start. JAX_COMPILATION_CACHE_DIR set by the caller wins.
 """
+
 import os
 import tempfile
 
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), f'mrisr_jax_test_xla_cache_{os.getuid()}'))
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), f'mrisr_jax_test_xla_cache_{os.getuid()}')
+)
 
 import pytest
 
@@ -31,14 +33,19 @@ def pytest_make_collect_report(collector):
   tests, with or without xdist and whatever `-m` selects, so a new test cannot forget its tier."""
   report = yield
   if report.passed and isinstance(collector, (pytest.Module, pytest.Class)):
-    bad = [f'{item.nodeid}: {" + ".join(m.name for m in tiers) or "no tier marker"}'
-           for item in report.result if isinstance(item, pytest.Function)
-           if len(tiers := _closest_tiers(item)) != 1]
+    bad = [
+      f'{item.nodeid}: {" + ".join(m.name for m in tiers) or "no tier marker"}'
+      for item in report.result
+      if isinstance(item, pytest.Function)
+      if len(tiers := _closest_tiers(item)) != 1
+    ]
     if bad:
       report.outcome, report.result = 'failed', []
-      report.longrepr = (f'every test needs exactly one tier marker of {", ".join(TIERS)}: a module '
-                         '`pytestmark = pytest.mark.unit` (say) plus `@pytest.mark.integration` on the tests '
-                         'that differ (the tiers: pyproject.toml, README "The two commands"):\n  ' + '\n  '.join(bad))
+      report.longrepr = (
+        f'every test needs exactly one tier marker of {", ".join(TIERS)}: a module '
+        '`pytestmark = pytest.mark.unit` (say) plus `@pytest.mark.integration` on the tests '
+        'that differ (the tiers: pyproject.toml, README "The two commands"):\n  ' + '\n  '.join(bad)
+      )
   return report
 
 

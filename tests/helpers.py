@@ -1,4 +1,5 @@
 """Shared test utilities: tiny configs and running the entry point as a user would."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ def tiny_config():
   """The quick recipe shrunk further for tests (a 2-AFEB CASR, 3-step stages)."""
   sys.path.insert(0, str(REPO))
   from configs.casrgan_x4 import get_config
+
   c = get_config('quick')
   c.model.update(dict(growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, num_heads=2))
   c.batch_size = 4
@@ -30,16 +32,21 @@ def tiny_config():
   return c
 
 
-def run_main(*args: str, env: dict | None = None, timeout: int = 600, module: str = 'mrisr_jax.main',
-             ) -> subprocess.CompletedProcess:
+def run_main(
+  *args: str,
+  env: dict | None = None,
+  timeout: int = 600,
+  module: str = 'mrisr_jax.main',
+) -> subprocess.CompletedProcess:
   """`python -m module args` from the repository root (a .py path runs as a script).
 
   `timeout` guards against a hang, it is not a speed test: the runs that use the default (one-line
   errors, a few training steps) take well under a minute even on 2 loaded cores; pass more for more."""
   full_env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', **(env or {})}
   command = [module] if module.endswith('.py') else ['-m', module]
-  return subprocess.run([sys.executable, *command, *args], cwd=REPO, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, *command, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:

@@ -1,4 +1,5 @@
 """CASR generator: parameter count, AHPF factorisation, shapes, and the PyTorch-sensitive layers."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +13,9 @@ pytestmark = pytest.mark.unit
 
 torch = pytest.importorskip('torch')
 
-SMALL = dict(growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, patch_size=2,
-             num_heads=2, window_size=2)
+SMALL = dict(
+  growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, patch_size=2, num_heads=2, window_size=2
+)
 
 
 def test_seed_configuration_has_the_reference_parameter_count():
@@ -29,9 +31,9 @@ def test_factorised_ahpf_equals_the_dense_all_ones_convolution():
   params = {'params': {'hp_factor': jnp.array([0.37]), 'beta': jnp.array([0.05])}}
   fast = module.apply(params, x)
   kernel = jnp.ones((3, 3, 16, 16)) * 0.37
-  low = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                     precision=jax.lax.Precision.HIGHEST)
+  low = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=jax.lax.Precision.HIGHEST
+  )
   dense = jax.nn.relu(x - low - 0.05)
   np.testing.assert_allclose(fast, dense, rtol=1e-5, atol=1e-4)
 
@@ -62,15 +64,18 @@ def test_reference_compat_changes_the_function_but_not_the_parameters():
 
 def test_scanned_blocks_keep_compile_size_flat():
   """20 AFEBs lower to about as much HLO as 2: blocks run under nn.scan."""
+
   def hlo_size(depth):
     model = casr_lib.CASR(scale=2, **{**SMALL, 'depth': depth})
     x = jnp.ones((1, 8, 8, 1))
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
     return len(jax.jit(model.apply).lower(params, x).as_text())
+
   assert hlo_size(20) < 1.2 * hlo_size(2)
 
 
 # --- parity of the layers where PyTorch and Flax defaults differ ---------------------------------
+
 
 def test_pixel_shuffle_matches_torch_and_unshuffle_inverts_it():
   x = np.random.default_rng(0).normal(size=(2, 3, 5, 4 * 9)).astype(np.float32)
@@ -88,8 +93,8 @@ def test_conv2d_matches_torch(kernel, stride, padding):
   ours = np.asarray(conv.apply(params, jnp.asarray(x)))
   tconv = torch.nn.Conv2d(5, 7, kernel, stride=stride, padding=kernel // 2 if padding is None else padding)
   with torch.no_grad():
-    tconv.weight.copy_(torch.from_numpy(np.array(params["params"]["kernel"]).transpose(3, 2, 0, 1).copy()))
-    tconv.bias.copy_(torch.from_numpy(np.array(params["params"]["bias"])))
+    tconv.weight.copy_(torch.from_numpy(np.array(params['params']['kernel']).transpose(3, 2, 0, 1).copy()))
+    tconv.bias.copy_(torch.from_numpy(np.array(params['params']['bias'])))
     theirs = tconv(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
@@ -108,7 +113,7 @@ def _torch_stb(x, p, *, heads, w, shift, alpha, compat):
     a = p['attn']
     qkv = (win @ t(a['qkv']['kernel']) + t(a['qkv']['bias'])).reshape(-1, w * w, 3, heads, hd).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    q = q * (hd ** 0.5 if compat else hd ** -0.5)
+    q = q * (hd**0.5 if compat else hd**-0.5)
     att = q @ k.transpose(-2, -1)
     idx = torch.from_numpy(swin.relative_position_index(w))
     bias = t(a['relative_position_bias_table'])[idx.view(-1)].view(w * w, w * w, -1).permute(2, 0, 1)
@@ -145,12 +150,13 @@ def _torch_stb(x, p, *, heads, w, shift, alpha, compat):
 def test_swin_block_matches_a_torch_transcription_of_the_reference(compat, shift):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 8, 12, 12)).astype(np.float32)
-  alpha = 4 ** 0.25
-  block = swin.SwinBlock(12, 3, 4, shift, alpha=alpha, beta=8 ** -0.25, reference_compat=compat)
+  alpha = 4**0.25
+  block = swin.SwinBlock(12, 3, 4, shift, alpha=alpha, beta=8**-0.25, reference_compat=compat)
   params = block.init(jax.random.PRNGKey(0), jnp.asarray(x), train=False)['params']
   # non-trivial LayerNorm affine and bias table, so eps/order mistakes show
   params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(3), a.shape), params)
   ours = np.asarray(block.apply({'params': params}, jnp.asarray(x), train=False))
-  theirs = _torch_stb(torch.from_numpy(x), jax.tree.map(np.asarray, params), heads=3, w=4, shift=shift,
-                      alpha=alpha, compat=compat).numpy()
+  theirs = _torch_stb(
+    torch.from_numpy(x), jax.tree.map(np.asarray, params), heads=3, w=4, shift=shift, alpha=alpha, compat=compat
+  ).numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-4)

@@ -1,4 +1,5 @@
 """Checkpoint retention: the latest N survive, and so does the best by validation PSNR."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ def test_keeps_latest_n_and_the_best_by_psnr(tmp_path):
   psnr = {1: 20.0, 2: 31.0, 3: 25.0, 4: None, 5: 26.0}
   for step, value in psnr.items():
     state = {'w': jnp.full((3,), float(step))}
-    ckpt.save(step, state, {"stage": "pretrain", "step": step},
-              metrics={BEST_METRIC: value} if value is not None else None)
+    ckpt.save(
+      step, state, {'stage': 'pretrain', 'step': step}, metrics={BEST_METRIC: value} if value is not None else None
+    )
   ckpt.wait()
   kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert kept == [2, 4, 5]

@@ -1,5 +1,6 @@
 """SRCNN, DRRN, EDSR, RDN: reference parameter counts and state_dict layout, shapes, structure and
 gradients. Parity with the torch mirrors is in test_interop_models.py."""
+
 from __future__ import annotations
 
 import json
@@ -22,19 +23,19 @@ pytestmark = pytest.mark.unit
 
 # The JSON configurations, as constructors of our modules.
 REFERENCE_CONFIGS = {
-    'srcnn': lambda: SRCNN(),
-    'drrn': lambda: DRRN(),
-    'edsr_x4': lambda: EDSR(scale=4),
-    'edsr_x3_baseline': lambda: EDSR(scale=3, n_resblocks=16, n_feats=64),
-    'rdn_x4': lambda: RDN(scale=4),
-    'rdn_x2': lambda: RDN(scale=2),
+  'srcnn': lambda: SRCNN(),
+  'drrn': lambda: DRRN(),
+  'edsr_x4': lambda: EDSR(scale=4),
+  'edsr_x3_baseline': lambda: EDSR(scale=3, n_resblocks=16, n_feats=64),
+  'rdn_x4': lambda: RDN(scale=4),
+  'rdn_x2': lambda: RDN(scale=2),
 }
 
 TINY = {
-    'srcnn': lambda scale: SRCNN(scale=scale),
-    'drrn': lambda scale: DRRN(scale=scale, num_recursive_blocks=2, num_units=3, features=8),
-    'edsr': lambda scale: EDSR(scale=scale, n_resblocks=2, n_feats=8),
-    'rdn': lambda scale: RDN(scale=scale, growth_rate0=8, growth_rate=4, num_layers=2, num_blocks=2),
+  'srcnn': lambda scale: SRCNN(scale=scale),
+  'drrn': lambda scale: DRRN(scale=scale, num_recursive_blocks=2, num_units=3, features=8),
+  'edsr': lambda scale: EDSR(scale=scale, n_resblocks=2, n_feats=8),
+  'rdn': lambda scale: RDN(scale=scale, growth_rate0=8, growth_rate=4, num_layers=2, num_blocks=2),
 }
 SCALES = (2, 3, 4)
 
@@ -72,6 +73,7 @@ def _apply(model, params, x):
 
 # --- reference contract ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('config', sorted(REFERENCE_CONFIGS))
 def test_parameter_count_equals_the_reference(config):
   params = _abstract_params(REFERENCE_CONFIGS[config]())
@@ -87,6 +89,7 @@ def test_params_map_one_to_one_onto_the_reference_state_dict(config):
 
 
 # --- interface -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize('scale', SCALES)
 @pytest.mark.parametrize('name', sorted(TINY))
@@ -114,12 +117,16 @@ def test_l1_gradients_reach_every_parameter(name, scale):
   params = _random_params(model, x)
   target = jax.random.uniform(jax.random.PRNGKey(2), _apply(model, params, x).shape)
   grads = jax.grad(lambda p: jnp.mean(jnp.abs(model.apply({'params': p}, x) - target)))(params)
-  dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-          if not np.any(np.asarray(g) != 0)]
+  dead = [
+    jax.tree_util.keystr(path)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+    if not np.any(np.asarray(g) != 0)
+  ]
   assert not dead
 
 
 # --- structure, checked by hand -----------------------------------------------------------------
+
 
 def test_srcnn_lr_multiplier_names_the_last_layer():
   model = SRCNN()
@@ -153,11 +160,11 @@ def test_edsr_with_res_scale_zero_makes_the_resblocks_identities():
   params = _random_params(gated, x)
   without_blocks = {k: v for k, v in params.items() if not k.startswith('body_') or k == 'body_conv'}
   plain = EDSR(scale=2, n_resblocks=0, n_feats=8)
-  np.testing.assert_allclose(gated.apply({'params': params}, x),
-                             plain.apply({'params': without_blocks}, x), atol=1e-6)
+  np.testing.assert_allclose(gated.apply({'params': params}, x), plain.apply({'params': without_blocks}, x), atol=1e-6)
   # and with the default res_scale the blocks do contribute
-  assert not np.allclose(gated.clone(res_scale=0.1).apply({'params': params}, x),
-                         plain.apply({'params': without_blocks}, x), atol=1e-6)
+  assert not np.allclose(
+    gated.clone(res_scale=0.1).apply({'params': params}, x), plain.apply({'params': without_blocks}, x), atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('scale', SCALES)
@@ -172,7 +179,6 @@ def test_rdn_dense_connectivity_and_upscale_shapes(scale):
   assert params['gff_0']['kernel'].shape == (1, 1, d * g0, g0)
   upscale = {k: v['kernel'].shape for k, v in params.items() if k.startswith('upscale')}
   if scale == 4:
-    assert upscale == {'upscale_0': (3, 3, g0, 4 * g), 'upscale_2': (3, 3, g, 4 * g),
-                       'upscale_4': (3, 3, g, 1)}
+    assert upscale == {'upscale_0': (3, 3, g0, 4 * g), 'upscale_2': (3, 3, g, 4 * g), 'upscale_4': (3, 3, g, 1)}
   else:
     assert upscale == {'upscale_0': (3, 3, g0, g * scale * scale), 'upscale_2': (3, 3, g, 1)}

@@ -1,5 +1,6 @@
 """One runner for every entry point and tool (mrisr_jax.cli): a config file or override at fault is one
 line, `mrisr_jax: error: ...`, and exit status 2; config files take keyed arguments, old paths alias."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,23 +19,28 @@ pytestmark = pytest.mark.unit
 
 # entry module -> the flags it requires besides --config (so the config is what fails)
 ENTRY_POINTS = {
-    'main': ['--workdir', 'w'],
-    'infer': ['--weights', 'w', '--input', 'in.npy', '--output', 'out.npy'],
-    'evaluate': ['--weights', 'w', '--input', 'in.npy'],
-    'export': ['--out', 'out.safetensors'],
-    'import_torch': ['--checkpoint', 'c.pth', '--workdir', 'w'],
+  'main': ['--workdir', 'w'],
+  'infer': ['--weights', 'w', '--input', 'in.npy', '--output', 'out.npy'],
+  'evaluate': ['--weights', 'w', '--input', 'in.npy'],
+  'export': ['--out', 'out.safetensors'],
+  'import_torch': ['--checkpoint', 'c.pth', '--workdir', 'w'],
 }
-SCRIPTS = {'main': 'mrisr-train', 'infer': 'mrisr-infer', 'evaluate': 'mrisr-evaluate',
-           'export': 'mrisr-export', 'import_torch': 'mrisr-import'}
+SCRIPTS = {
+  'main': 'mrisr-train',
+  'infer': 'mrisr-infer',
+  'evaluate': 'mrisr-evaluate',
+  'export': 'mrisr-export',
+  'import_torch': 'mrisr-import',
+}
 TOOLS = ['benchmark_train_step.py', 'memory_plan.py']
 # error kind -> (the --config argument and overrides, a word the line must name)
 KINDS = {
-    'missing file': (['--config', '{tmp}/missing.py'], 'missing.py: no such config file'),
-    'syntax error': (['--config', '{tmp}/broken.py:quick'], 'broken.py:2: syntax error'),
-    'no get_config': (['--config', '{tmp}/empty.py'], 'empty.py: has no get_config'),
-    'unknown argument': (['--config', 'configs/casrgan.py:qiuck'], "unknown argument 'qiuck'"),
-    'mistyped key': (['--config', 'configs/srcnn.py:quick', '--config.model.sacle=4'], "no field 'sacle'"),
-    'wrong type': (['--config', 'configs/srcnn.py:quick', '--config.batch_size=many'], "batch_size='many'"),
+  'missing file': (['--config', '{tmp}/missing.py'], 'missing.py: no such config file'),
+  'syntax error': (['--config', '{tmp}/broken.py:quick'], 'broken.py:2: syntax error'),
+  'no get_config': (['--config', '{tmp}/empty.py'], 'empty.py: has no get_config'),
+  'unknown argument': (['--config', 'configs/casrgan.py:qiuck'], "unknown argument 'qiuck'"),
+  'mistyped key': (['--config', 'configs/srcnn.py:quick', '--config.model.sacle=4'], "no field 'sacle'"),
+  'wrong type': (['--config', 'configs/srcnn.py:quick', '--config.batch_size=many'], "batch_size='many'"),
 }
 
 
@@ -120,13 +126,14 @@ def test_tool_config_errors_are_one_line_exit_2_as_a_subprocess(tool, kind, bad_
 def test_guard_exit_statuses(capsys):
   def fails(exc):
     raise exc
+
   with pytest.raises(SystemExit) as e:
     cli.guard(fails, errors.ConfigError('a\n  b'))
   assert e.value.code == 2 and capsys.readouterr().err == 'mrisr_jax: error: a b\n'
   with pytest.raises(SystemExit) as e:
     cli.guard(fails, KeyboardInterrupt())
   assert e.value.code == 130
-  with pytest.raises(RuntimeError):   # unexpected: the traceback stays
+  with pytest.raises(RuntimeError):  # unexpected: the traceback stays
     cli.guard(fails, RuntimeError('bug'))
   with pytest.raises(SystemExit) as e:
     cli.guard(fails, ImportError('no torch'), user_errors=(ImportError,))
@@ -137,6 +144,7 @@ def test_every_error_class_of_the_package_is_a_user_error():
   """Each `class XError` in mrisr_jax (ConfigError, DataError, WeightsError, ExportError, ...) derives
   from UserError, so the runner prints it as one line; the ValueError ones stay ValueErrors."""
   import importlib
+
   found = []
   for path in sorted((REPO / 'mrisr_jax').rglob('*.py')):
     names = re.findall(r'^class (\w+Error)\(', path.read_text(), re.M)
@@ -147,25 +155,40 @@ def test_every_error_class_of_the_package_is_a_user_error():
   for cls in found:
     assert issubclass(cls, errors.UserError), cls
   from mrisr_jax import config_check
+
   assert config_check.ConfigError is errors.ConfigError and issubclass(errors.ConfigError, ValueError)
   assert str(errors.UserError('two\nlines')) == 'two lines'
 
 
 def test_split_overrides():
   rest, overrides = cli.split_overrides(
-      ['--config', 'c.py:quick', '--config.seed', '3', '--config.a.b=x=y', '--config.flips', '--workdir',
-       'w', '--noconfig.data.flips', '--config.seed', '-4', '--', '--config.x=1'])
+    [
+      '--config',
+      'c.py:quick',
+      '--config.seed',
+      '3',
+      '--config.a.b=x=y',
+      '--config.flips',
+      '--workdir',
+      'w',
+      '--noconfig.data.flips',
+      '--config.seed',
+      '-4',
+      '--',
+      '--config.x=1',
+    ]
+  )
   assert rest == ['--config', 'c.py:quick', '--workdir', 'w', '--', '--config.x=1']
   assert overrides == [('seed', '3'), ('a.b', 'x=y'), ('flips', None), ('data.flips', 'false'), ('seed', '-4')]
 
 
 OVERRIDES = [
-    ['--config.seed', '3', '--config.data.flips', '--noconfig.data.transposes'],
-    ['--config.data.degradation', 'bicubic', '--config.data.degradation', 'blur:1.0'],
-    ["--config.data.degradation=('thick:axis=0',)", '--config.batch_size=64', '--config.stages.gan.lr_g=2e-4'],
-    ["--config.loss.perceptual_layers={'relu2_2': 2.0}", '--config.data.root=/x', '--config.model.dtype=bfloat16'],
-    ['--config.stage_order=("gan",)', '--config.data.flips=false', '--config.data.hr_patch_size=480'],
-    ['--config.data.intensity_percentiles=(1.0, 99.0)', '--config.data.acquisitions=CORPD_FBK', '--config.seed=-3'],
+  ['--config.seed', '3', '--config.data.flips', '--noconfig.data.transposes'],
+  ['--config.data.degradation', 'bicubic', '--config.data.degradation', 'blur:1.0'],
+  ["--config.data.degradation=('thick:axis=0',)", '--config.batch_size=64', '--config.stages.gan.lr_g=2e-4'],
+  ["--config.loss.perceptual_layers={'relu2_2': 2.0}", '--config.data.root=/x', '--config.model.dtype=bfloat16'],
+  ['--config.stage_order=("gan",)', '--config.data.flips=false', '--config.data.hr_patch_size=480'],
+  ['--config.data.intensity_percentiles=(1.0, 99.0)', '--config.data.acquisitions=CORPD_FBK', '--config.seed=-3'],
 ]
 
 
@@ -174,6 +197,7 @@ def test_overrides_parse_as_ml_collections_config_flags_do(extra):
   """The runner applies `--config.KEY=VALUE` itself; the values are what config_flags made of them."""
   from absl import flags
   from ml_collections import config_flags
+
   spec = str(REPO / 'configs' / 'srcnn.py') + ':quick'
   argv = ['prog', '--config', spec, *extra]
   flag_values = flags.FlagValues()
@@ -189,13 +213,15 @@ def test_load_config_locks_and_names_the_field():
   assert config.seed == 7
   with pytest.raises(AttributeError):
     config.new_field = 1
-  for overrides, expected in [([('data.flipz', 'true')], "config.data has no field 'flipz' (did you mean 'flips'?)"),
-                              ([('seed', None)], '--config.seed: needs a value'),
-                              ([('data.flips', 'maybe')], "--config.data.flips='maybe': expected true or false"),
-                              ([('seed.x', '1')], 'config.seed holds a value (int), not fields')]:
+  for overrides, expected in [
+    ([('data.flipz', 'true')], "config.data has no field 'flipz' (did you mean 'flips'?)"),
+    ([('seed', None)], '--config.seed: needs a value'),
+    ([('data.flips', 'maybe')], "--config.data.flips='maybe': expected true or false"),
+    ([('seed.x', '1')], 'config.seed holds a value (int), not fields'),
+  ]:
     with pytest.raises(errors.ConfigError, match=re.escape(expected)):
       cli.load_config(str(REPO / 'configs' / 'srcnn.py'), overrides)
-  assert not config_base.load_config(str(REPO / 'configs' / 'srcnn.py')).is_locked   # as tools had it
+  assert not config_base.load_config(str(REPO / 'configs' / 'srcnn.py')).is_locked  # as tools had it
 
 
 def test_parse_args_keyed_and_old_tokens():
@@ -205,12 +231,14 @@ def test_parse_args_keyed_and_old_tokens():
   assert config_base.parse_args('x3, gan', 'f.py', schema) == dict(scale=3, gan=True, quick=False)
   assert config_base.parse_args('quick=false', 'f.py', schema)['quick'] is False
   assert config_base.parse_args('model3', 'p.py', dict(model=(1, (1, 2, 3, 4))))['model'] == 3
-  for arg, expected in [('scale=5', 'f.py: scale=5 is not supported (known: 2, 3, 4)'),
-                        ('scale=two', "f.py: 'scale=two': scale takes an integer"),
-                        ('x2,scale=3', 'f.py: scale given twice (x2, scale=3): pick one of scale=2|3|4'),
-                        ('quick=maybe', "f.py: 'quick=maybe': quick is a switch"),
-                        ('qiuck,x9', "f.py: unknown argument 'qiuck'"),
-                        ('gan=', "f.py: unknown argument 'gan='")]:
+  for arg, expected in [
+    ('scale=5', 'f.py: scale=5 is not supported (known: 2, 3, 4)'),
+    ('scale=two', "f.py: 'scale=two': scale takes an integer"),
+    ('x2,scale=3', 'f.py: scale given twice (x2, scale=3): pick one of scale=2|3|4'),
+    ('quick=maybe', "f.py: 'quick=maybe': quick is a switch"),
+    ('qiuck,x9', "f.py: unknown argument 'qiuck'"),
+    ('gan=', "f.py: unknown argument 'gan='"),
+  ]:
     with pytest.raises(errors.ConfigError) as e:
       config_base.parse_args(arg, 'f.py', schema)
     assert str(e.value).startswith(expected), str(e.value)
@@ -225,14 +253,20 @@ def _load(file: str, arg: str | None):
 
 # (one file per system with keyed arguments, the old path and argument it equals)
 SAME = [
-    ('casrgan.py', 'scale=2,quick', 'casrgan_x2.py', 'quick'), ('casrgan.py', None, 'casrgan_x4.py', None),
-    ('casrgan.py', 'scale=3', 'casrgan_x3.py', None), ('casrgan.py', 'quick', 'casrgan_x4.py', 'quick'),
-    ('fagan.py', 'scale=8', 'fagan_x8.py', None), ('fagan.py', 'scale=2,quick', 'fagan_x2.py', 'quick'),
-    ('fagan.py', None, 'fagan_x4.py', None), ('srdcgan.py', 'quick', 'srdcgan_x4.py', 'quick'),
-    ('perceptual.py', 'model=2,quick', 'perceptual_x4.py', 'model2,quick'),
-    ('perceptual.py', None, 'perceptual_x4.py', 'model1'),
-    ('edsr.py', 'scale=3,gan,baseline', 'edsr.py', 'x3,gan,baseline'), ('srcnn.py', 'scale=2,gan', 'srcnn.py', 'x2,gan'),
-    ('rdn.py', 'quick,scale=3', 'rdn.py', 'x3,quick'), ('drrn.py', 'scale=2', 'drrn.py', 'x2'),
+  ('casrgan.py', 'scale=2,quick', 'casrgan_x2.py', 'quick'),
+  ('casrgan.py', None, 'casrgan_x4.py', None),
+  ('casrgan.py', 'scale=3', 'casrgan_x3.py', None),
+  ('casrgan.py', 'quick', 'casrgan_x4.py', 'quick'),
+  ('fagan.py', 'scale=8', 'fagan_x8.py', None),
+  ('fagan.py', 'scale=2,quick', 'fagan_x2.py', 'quick'),
+  ('fagan.py', None, 'fagan_x4.py', None),
+  ('srdcgan.py', 'quick', 'srdcgan_x4.py', 'quick'),
+  ('perceptual.py', 'model=2,quick', 'perceptual_x4.py', 'model2,quick'),
+  ('perceptual.py', None, 'perceptual_x4.py', 'model1'),
+  ('edsr.py', 'scale=3,gan,baseline', 'edsr.py', 'x3,gan,baseline'),
+  ('srcnn.py', 'scale=2,gan', 'srcnn.py', 'x2,gan'),
+  ('rdn.py', 'quick,scale=3', 'rdn.py', 'x3,quick'),
+  ('drrn.py', 'scale=2', 'drrn.py', 'x2'),
 ]
 
 
@@ -245,5 +279,6 @@ def test_keyed_arguments_match_the_old_paths(new, new_arg, old, old_arg):
 def test_config_files_import_as_modules_too():
   sys.path.insert(0, str(REPO))
   from configs import casrgan, casrgan_x4
+
   assert casrgan_x4.get_config('quick').name == 'casrgan_x4_quick' == casrgan.get_config('quick').name
   assert isinstance(casrgan.get_config('scale=2'), ml_collections.ConfigDict)

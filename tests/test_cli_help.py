@@ -1,4 +1,5 @@
 """Every entry point answers --help, listing and explaining every flag its source defines."""
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,14 @@ TOOLS = sorted(p.name for p in (REPO / 'tools').glob('*.py'))
 
 def _help(command: list[str]) -> str:
   # timeout: a hang guard, not a speed test (the slowest --help takes ~10 s on 2 busy cores)
-  proc = subprocess.run([sys.executable, *command, '--help'], cwd=REPO, capture_output=True, text=True,
-                        timeout=180, env={'TF_CPP_MIN_LOG_LEVEL': '3', **__import__('os').environ})
+  proc = subprocess.run(
+    [sys.executable, *command, '--help'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=180,
+    env={'TF_CPP_MIN_LOG_LEVEL': '3', **__import__('os').environ},
+  )
   text = proc.stdout + proc.stderr
   assert 'Traceback' not in text, text[-3000:]
   return text
@@ -30,7 +37,7 @@ def test_module_help_explains_every_flag(module):
   names = re.findall(r"DEFINE_\w+\(\s*'(\w+)'", source)
   assert names, module
   text = _help(['-m', f'mrisr_jax.{module}'])
-  for name in names:   # absl prints "--name: help" (bools: "--[no]name: help")
+  for name in names:  # absl prints "--name: help" (bools: "--[no]name: help")
     assert re.search(rf'--(\[no\])?{name}: \S', text), (module, name)
 
 
@@ -40,6 +47,6 @@ def test_tool_help_explains_every_option(tool):
   options = re.findall(r"add_argument\(\s*'(--[\w-]+)'", source)
   assert options, f'{tool} defines no options (every tool takes at least --help-documented options)'
   text = _help([f'tools/{tool}'])
-  for option in options:   # argparse: "--name ARG   help" or a wrapped help on the next line
+  for option in options:  # argparse: "--name ARG   help" or a wrapped help on the next line
     assert re.search(rf'{option}\b[^\n]*\n?\s+\S', text), (tool, option)
   assert 'usage:' in text

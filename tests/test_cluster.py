@@ -1,4 +1,5 @@
 """jax.distributed.initialize arguments from SLURM / TPU environments (pure functions, no cluster needed)."""
+
 import pytest
 
 from mrisr_jax import cluster
@@ -13,11 +14,21 @@ HOSTS = ['gpu001', 'gpu002', 'gpu003', 'gpu004']
 def slurm_env(tasks_per_node: int, proc: int, **extra) -> dict:
   """What srun sets for task `proc` of a 4-node x 8-GPU job (no per-task GPU binding)."""
   n = NODES * tasks_per_node
-  return {'SLURM_JOB_ID': '4242', 'SLURM_JOB_NODELIST': 'gpu[001-004]', 'SLURM_STEP_NODELIST': 'gpu[001-004]',
-          'SLURM_NTASKS': str(n), 'SLURM_STEP_NUM_TASKS': str(n), 'SLURM_PROCID': str(proc),
-          'SLURM_LOCALID': str(proc % tasks_per_node), 'SLURM_NODEID': str(proc // tasks_per_node),
-          'SLURM_NTASKS_PER_NODE': str(tasks_per_node), 'SLURM_TASKS_PER_NODE': f'{tasks_per_node}(x{NODES})',
-          'SLURM_GPUS_ON_NODE': str(GPUS), 'CUDA_VISIBLE_DEVICES': ','.join(map(str, range(GPUS))), **extra}
+  return {
+    'SLURM_JOB_ID': '4242',
+    'SLURM_JOB_NODELIST': 'gpu[001-004]',
+    'SLURM_STEP_NODELIST': 'gpu[001-004]',
+    'SLURM_NTASKS': str(n),
+    'SLURM_STEP_NUM_TASKS': str(n),
+    'SLURM_PROCID': str(proc),
+    'SLURM_LOCALID': str(proc % tasks_per_node),
+    'SLURM_NODEID': str(proc // tasks_per_node),
+    'SLURM_NTASKS_PER_NODE': str(tasks_per_node),
+    'SLURM_TASKS_PER_NODE': f'{tasks_per_node}(x{NODES})',
+    'SLURM_GPUS_ON_NODE': str(GPUS),
+    'CUDA_VISIBLE_DEVICES': ','.join(map(str, range(GPUS))),
+    **extra,
+  }
 
 
 @pytest.mark.parametrize('tasks_per_node', [GPUS, 1])
@@ -75,27 +86,36 @@ def test_the_first_host_is_the_coordinator_and_the_port_can_be_chosen():
   assert cluster.detect(env, port=2222).coordinator_address == 'b7:2222'
   assert cluster.detect({**env, 'JAX_COORDINATOR_PORT': '3333'}).coordinator_address == 'b7:3333'
   del env['SLURM_STEP_NODELIST']
-  assert cluster.detect({**env, 'SLURM_JOB_NODELIST': '', 'SLURM_NODELIST': 'c[1-2]'}, port=1).coordinator_address \
-      == 'c1:1'
+  assert (
+    cluster.detect({**env, 'SLURM_JOB_NODELIST': '', 'SLURM_NODELIST': 'c[1-2]'}, port=1).coordinator_address == 'c1:1'
+  )
 
 
 def test_no_cluster_a_single_task_and_tpu_pods():
   assert cluster.detect({}) is None
-  assert cluster.detect({'SLURM_JOB_ID': '1', 'SLURM_NTASKS': '1', 'SLURM_PROCID': '0',
-                         'SLURM_JOB_NODELIST': 'n1'}) is None  # nothing to coordinate
+  assert (
+    cluster.detect({'SLURM_JOB_ID': '1', 'SLURM_NTASKS': '1', 'SLURM_PROCID': '0', 'SLURM_JOB_NODELIST': 'n1'}) is None
+  )  # nothing to coordinate
   tpu = cluster.detect({'TPU_WORKER_HOSTNAMES': 't0,t1,t2,t3'})
   assert tpu.source == 'tpu' and tpu.kwargs() == {}  # jax.distributed reads the TPU metadata
 
 
 def test_main_passes_slurm_args_and_explicit_flags_win():
   env = slurm_env(GPUS, 9)
-  assert distributed_kwargs('auto', env) == {'coordinator_address': 'gpu001:12587', 'num_processes': 32,
-                                             'process_id': 9, 'local_device_ids': [1]}
+  assert distributed_kwargs('auto', env) == {
+    'coordinator_address': 'gpu001:12587',
+    'num_processes': 32,
+    'process_id': 9,
+    'local_device_ids': [1],
+  }
   forced = distributed_kwargs('auto', env, coordinator_address='h:1', num_processes=32, process_id=5)
   assert forced == {'coordinator_address': 'h:1', 'num_processes': 32, 'process_id': 5, 'local_device_ids': [1]}
   assert distributed_kwargs('off', env) is None
   assert distributed_kwargs('auto', {}) is None
   assert distributed_kwargs('on', {}) == {}  # jax's own detection
   assert distributed_kwargs('auto', {}, coordinator_address='127.0.0.1:9', num_processes=2, process_id=1) == {
-      'coordinator_address': '127.0.0.1:9', 'num_processes': 2, 'process_id': 1}
+    'coordinator_address': '127.0.0.1:9',
+    'num_processes': 2,
+    'process_id': 1,
+  }
   assert distributed_kwargs('auto', {'TPU_WORKER_HOSTNAMES': 'a,b'}) == {}

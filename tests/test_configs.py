@@ -1,5 +1,6 @@
 """Every config file with every argument builds a valid config; every `quick` argument trains to the end on
 the embedded sample (tier e2e; .ci/run runs it)."""
+
 import math
 
 import pytest
@@ -11,19 +12,28 @@ pytestmark = pytest.mark.unit
 
 # Every argument each config file accepts (besides combinations of the same tokens).
 ARGS = {
-    'casrgan_x2.py': [None, 'quick'],
-    'casrgan_x3.py': [None, 'quick'],
-    'casrgan_x4.py': [None, 'quick'],
-    'srcnn.py': [None, 'x2', 'x3', 'gan', 'quick', 'gan,quick', 'x3,gan,quick'],
-    'drrn.py': [None, 'x2', 'x3', 'gan', 'quick', 'gan,quick'],
-    'edsr.py': [None, 'x2', 'x3', 'gan', 'baseline,x3', 'quick', 'gan,quick'],
-    'rdn.py': [None, 'x2', 'x3', 'gan', 'quick', 'gan,quick'],
-    'fagan_x2.py': [None, 'quick'],
-    'fagan_x4.py': [None, 'quick'],
-    'fagan_x8.py': [None, 'quick'],
-    'srdcgan_x4.py': [None, 'quick'],
-    'perceptual_x4.py': [None, 'model1', 'model2', 'model3', 'model4', 'model1,quick', 'model2,quick',
-                         'model3,quick', 'model4,quick'],
+  'casrgan_x2.py': [None, 'quick'],
+  'casrgan_x3.py': [None, 'quick'],
+  'casrgan_x4.py': [None, 'quick'],
+  'srcnn.py': [None, 'x2', 'x3', 'gan', 'quick', 'gan,quick', 'x3,gan,quick'],
+  'drrn.py': [None, 'x2', 'x3', 'gan', 'quick', 'gan,quick'],
+  'edsr.py': [None, 'x2', 'x3', 'gan', 'baseline,x3', 'quick', 'gan,quick'],
+  'rdn.py': [None, 'x2', 'x3', 'gan', 'quick', 'gan,quick'],
+  'fagan_x2.py': [None, 'quick'],
+  'fagan_x4.py': [None, 'quick'],
+  'fagan_x8.py': [None, 'quick'],
+  'srdcgan_x4.py': [None, 'quick'],
+  'perceptual_x4.py': [
+    None,
+    'model1',
+    'model2',
+    'model3',
+    'model4',
+    'model1,quick',
+    'model2,quick',
+    'model3,quick',
+    'model4,quick',
+  ],
 }
 # End-to-end runs kept to what differs (CI time; tools/models_table.py runs every one for docs/models.md):
 # - casrgan_x4.py:quick is the README's main job: test_main runs it through the entry point. The x2/x3
@@ -34,9 +44,17 @@ ARGS = {
 # - Where a file has 'gan,quick', that run trains the 'quick' recipe's pre-training stage first and then
 #   the GAN stage, so the plain 'quick' run would repeat its first half.
 NOT_RUN = {('fagan_x2.py', 'quick'), ('perceptual_x4.py', 'model2,quick'), ('perceptual_x4.py', 'model3,quick')}
-QUICK = [(f, a) for f, args in ARGS.items() for a in args
-         if a and 'quick' in a and a != 'x3,gan,quick' and not f.startswith('casrgan_')
-         and not (a == 'quick' and 'gan,quick' in args) and (f, a) not in NOT_RUN]
+QUICK = [
+  (f, a)
+  for f, args in ARGS.items()
+  for a in args
+  if a
+  and 'quick' in a
+  and a != 'x3,gan,quick'
+  and not f.startswith('casrgan_')
+  and not (a == 'quick' and 'gan,quick' in args)
+  and (f, a) not in NOT_RUN
+]
 # Quick runs of the pixel-loss recipes land near bicubic (an untrained network is > 5 dB below it);
 # the perceptual-only (random VGG) and adversarial-only (SR-DCGAN) recipes need not (docs/models.md).
 NEAR_BICUBIC = {'casrgan_x2.py', 'casrgan_x3.py', 'srcnn.py', 'drrn.py', 'edsr.py', 'rdn.py'}

@@ -1,4 +1,5 @@
 """Tests of the data layer on tiny fixture files (mrisr_jax.data.*)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -34,8 +35,7 @@ def write_h5(path: pathlib.Path, attrs: dict | None = None, **datasets) -> pathl
 
 def np_ifft2c(k):
   """fastMRI ifft2c written out directly in numpy (independent of the module)."""
-  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm='ortho'),
-                         axes=(-2, -1))
+  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm='ortho'), axes=(-2, -1))
 
 
 def random_recon(rng, shape, scale=1.0):
@@ -43,10 +43,21 @@ def random_recon(rng, shape, scale=1.0):
 
 
 def data_cfg(root, **overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      root=str(root), train_split='train', val_split='val', target_key='auto',
-      hr_patch_size=8, flips=True, num_workers=0, prefetch_buffer=2, skip_bad_files=False,
-      val_max_volumes=0, val_max_slices=0))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      root=str(root),
+      train_split='train',
+      val_split='val',
+      target_key='auto',
+      hr_patch_size=8,
+      flips=True,
+      num_workers=0,
+      prefetch_buffer=2,
+      skip_bad_files=False,
+      val_max_volumes=0,
+      val_max_slices=0,
+    )
+  )
   cfg.update(overrides)
   return cfg
 
@@ -90,8 +101,7 @@ def take(it, n):
 
 
 def batches_equal(a, b):
-  return all(np.array_equal(x['hr'], y['hr']) and np.array_equal(x['lr'], y['lr'])
-             for x, y in zip(a, b, strict=True))
+  return all(np.array_equal(x['hr'], y['hr']) and np.array_equal(x['lr'], y['lr']) for x, y in zip(a, b, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,8 +145,7 @@ def test_target_selection_order(tmp_path):
   esc_k = write_h5(tmp_path / 'esck.h5', reconstruction_esc=esc, kspace=k)
   k_only = write_h5(tmp_path / 'k.h5', kspace=k)
   src = fastmri.FastMRISliceSource([all3, esc_k, k_only])
-  assert [v.metadata['target'] for v in src.volumes] == ['reconstruction_rss', 'reconstruction_esc',
-                                                         'kspace']
+  assert [v.metadata['target'] for v in src.volumes] == ['reconstruction_rss', 'reconstruction_esc', 'kspace']
   np.testing.assert_allclose(src[0]['image'], rss[0] / rss.max(), rtol=1e-6)
   np.testing.assert_allclose(src[2]['image'], esc[0] / esc.max(), rtol=1e-6)
   explicit = fastmri.FastMRISliceSource([all3], target_key='reconstruction_esc')
@@ -181,8 +190,9 @@ def test_source_pickles_without_handles(train_root):
 
 
 def test_file_attrs_are_kept(tmp_path):
-  path = write_h5(tmp_path / 'x.h5', attrs={'max': 7.0, 'acquisition': 'AXT1'},
-                  reconstruction_rss=np.ones((1, 4, 4), np.float32))
+  path = write_h5(
+    tmp_path / 'x.h5', attrs={'max': 7.0, 'acquisition': 'AXT1'}, reconstruction_rss=np.ones((1, 4, 4), np.float32)
+  )
   vol = fastmri.FastMRISliceSource([path]).volumes[0]
   assert vol.metadata['attrs']['acquisition'] == 'AXT1' and vol.metadata['attrs']['max'] == 7.0
   assert vol.metadata['max'] == 1.0  # computed from the data, not taken from attrs
@@ -198,7 +208,7 @@ def test_area_downsample_is_block_mean(shape, scale):
   ref = np.zeros(shape[:-2] + (h, w), np.float64)
   for i in range(h):
     for j in range(w):
-      ref[..., i, j] = x[..., i * scale:(i + 1) * scale, j * scale:(j + 1) * scale].mean(axis=(-2, -1))
+      ref[..., i, j] = x[..., i * scale : (i + 1) * scale, j * scale : (j + 1) * scale].mean(axis=(-2, -1))
   out = degrade.area_downsample(x, scale)
   assert out.dtype == np.float32 and out.shape == ref.shape
   np.testing.assert_allclose(out, ref, atol=1e-6)
@@ -214,8 +224,9 @@ def test_area_downsample_rejects_indivisible_shape():
 def test_bicubic_upsample_matches_torch(shape, scale):
   torch = pytest.importorskip('torch')
   x = np.random.default_rng(5).random(shape).astype(np.float32)
-  ref = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=scale, mode='bicubic',
-                                        align_corners=False).numpy()
+  ref = torch.nn.functional.interpolate(
+    torch.from_numpy(x), scale_factor=scale, mode='bicubic', align_corners=False
+  ).numpy()
   out = degrade.bicubic_upsample(x, scale)
   assert out.dtype == np.float32 and out.shape == ref.shape
   np.testing.assert_allclose(out, ref, atol=1e-5)
@@ -226,8 +237,7 @@ def test_bicubic_upsample_matches_torch(shape, scale):
 def test_bicubic_resize_matches_torch_non_integer():
   torch = pytest.importorskip('torch')
   x = np.random.default_rng(6).random((1, 1, 9, 11)).astype(np.float32)
-  ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=(20, 17), mode='bicubic',
-                                        align_corners=False).numpy()
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=(20, 17), mode='bicubic', align_corners=False).numpy()
   np.testing.assert_allclose(degrade.bicubic_resize(x, 20, 17), ref, atol=1e-5)
 
 
@@ -235,8 +245,15 @@ def test_bicubic_resize_matches_torch_non_integer():
 # training pipeline
 # ----------------------------------------------------------------------------------------------
 def make_ds(root, seed=0, batch=4, pi=0, pc=1, scale=2, start=0, **cfg):
-  return pipeline.make_train_dataset(data_cfg(root, **cfg), scale=scale, global_batch_size=batch,
-                                     seed=seed, process_index=pi, process_count=pc, start=start)[0]
+  return pipeline.make_train_dataset(
+    data_cfg(root, **cfg),
+    scale=scale,
+    global_batch_size=batch,
+    seed=seed,
+    process_index=pi,
+    process_count=pc,
+    start=start,
+  )[0]
 
 
 def test_batches_have_the_documented_shapes(train_root):
@@ -256,8 +273,7 @@ def test_crops_come_from_the_slices(train_root):
   slices = [src[i]['image'] for i in range(len(src))]
   b = next(iter(make_ds(train_root, batch=6, flips=False, hr_patch_size=6)))
   for patch in b['hr'][..., 0]:
-    found = any(np.array_equal(img[y:y + 6, x:x + 6], patch)
-                for img in slices for y in range(11) for x in range(7))
+    found = any(np.array_equal(img[y : y + 6, x : x + 6], patch) for img in slices for y in range(11) for x in range(7))
     assert found
 
 
@@ -302,25 +318,26 @@ def test_two_processes_cover_each_epoch_exactly_once(indexed_root):
     ids = [slice_ids(b['hr']) for b in take(it, 4)]
     epoch0 = ids[0] + ids[1]
     epoch1 = ids[2] + ids[3]
-    order = pipeline.host_slice_order(12, seed=11, start=0, count=12, local_batch=3, process_index=pi,
-                                      process_count=2)
+    order = pipeline.host_slice_order(12, seed=11, start=0, count=12, local_batch=3, process_index=pi, process_count=2)
     assert epoch0 + epoch1 == order
     seen[pi] = (epoch0, epoch1)
   for epoch in (0, 1):
     both = seen[0][epoch] + seen[1][epoch]
     assert sorted(both) == list(range(12))
   assert seen[0][0] + seen[1][0] != seen[0][1] + seen[1][1]  # reshuffled per epoch
-  assert seen[0][0] + seen[1][0] != list(range(12))            # shuffled at all
+  assert seen[0][0] + seen[1][0] != list(range(12))  # shuffled at all
 
 
 def test_uneven_slice_count_still_covers_every_epoch_once():
   # 13 slices over 3 hosts (global batch 3): hosts take turns along one global stream, so each
   # epoch is read once in all, whatever the process count.
-  orders = [pipeline.host_slice_order(13, seed=1, start=0, count=13, local_batch=1, process_index=pi,
-                                      process_count=3) for pi in range(3)]
+  orders = [
+    pipeline.host_slice_order(13, seed=1, start=0, count=13, local_batch=1, process_index=pi, process_count=3)
+    for pi in range(3)
+  ]
   stream = [orders[k % 3][k // 3] for k in range(39)]
   for epoch in range(3):
-    assert sorted(stream[13 * epoch:13 * (epoch + 1)]) == list(range(13))
+    assert sorted(stream[13 * epoch : 13 * (epoch + 1)]) == list(range(13))
   assert stream == pipeline.host_slice_order(13, seed=1, start=0, count=39, local_batch=3)
 
 
@@ -331,8 +348,10 @@ def test_global_batches_do_not_depend_on_the_process_count(indexed_root):
   one = take(iter(make_ds(indexed_root, seed=2, batch=batch, hr_patch_size=4, start=start)), 3)
   assert not batches_equal(one, take(iter(make_ds(indexed_root, seed=2, batch=batch, hr_patch_size=4)), 3))
   for pc in (2, 4):
-    shares = [take(iter(make_ds(indexed_root, seed=2, batch=batch, pi=pi, pc=pc, hr_patch_size=4,
-                                start=start)), 3) for pi in range(pc)]
+    shares = [
+      take(iter(make_ds(indexed_root, seed=2, batch=batch, pi=pi, pc=pc, hr_patch_size=4, start=start)), 3)
+      for pi in range(pc)
+    ]
     for b in range(3):
       for key in ('lr', 'hr'):
         np.testing.assert_array_equal(np.concatenate([s[b][key] for s in shares]), one[b][key])
@@ -407,26 +426,28 @@ def test_truncated_file(tmp_path):
   rng = np.random.default_rng(8)
   path = write_h5(tmp_path / 'trunc.h5', reconstruction_rss=random_recon(rng, (4, 32, 32)))
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   with pytest.raises(DataError) as err:
     fastmri.FastMRISliceSource([path])
   assert_one_line(err.value, path)
 
 
 def test_missing_keys_name_the_keys_present(tmp_path):
-  path = write_h5(tmp_path / 'nokeys.h5', image=np.ones((1, 4, 4), np.float32),
-                  mask=np.ones(4, np.float32))
+  path = write_h5(tmp_path / 'nokeys.h5', image=np.ones((1, 4, 4), np.float32), mask=np.ones(4, np.float32))
   with pytest.raises(DataError) as err:
     fastmri.FastMRISliceSource([path])
   assert_one_line(err.value, path, 'reconstruction_rss', "'image'", "'mask'")
 
 
-@pytest.mark.parametrize('key,value,shape', [
+@pytest.mark.parametrize(
+  'key,value,shape',
+  [
     ('reconstruction_rss', np.ones((4, 4), np.float32), '(4, 4)'),
     ('reconstruction_esc', np.ones((1, 1, 4, 4), np.float32), '(1, 1, 4, 4)'),
     ('kspace', np.ones((4, 4), np.complex64), '(4, 4)'),
     ('kspace', np.ones((1, 1, 1, 4, 4), np.complex64), '(1, 1, 1, 4, 4)'),
-])
+  ],
+)
 def test_wrong_rank(tmp_path, key, value, shape):
   path = write_h5(tmp_path / 'rank.h5', **{key: value})
   with pytest.raises(DataError) as err:
@@ -441,8 +462,9 @@ def test_wrong_dtype(tmp_path):
   assert_one_line(err.value, path, 'kspace', 'complex')
 
 
-@pytest.mark.parametrize('key,bad', [('reconstruction_rss', np.nan), ('reconstruction_rss', np.inf),
-                                     ('kspace', np.nan)])
+@pytest.mark.parametrize(
+  'key,bad', [('reconstruction_rss', np.nan), ('reconstruction_rss', np.inf), ('kspace', np.nan)]
+)
 def test_non_finite_values(tmp_path, key, bad):
   dtype = np.complex64 if key == 'kspace' else np.float32
   value = np.ones((3, 4, 4), dtype)
@@ -487,8 +509,7 @@ def test_batch_not_divisible_by_processes(train_root):
 def test_skip_bad_files_counts_and_skips(train_root, monkeypatch):
   bad1 = train_root / 'train' / 'c_garbage.h5'
   bad1.write_bytes(b'garbage')
-  bad2 = write_h5(train_root / 'train' / 'd_nan.h5',
-                  reconstruction_rss=np.full((2, 16, 12), np.nan, np.float32))
+  bad2 = write_h5(train_root / 'train' / 'd_nan.h5', reconstruction_rss=np.full((2, 16, 12), np.nan, np.float32))
   files = fastmri.list_volume_files(train_root, 'train')
   with pytest.raises(DataError) as err:
     fastmri.FastMRISliceSource(files)

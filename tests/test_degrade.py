@@ -1,5 +1,6 @@
 """Degradation steps: antialiased bicubic, Gaussian blur, k-space truncation, slice thickening, Rician
 noise, area resize, the step grammar, and the bicubic-upsampled input the pipeline hands SRCNN/DRRN."""
+
 import math
 
 import numpy as np
@@ -15,8 +16,9 @@ def test_antialiased_bicubic_is_torchs_algorithm_with_the_chosen_kernel():
   rng = np.random.default_rng(0)
   for h, w, oh, ow in [(20, 24, 5, 6), (17, 9, 4, 3), (48, 48, 12, 12)]:
     x = rng.random((h, w))
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x[None, None]), size=(oh, ow), mode='bicubic',
-                                          antialias=True).numpy()[0, 0]
+    ref = torch.nn.functional.interpolate(
+      torch.from_numpy(x[None, None]), size=(oh, ow), mode='bicubic', antialias=True
+    ).numpy()[0, 0]
     # torch's antialiased path uses the a = -0.5 kernel; ours is the same algorithm with a parameter.
     np.testing.assert_allclose(degrade.bicubic_resize(x, oh, ow, antialias=True, a=-0.5), ref, atol=1e-12)
 
@@ -40,28 +42,42 @@ def test_gaussian_blur_equals_scipy_mirror_mode():
 
 def test_make_lr_applies_the_steps_in_order_and_rejects_bad_ones():
   x = np.random.default_rng(2).random((32, 24)).astype(np.float32)
-  np.testing.assert_allclose(degrade.make_lr(x, 4, ('bicubic', 'blur:1.0')),
-                             degrade.gaussian_blur(degrade.bicubic_downsample(x, 4), 1.0), atol=1e-6)
+  np.testing.assert_allclose(
+    degrade.make_lr(x, 4, ('bicubic', 'blur:1.0')),
+    degrade.gaussian_blur(degrade.bicubic_downsample(x, 4), 1.0),
+    atol=1e-6,
+  )
   np.testing.assert_allclose(degrade.make_lr(x, 2), degrade.area_downsample(x, 2), atol=1e-7)
-  for bad, message in [(('blur:1.0',), 'exactly one downsampling'), (('area', 'bicubic'), 'exactly one'),
-                       (('area', 'blur:-1'), 'positive sigma'), (('nearest',), "unknown step 'nearest'")]:
+  for bad, message in [
+    (('blur:1.0',), 'exactly one downsampling'),
+    (('area', 'bicubic'), 'exactly one'),
+    (('area', 'blur:-1'), 'positive sigma'),
+    (('nearest',), "unknown step 'nearest'"),
+  ]:
     with pytest.raises(ValueError, match=message):
       degrade.make_lr(x, 2, bad)
 
 
 def test_pipeline_gives_upsampled_input_and_rectangular_crops():
   data = dict(hr_patch_size=(32, 48), degradation=('bicubic', 'blur:1.0'), flips=False)
-  plain = next(iter(pipeline.make_train_dataset(data, scale=4, global_batch_size=2, seed=3,
-                                                process_index=0, process_count=1)[0]))
-  up = next(iter(pipeline.make_train_dataset(data, scale=4, global_batch_size=2, seed=3,
-                                             process_index=0, process_count=1, upsampled_input=True)[0]))
+  plain = next(
+    iter(pipeline.make_train_dataset(data, scale=4, global_batch_size=2, seed=3, process_index=0, process_count=1)[0])
+  )
+  up = next(
+    iter(
+      pipeline.make_train_dataset(
+        data, scale=4, global_batch_size=2, seed=3, process_index=0, process_count=1, upsampled_input=True
+      )[0]
+    )
+  )
   assert plain['hr'].shape == (2, 32, 48, 1) and plain['lr'].shape == (2, 8, 12, 1)
   np.testing.assert_array_equal(up['hr'], plain['hr'])
   assert up['lr'].shape == (2, 32, 48, 1)
   expected = np.clip(degrade.bicubic_upsample(plain['lr'][..., 0], 4), 0, 1)
   np.testing.assert_allclose(up['lr'][..., 0], expected, atol=1e-6)
-  np.testing.assert_allclose(plain['lr'][..., 0], degrade.make_lr(plain['hr'][..., 0], 4, data['degradation']),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    plain['lr'][..., 0], degrade.make_lr(plain['hr'][..., 0], 4, data['degradation']), atol=1e-6
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,9 +86,9 @@ def test_pipeline_gives_upsampled_input_and_rectangular_crops():
 def _keys(t, a):
   t = abs(t)
   if t <= 1:
-    return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    return (a + 2) * t**3 - (a + 3) * t**2 + 1
   if t < 2:
-    return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
   return 0.0
 
 
@@ -99,8 +115,9 @@ def test_antialiased_bicubic_a075_equals_a_per_pixel_reference(scale):
   np.testing.assert_allclose(degrade.bicubic_downsample(x, scale), ref, atol=1e-5)
   np.testing.assert_allclose(degrade.make_lr(x.astype(np.float32), scale, ('bicubic',)), ref, atol=1e-5)
   # along one axis only: the other is untouched
-  np.testing.assert_allclose(degrade.make_lr(x, scale, ('bicubic:axes=1',)),
-                             _aa_bicubic_1d(x.T, 36 // scale, -0.75).T, atol=1e-5)
+  np.testing.assert_allclose(
+    degrade.make_lr(x, scale, ('bicubic:axes=1',)), _aa_bicubic_1d(x.T, 36 // scale, -0.75).T, atol=1e-5
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,7 +139,7 @@ def _band_limited(shape, band, seed):
 def _interpolant(x, ys, xs):
   """The trigonometric (band-limited) interpolant of x at fractional pixel positions."""
   h, w = x.shape
-  spec = np.fft.fft2(x) / (h * w)                    # x[t] = sum_k spec[k] exp(2 pi i k t / n)
+  spec = np.fft.fft2(x) / (h * w)  # x[t] = sum_k spec[k] exp(2 pi i k t / n)
   ky, kx = np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w
   ey = np.exp(2j * np.pi * np.outer(ys, ky) / h)
   ex = np.exp(2j * np.pi * np.outer(kx, xs) / w)
@@ -131,7 +148,7 @@ def _interpolant(x, ys, xs):
 
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_kspace_truncation_of_a_band_limited_image_samples_it_at_block_centres(scale):
-  h, w = 12 * scale, 10 * scale   # kept lengths m = 12 x 10 (even); an odd m below
+  h, w = 12 * scale, 10 * scale  # kept lengths m = 12 x 10 (even); an odd m below
   x = _band_limited((h, w), (h // scale, w // scale), seed=scale)
   centres = lambda n: np.arange(n // scale) * scale + (scale - 1) / 2
   expected = _interpolant(x, centres(h), centres(w))
@@ -168,8 +185,8 @@ def _tukey(size, alpha):
     return np.hanning(size)
   n = np.arange(size)
   width = int(np.floor(alpha * (size - 1) / 2.0))
-  w1 = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * n[:width + 1] / alpha / (size - 1))))
-  w3 = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * n[size - width - 1:] / alpha / (size - 1))))
+  w1 = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * n[: width + 1] / alpha / (size - 1))))
+  w3 = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * n[size - width - 1 :] / alpha / (size - 1))))
   return np.concatenate([w1, np.ones(size - 2 * width - 2), w3])
 
 
@@ -188,7 +205,7 @@ def test_kspace_truncation_equals_the_fft_formula(window, alpha):
   spec = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x), norm='ortho'))  # DC at (16, 24)
   for fy, fx in [(2, 2), (4, 4), (4, 1), (1, 2)]:
     my, mx = 32 // fy, 48 // fx
-    block = spec[16 - my // 2:16 - my // 2 + my, 24 - mx // 2:24 - mx // 2 + mx]
+    block = spec[16 - my // 2 : 16 - my // 2 + my, 24 - mx // 2 : 24 - mx // 2 + mx]
     # block-centre phase (even m: the FFT grid is at j * f, so d = (f - 1) / 2)
     block = block * np.exp(2j * np.pi * (np.arange(my) - my // 2) * (fy - 1) / 2 / 32)[:, None]
     block = block * np.exp(2j * np.pi * (np.arange(mx) - mx // 2) * (fx - 1) / 2 / 48)[None, :]
@@ -259,10 +276,10 @@ def test_thick_along_axis_1_is_axis_0_of_the_transpose():
   for steps in [('thick:axis=1',), ('thick:axis=1,profile=gaussian',), ('thick:axis=1,profile=gaussian,fwhm=3',)]:
     out = degrade.make_lr(x, 4, steps)
     assert out.shape == (32, 10)
-    np.testing.assert_allclose(out, degrade.make_lr(x.T, 4, (steps[0].replace('axis=1', 'axis=0'),)).T,
-                               atol=1e-6)
-  np.testing.assert_allclose(degrade.make_lr(x, 4, ('thick:axis=1',)), degrade.make_lr(x, 4, ('area:axes=1',)),
-                             atol=1e-6)
+    np.testing.assert_allclose(out, degrade.make_lr(x.T, 4, (steps[0].replace('axis=1', 'axis=0'),)).T, atol=1e-6)
+  np.testing.assert_allclose(
+    degrade.make_lr(x, 4, ('thick:axis=1',)), degrade.make_lr(x, 4, ('area:axes=1',)), atol=1e-6
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +288,7 @@ def test_thick_along_axis_1_is_axis_0_of_the_transpose():
 def _rician_mean(a, sigma):
   special = pytest.importorskip('scipy.special')
   t = a * a / (2 * sigma * sigma)
-  laguerre = (1 + t) * special.i0e(t / 2) + t * special.i1e(t / 2)   # L_{1/2}(-t), Bessel form
+  laguerre = (1 + t) * special.i0e(t / 2) + t * special.i1e(t / 2)  # L_{1/2}(-t), Bessel form
   assert laguerre == pytest.approx(special.hyp1f1(-0.5, 1, -t), rel=1e-10)
   return sigma * math.sqrt(math.pi / 2) * laguerre
 
@@ -283,7 +300,7 @@ def test_rician_noise_has_the_rician_mean(a, sigma):
   assert y.dtype == np.float32 and y.shape == x.shape
   expected = _rician_mean(a, sigma)
   if a == 0:
-    assert expected == pytest.approx(sigma * math.sqrt(math.pi / 2))   # Rayleigh
+    assert expected == pytest.approx(sigma * math.sqrt(math.pi / 2))  # Rayleigh
   assert y.mean() == pytest.approx(expected, rel=0.02)
   assert (y.astype(np.float64) ** 2).mean() == pytest.approx(a * a + 2 * sigma * sigma, rel=0.02)
 
@@ -297,9 +314,11 @@ def test_noise_step_follows_the_rng_and_needs_one():
   np.testing.assert_array_equal(one, two)
   assert not np.array_equal(one, other)
   clean = degrade.bicubic_downsample(x, 2)
-  assert 0.03 < np.std(one - clean) < 0.07   # sigma = 1/20 (Rician, so not exactly)
-  np.testing.assert_allclose(degrade.make_lr(x, 2, ('area', 'noise:sigma=0.05'), np.random.default_rng(3)),
-                             degrade.rician_noise(degrade.area_downsample(x, 2), 0.05, np.random.default_rng(3)))
+  assert 0.03 < np.std(one - clean) < 0.07  # sigma = 1/20 (Rician, so not exactly)
+  np.testing.assert_allclose(
+    degrade.make_lr(x, 2, ('area', 'noise:sigma=0.05'), np.random.default_rng(3)),
+    degrade.rician_noise(degrade.area_downsample(x, 2), 0.05, np.random.default_rng(3)),
+  )
   with pytest.raises(ValueError, match='noise.*rng'):
     degrade.make_lr(x, 2, steps)
 
@@ -307,7 +326,9 @@ def test_noise_step_follows_the_rng_and_needs_one():
 # ----------------------------------------------------------------------------------------------
 # the step grammar
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('steps,bad,needle', [
+@pytest.mark.parametrize(
+  'steps,bad,needle',
+  [
     (('lanczos',), 'lanczos', "unknown step 'lanczos'; known: area, bicubic, kspace, thick, blur, noise"),
     (('area:scale=2',), 'area:scale=2', "unknown key 'scale' for area; known: axes"),
     (('kspace:window=hann',), 'kspace:window=hann', 'window must be one of none|hamming|tukey'),
@@ -321,7 +342,8 @@ def test_noise_step_follows_the_rng_and_needs_one():
     (('area:axes=2',), 'area:axes=2', 'axes must be one of both|0|1'),
     (('thick:fwhm=3',), 'thick:fwhm=3', 'fwhm only applies to profile=gaussian'),
     (('kspace:0.5',), 'kspace:0.5', 'key=value'),
-])
+  ],
+)
 def test_parse_errors_name_the_step(steps, bad, needle):
   with pytest.raises(ValueError) as err:
     degrade.parse_degradation(steps)
@@ -330,24 +352,27 @@ def test_parse_errors_name_the_step(steps, bad, needle):
 
 
 def test_parse_fills_defaults_and_keeps_the_old_syntax():
-  blur, = degrade.parse_degradation(('area', 'blur:1.5'))[1:]
+  (blur,) = degrade.parse_degradation(('area', 'blur:1.5'))[1:]
   assert blur == degrade.parse_degradation(('area', 'blur:sigma=1.5'))[1] and blur.param('sigma') == 1.5
   assert blur.axes == ()
   assert degrade.parse_degradation('kspace') == degrade.parse_degradation(('kspace:window=none,axes=both',))
   k, n = degrade.parse_degradation(('kspace:window=tukey', 'noise:snr=20'))
   assert k == degrade.Step('kspace', (0, 1), (('alpha', 0.5), ('window', 'tukey')))
   assert n.name == 'noise' and n.param('sigma') == pytest.approx(0.05)
-  t, = degrade.parse_degradation(('thick:profile=gaussian,axis=1, fwhm=3',))
+  (t,) = degrade.parse_degradation(('thick:profile=gaussian,axis=1, fwhm=3',))
   assert t.axes == (1,) and t.param('fwhm') == 3.0 and t.param('profile') == 'gaussian'
   assert degrade.parse_degradation(('bicubic',))[0].param('a') == -0.75
   assert degrade.parse_degradation(('bicubic:a=-0.5,axes=0',))[0] == degrade.Step('bicubic', (0,), (('a', -0.5),))
 
 
 def test_lr_factors_is_global_needs_rng():
-  cases = [(('area',), (4, 4), False, False), (('thick:axis=0',), (4, 1), False, False),
-           (('thick:axis=1,profile=gaussian', 'noise:snr=30'), (1, 4), False, True),
-           (('kspace:window=hamming,axes=0', 'area:axes=1'), (4, 4), True, False),
-           (('blur:1.0', 'bicubic:axes=1', 'noise:sigma=0.02'), (1, 4), False, True)]
+  cases = [
+    (('area',), (4, 4), False, False),
+    (('thick:axis=0',), (4, 1), False, False),
+    (('thick:axis=1,profile=gaussian', 'noise:snr=30'), (1, 4), False, True),
+    (('kspace:window=hamming,axes=0', 'area:axes=1'), (4, 4), True, False),
+    (('blur:1.0', 'bicubic:axes=1', 'noise:sigma=0.02'), (1, 4), False, True),
+  ]
   x = np.random.default_rng(16).random((32, 40)).astype(np.float32)
   for steps, factors, glob, rng in cases:
     assert degrade.lr_factors(steps, 4) == factors, steps
@@ -379,8 +404,14 @@ def test_area_resize_integer_factors_equal_area_downsample():
 def test_area_resize_uses_exact_fractional_overlaps():
   x = np.random.default_rng(19).random((10, 7))
   # 10 -> 4: footprints of 2.5 pixels, [0, 2.5), [2.5, 5), [5, 7.5), [7.5, 10)
-  hand = np.stack([(x[0] + x[1] + 0.5 * x[2]) / 2.5, (0.5 * x[2] + x[3] + x[4]) / 2.5,
-                   (x[5] + x[6] + 0.5 * x[7]) / 2.5, (0.5 * x[7] + x[8] + x[9]) / 2.5])
+  hand = np.stack(
+    [
+      (x[0] + x[1] + 0.5 * x[2]) / 2.5,
+      (0.5 * x[2] + x[3] + x[4]) / 2.5,
+      (x[5] + x[6] + 0.5 * x[7]) / 2.5,
+      (0.5 * x[7] + x[8] + x[9]) / 2.5,
+    ]
+  )
   np.testing.assert_allclose(degrade.area_resize(x, 4, 7), hand, atol=1e-12)
   for n, m in [(10, 4), (37, 11), (96, 70), (7, 7)]:
     weights = degrade.area_resize(np.eye(n), m, n)  # rows = the weight matrix

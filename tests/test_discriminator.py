@@ -1,4 +1,5 @@
 """CASRGAN discriminator and TorchBatchNorm: parity with a PyTorch mirror of the reference."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrisr_jax.models.discriminator import (CASRGANDiscriminator, NUM_PARAMS, from_torch_state_dict,
-                                            to_torch_state_dict, torch_key_map)
+from mrisr_jax.models.discriminator import (
+  CASRGANDiscriminator,
+  NUM_PARAMS,
+  from_torch_state_dict,
+  to_torch_state_dict,
+  torch_key_map,
+)
 from mrisr_jax.models.norm import TorchBatchNorm
 
 torch = pytest.importorskip('torch')
@@ -26,17 +32,24 @@ def _expected_state_dict():
   """The `discriminator` entry of reference_state_dicts.json: (key, shape, dtype) in order."""
   out = [('conv1.0.weight', (64, 1, 3, 3), 'float32'), ('conv1.0.bias', (64,), 'float32')]
   cin = 64
-  for i, (cout, _) in enumerate([(64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1),
-                                 (512, 2)]):
+  for i, (cout, _) in enumerate([(64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2)]):
     t = f'down.{i}.layer'
-    out += [(f'{t}.0.weight', (cout, cin, 3, 3), 'float32'), (f'{t}.0.bias', (cout,), 'float32'),
-            (f'{t}.1.weight', (cout,), 'float32'), (f'{t}.1.bias', (cout,), 'float32'),
-            (f'{t}.1.running_mean', (cout,), 'float32'),
-            (f'{t}.1.running_var', (cout,), 'float32'),
-            (f'{t}.1.num_batches_tracked', (), 'int64')]
+    out += [
+      (f'{t}.0.weight', (cout, cin, 3, 3), 'float32'),
+      (f'{t}.0.bias', (cout,), 'float32'),
+      (f'{t}.1.weight', (cout,), 'float32'),
+      (f'{t}.1.bias', (cout,), 'float32'),
+      (f'{t}.1.running_mean', (cout,), 'float32'),
+      (f'{t}.1.running_var', (cout,), 'float32'),
+      (f'{t}.1.num_batches_tracked', (), 'int64'),
+    ]
     cin = cout
-  out += [('dense.1.weight', (1024, 512, 1, 1), 'float32'), ('dense.1.bias', (1024,), 'float32'),
-          ('dense.3.weight', (1, 1024, 1, 1), 'float32'), ('dense.3.bias', (1,), 'float32')]
+  out += [
+    ('dense.1.weight', (1024, 512, 1, 1), 'float32'),
+    ('dense.1.bias', (1024,), 'float32'),
+    ('dense.3.weight', (1, 1024, 1, 1), 'float32'),
+    ('dense.3.bias', (1,), 'float32'),
+  ]
   return out
 
 
@@ -72,8 +85,9 @@ def pair():
 
 def test_param_count_and_shapes():
   model = CASRGANDiscriminator()
-  variables = jax.eval_shape(lambda k, x: model.init(k, x, False), jax.random.PRNGKey(0),
-                             jnp.zeros((2, 32, 32, 1), jnp.float32))
+  variables = jax.eval_shape(
+    lambda k, x: model.init(k, x, False), jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 1), jnp.float32)
+  )
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
   assert n == NUM_PARAMS == 5_214_273
   assert set(variables) == {'params', 'batch_stats'}
@@ -94,17 +108,20 @@ def test_key_map_matches_reference_contract():
   assert [(k, tuple(s), d) for k, s, d in ref['state_dict']] == EXPECTED
   assert ref['num_params'] == NUM_PARAMS
   tm = TorchGANDiscriminator()
-  got = [(k, tuple(v.shape), str(v.dtype).replace('torch.', ''))
-         for k, v in tm.state_dict().items()]
+  got = [(k, tuple(v.shape), str(v.dtype).replace('torch.', '')) for k, v in tm.state_dict().items()]
   assert got == EXPECTED
   assert sum(p.numel() for p in tm.parameters()) == NUM_PARAMS
   # every flax variable is mapped exactly once, with the transformed shape
-  variables = jax.eval_shape(lambda k, x: CASRGANDiscriminator().init(k, x, False),
-                             jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
-  flat = {('params',) + tuple(p.key for p in path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(variables['params'])[0]}
-  flat |= {('batch_stats',) + tuple(p.key for p in path)
-           for path, _ in jax.tree_util.tree_flatten_with_path(variables['batch_stats'])[0]}
+  variables = jax.eval_shape(
+    lambda k, x: CASRGANDiscriminator().init(k, x, False), jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1))
+  )
+  flat = {
+    ('params',) + tuple(p.key for p in path) for path, _ in jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+  }
+  flat |= {
+    ('batch_stats',) + tuple(p.key for p in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(variables['batch_stats'])[0]
+  }
   assert {spec.path for spec in km.values()} == flat
   for k, shape, _ in EXPECTED:
     spec = km[k]
@@ -155,8 +172,9 @@ def test_forward_parity_eval_and_train(pair):
   j_logits, _ = model.apply(variables, xj, True, mutable=['batch_stats'])
   scale = max(1.0, float(np.abs(t_logits).max()))
   np.testing.assert_allclose(np.asarray(j_logits), t_logits, atol=1e-4 * scale)
-  np.testing.assert_allclose(np.asarray(jax.nn.sigmoid(j_logits)),
-                             torch.sigmoid(torch.from_numpy(t_logits)).numpy(), atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(jax.nn.sigmoid(j_logits)), torch.sigmoid(torch.from_numpy(t_logits)).numpy(), atol=1e-4
+  )
 
 
 def test_running_stats_after_three_training_steps(pair):
@@ -203,11 +221,11 @@ def test_torch_batchnorm_matches_batchnorm2d():
   assert int(variables['batch_stats']['num_batches_tracked']) == 0
   np.testing.assert_array_equal(variables['batch_stats']['var'], np.ones(c))
   np.testing.assert_array_equal(variables['params']['scale'], np.ones(c))
-  variables = {'params': {'scale': jnp.asarray(tbn.weight.detach().numpy()),
-                          'bias': jnp.asarray(tbn.bias.detach().numpy())},
-               'batch_stats': variables['batch_stats']}
-  train = jax.jit(lambda v, x: bn.apply(v, x, use_running_average=False,
-                                        mutable=['batch_stats']))
+  variables = {
+    'params': {'scale': jnp.asarray(tbn.weight.detach().numpy()), 'bias': jnp.asarray(tbn.bias.detach().numpy())},
+    'batch_stats': variables['batch_stats'],
+  }
+  train = jax.jit(lambda v, x: bn.apply(v, x, use_running_average=False, mutable=['batch_stats']))
   tbn.train()
   for i in range(4):
     x = (rng.standard_normal((3, c, 4, 6)) * (2 + i) + i).astype(np.float32)  # n = 72 per channel
@@ -231,8 +249,7 @@ def test_torch_batchnorm_matches_batchnorm2d():
   np.testing.assert_allclose(np.asarray(jy), ty, atol=1e-5, rtol=1e-5)
   # the call argument overrides an unset attribute; a single value per channel is rejected
   with pytest.raises(ValueError, match='more than 1 value'):
-    bn.apply(variables, jnp.zeros((1, 1, 1, c)), use_running_average=False,
-             mutable=['batch_stats'])
+    bn.apply(variables, jnp.zeros((1, 1, 1, c)), use_running_average=False, mutable=['batch_stats'])
 
 
 def test_bfloat16_compute_dtype():

@@ -3,6 +3,7 @@
 The model is SRCNN with weights chosen so that it is exactly the identity on its (bicubic) input:
 its SR is the bicubic image bit for bit, so the gain over bicubic must be exactly zero.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ skm = pytest.importorskip('skimage.metrics')
 def _config(name, arg):
   sys.path.insert(0, str(REPO))
   import importlib
+
   return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
@@ -35,8 +37,10 @@ def _identity_srcnn(config) -> dict:
   """SRCNN weights that copy the input: a centre tap 1 through channel 0 of every layer, biases 0
   (ReLU passes the non-negative input unchanged)."""
   like = network_variables.like_variables(config)['params']
-  p = {k: {'kernel': np.zeros(v['kernel'].shape, np.float32), 'bias': np.zeros(v['bias'].shape, np.float32)}
-       for k, v in like.items()}
+  p = {
+    k: {'kernel': np.zeros(v['kernel'].shape, np.float32), 'bias': np.zeros(v['bias'].shape, np.float32)}
+    for k, v in like.items()
+  }
   for layer in p.values():
     kh, kw = layer['kernel'].shape[:2]
     layer['kernel'][kh // 2, kw // 2, 0, 0] = 1.0
@@ -64,14 +68,15 @@ def identity(tmp_path_factory):
 def inputs(tmp_path_factory):
   """One input of every kind in a folder: .npy stack, 16-bit .png, fastMRI .h5, .nii.gz."""
   d = tmp_path_factory.mktemp('scans')
-  np.save(d / 'stack.npy', _smooth((3, 34, 30), 1))   # 34 x 30 is cropped to 34 x 30 (even), fine
-  write_grey(d / 'slice.png', _smooth((41, 36), 2), bit_depth=16)   # 41 rows -> cropped to 40
+  np.save(d / 'stack.npy', _smooth((3, 34, 30), 1))  # 34 x 30 is cropped to 34 x 30 (even), fine
+  write_grey(d / 'slice.png', _smooth((41, 36), 2), bit_depth=16)  # 41 rows -> cropped to 40
   with h5py.File(d / 'file1000.h5', 'w') as f:
     target = _smooth((2, 32, 28), 3) * 3e-4
     f.create_dataset('reconstruction_rss', data=target)
     f.attrs['max'] = float(target.max())
-  nib.save(nib.Nifti1Image((_smooth((30, 26, 4), 4) * 900).astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])),
-           d / 'brain.nii.gz')
+  nib.save(
+    nib.Nifti1Image((_smooth((30, 26, 4), 4) * 900).astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), d / 'brain.nii.gz'
+  )
   return d
 
 
@@ -97,9 +102,10 @@ def test_scores_follow_fastmri_volume_conventions(identity, tmp_path):
   """Per slice and per volume, PSNR/SSIM use the volume's maximum as data range (skimage), NMSE the
   fastMRI formula; the bicubic reference is computed from the same seeded LR."""
   from mrisr_jax.data import degrade, pipeline
+
   config, path = identity
   hr = _smooth((3, 32, 28), 5)
-  hr[1] *= 0.5   # slices with different maxima: the data range must be the volume's
+  hr[1] *= 0.5  # slices with different maxima: the data range must be the volume's
   np.save(tmp_path / 'v.npy', hr)
   out = evaluate.evaluate(config, path, [tmp_path / 'v.npy'], log=lambda *_: None)['volumes'][0]
   _, lr = pipeline.degrade_volume(hr, 'v', [0, 1, 2], 2, data_spec(config.data).degradation, config.seed)
@@ -118,8 +124,14 @@ def test_scores_follow_fastmri_volume_conventions(identity, tmp_path):
 def test_report_writes_every_file_it_promises_and_baselines_are_scored(identity, inputs, tmp_path):
   config, path = identity
   lines = []
-  out = evaluate.evaluate(config, path, [inputs / 'stack.npy', inputs / 'brain.nii.gz'],
-                          report_dir=tmp_path / 'report', baselines=[str(path)], log=lines.append)
+  out = evaluate.evaluate(
+    config,
+    path,
+    [inputs / 'stack.npy', inputs / 'brain.nii.gz'],
+    report_dir=tmp_path / 'report',
+    baselines=[str(path)],
+    log=lines.append,
+  )
   report = tmp_path / 'report'
   figures = sorted(p.name for p in report.glob('*.png'))
   assert figures == ['000_stack.png', '001_brain.png']
@@ -128,7 +140,8 @@ def test_report_writes_every_file_it_promises_and_baselines_are_scored(identity,
   for name in figures:
     assert f'src="{name}"' in html and f']({name})' in md
   from PIL import Image
-  assert Image.open(report / figures[0]).size[0] == 5 * 30 + 4 * 2   # five panels of the HR width, 2-px gaps
+
+  assert Image.open(report / figures[0]).size[0] == 5 * 30 + 4 * 2  # five panels of the HR width, 2-px gaps
   assert out['methods'] == ['model', 'bicubic', 'identity.safetensors']
   assert out['volumes'][0]['identity.safetensors'] == out['volumes'][0]['model']
   assert 'identity.safetensors' in md and 'bicubic' in md
@@ -151,8 +164,7 @@ def test_errors_are_one_line_and_outputs_are_protected(identity, inputs, tmp_pat
     evaluate.evaluate(config, path, [inputs / 'stack.npy'], json_path=tmp_path / 'taken.json', **quiet)
   assert (tmp_path / 'taken.json').read_text() == 'keep'
   with pytest.raises(evaluate.EvaluateError, match='is an input file'):
-    evaluate.evaluate(config, path, [inputs / 'stack.npy'], json_path=inputs / 'stack.npy',
-                      overwrite=True, **quiet)
+    evaluate.evaluate(config, path, [inputs / 'stack.npy'], json_path=inputs / 'stack.npy', overwrite=True, **quiet)
   with pytest.raises(evaluate.EvaluateError, match='holds input files'):
     evaluate.evaluate(config, path, [inputs / 'stack.npy'], report_dir=inputs, overwrite=True, **quiet)
   np.save(tmp_path / 'bad.npy', np.full((2, 16, 16), np.nan, np.float32))
@@ -161,7 +173,9 @@ def test_errors_are_one_line_and_outputs_are_protected(identity, inputs, tmp_pat
   with pytest.raises(network_variables.WeightsError, match='shape mismatch|does not fit|missing'):
     evaluate.evaluate(_config('edsr', 'x2,quick'), path, [inputs / 'stack.npy'], **quiet)
   with pytest.raises(evaluate.EvaluateError, match='scale 4 does not match'):
-    evaluate.evaluate(config, path, [inputs / 'stack.npy'], baselines=[f'{path}@{REPO / "configs" / "srcnn.py"}:quick'], **quiet)
+    evaluate.evaluate(
+      config, path, [inputs / 'stack.npy'], baselines=[f'{path}@{REPO / "configs" / "srcnn.py"}:quick'], **quiet
+    )
 
 
 @pytest.mark.integration  # subprocess
@@ -169,10 +183,27 @@ def test_cli_stops_with_one_line_on_a_scale_mismatch(identity, inputs, tmp_path)
   """(--help is checked for every entry point in test_cli_help.py.)"""
   config, path = identity
   # timeout: a hang guard, not a speed test (this run takes a few seconds)
-  run = subprocess.run([sys.executable, '-m', 'mrisr_jax.evaluate', '--config', 'configs/srcnn.py:x2,quick',
-                        '--weights', str(path), '--input', str(inputs / 'stack.npy'), '--scale', '3',
-                        '--json', str(tmp_path / 'o.json')], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
-  assert run.returncode == 2 and 'Traceback' not in run.stderr   # a user error: exit 2 (issue 13)
+  run = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'mrisr_jax.evaluate',
+      '--config',
+      'configs/srcnn.py:x2,quick',
+      '--weights',
+      str(path),
+      '--input',
+      str(inputs / 'stack.npy'),
+      '--scale',
+      '3',
+      '--json',
+      str(tmp_path / 'o.json'),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert run.returncode == 2 and 'Traceback' not in run.stderr  # a user error: exit 2 (issue 13)
   assert run.stderr.strip().splitlines()[-1].startswith('mrisr_jax: error: --scale 3 does not match')
   assert not (tmp_path / 'o.json').exists()

@@ -1,4 +1,5 @@
 """mrisr_jax.export: fresh and checkpointed weights to reference-layout state_dicts."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.unit
 def srcnn_config(seed=0):
   sys.path.insert(0, str(REPO))
   from configs.srcnn import get_config
+
   c = get_config('quick')
   c.seed = seed
   return c
@@ -36,15 +38,15 @@ def test_fresh_export_is_the_training_init_and_loads_strictly(tmp_path):
   mirror.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
   # the same weights a training run with this seed starts from
   g, d = registry.build_generator(config.model), registry.build_discriminator(config)
-  state = jax.jit(recipe.init_state_fn(config, g, d, optax.set_to_zero(), optax.set_to_zero()))(
-      jax.random.PRNGKey(5))
-  np.testing.assert_array_equal(sd['reconstruction.weight'],
-                                np.transpose(np.asarray(state.g_params['reconstruction']['kernel']),
-                                             (3, 2, 0, 1)))
+  state = jax.jit(recipe.init_state_fn(config, g, d, optax.set_to_zero(), optax.set_to_zero()))(jax.random.PRNGKey(5))
+  np.testing.assert_array_equal(
+    sd['reconstruction.weight'], np.transpose(np.asarray(state.g_params['reconstruction']['kernel']), (3, 2, 0, 1))
+  )
   other = export.export(srcnn_config(seed=6), tmp_path / 'other.pth')
   assert other['source'] == 'fresh init, seed 6'
-  assert not np.array_equal(state_dict_io.load_state_dict(tmp_path / 'other.pth')['reconstruction.weight'],
-                            sd['reconstruction.weight'])
+  assert not np.array_equal(
+    state_dict_io.load_state_dict(tmp_path / 'other.pth')['reconstruction.weight'], sd['reconstruction.weight']
+  )
 
 
 def test_checkpoint_export_picks_the_step_and_the_network(tmp_path):
@@ -84,29 +86,33 @@ def test_export_errors_are_one_line(tmp_path):
 
 def test_ema_is_kept_by_the_steps_and_exported(tmp_path):
   from mrisr_jax import steps
+
   config = srcnn_config()
   config.ema_decay = 0.9
   g, d = registry.build_generator(config.model), registry.build_discriminator(config)
   init = jax.jit(recipe.init_state_fn(config, g, d, optax.sgd(0.1), optax.set_to_zero()))
   state = init(jax.random.PRNGKey(0))
-  np.testing.assert_array_equal(state.g_ema_params['reconstruction']['kernel'],
-                                state.g_params['reconstruction']['kernel'])
+  np.testing.assert_array_equal(
+    state.g_ema_params['reconstruction']['kernel'], state.g_params['reconstruction']['kernel']
+  )
   rng = np.random.default_rng(0)
   batch = {'lr': rng.random((2, 24, 24, 1), np.float32), 'hr': rng.random((2, 24, 24, 1), np.float32)}
   step = jax.jit(lambda st, b: steps.generator_step(st, b, g_model=g, g_tx=optax.sgd(0.1), ema_decay=0.9))
   new, _ = step(state, batch)
   expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.g_ema_params, new.g_params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8), new.g_ema_params, expected)
-  assert steps.generator_variables(new)['params'] is new.g_ema_params   # validation scores the EMA
+  assert steps.generator_variables(new)['params'] is new.g_ema_params  # validation scores the EMA
   ckpt = Checkpointer(tmp_path / 'run', async_save=False)
   ckpt.save(1, new, {'stage': 'pretrain'}, None)
   ckpt.close()
   export.export(config, tmp_path / 'ema.safetensors', workdir=tmp_path / 'run', what='ema')
   ema = state_dict_io.load_state_dict(tmp_path / 'ema.safetensors')
-  np.testing.assert_array_equal(ema['reconstruction.weight'], np.transpose(
-      np.asarray(new.g_ema_params['reconstruction']['kernel']), (3, 2, 0, 1)))
-  plain = srcnn_config()                                   # ema_decay 0: no EMA kept or exported
-  assert not jax.eval_shape(recipe.init_state_fn(plain, g, d, optax.sgd(0.1), optax.set_to_zero()),
-                            jax.random.PRNGKey(0)).g_ema_params
+  np.testing.assert_array_equal(
+    ema['reconstruction.weight'], np.transpose(np.asarray(new.g_ema_params['reconstruction']['kernel']), (3, 2, 0, 1))
+  )
+  plain = srcnn_config()  # ema_decay 0: no EMA kept or exported
+  assert not jax.eval_shape(
+    recipe.init_state_fn(plain, g, d, optax.sgd(0.1), optax.set_to_zero()), jax.random.PRNGKey(0)
+  ).g_ema_params
   with pytest.raises(export.ExportError, match='--what ema needs --workdir'):
     export.export(config, tmp_path / 'x.safetensors', what='ema')

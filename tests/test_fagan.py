@@ -1,4 +1,5 @@
 """FA-GAN generator (LFFB, GFFB) and the spectrally normalised discriminator, on tiny configs."""
+
 from __future__ import annotations
 
 import functools
@@ -10,8 +11,15 @@ import optax
 import pytest
 from flax import traverse_util
 
-from mrisr_jax.models.fagan import (GFFB, LFFB, ChannelAttention, FAGANDiscriminator,
-                                    FAGANGenerator, SelfAttention, connect_branches)
+from mrisr_jax.models.fagan import (
+  GFFB,
+  LFFB,
+  ChannelAttention,
+  FAGANDiscriminator,
+  FAGANGenerator,
+  SelfAttention,
+  connect_branches,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -31,8 +39,7 @@ def _numpy_variables(module, *args, seed=0, kernel_gain=1.0, **kwargs):
   def fill(node):
     if 'kernel' in node:
       bound = kernel_gain / np.sqrt(np.prod(node['kernel'].shape[:-1]))
-      return {k: jnp.asarray(rng.uniform(-bound, bound, v.shape), jnp.float32)
-              for k, v in node.items()}
+      return {k: jnp.asarray(rng.uniform(-bound, bound, v.shape), jnp.float32) for k, v in node.items()}
     out = {}
     for k, v in node.items():
       if isinstance(v, dict):
@@ -80,11 +87,14 @@ def test_generator_bfloat16_compute_keeps_float32_params_and_output():
   assert jax.eval_shape(g.apply, variables, x).dtype == jnp.float32
 
 
-@pytest.mark.parametrize('kwargs, words', [
+@pytest.mark.parametrize(
+  'kwargs, words',
+  [
     (dict(scale=3), ['FAGANGenerator', '2, 4, 8']),
     (dict(attention_at='mid'), ['attention_at', 'lr, hr']),
     (dict(connection='sum'), ['connection', 'weighted, direct']),
-])
+  ],
+)
 def test_generator_rejects_unsupported_settings(kwargs, words):
   g = FAGANGenerator(**{**TINY, **kwargs})
   with pytest.raises(ValueError) as err:
@@ -144,8 +154,7 @@ def test_weighted_connection_matches_hand_formula():
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     got = connect_branches(jnp.asarray(r), jnp.asarray(y), 'direct', alpha, beta)
     np.testing.assert_allclose(np.asarray(got), alpha * r + beta * y, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(connect_branches(jnp.asarray(r), jnp.asarray(r))), r,
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(connect_branches(jnp.asarray(r), jnp.asarray(r))), r, rtol=1e-6)
   # softmax form: no overflow where exp(alpha R) alone would overflow float32
   big = connect_branches(jnp.full((3,), 400.0), jnp.array([400.0, 0.0, 1000.0]))
   np.testing.assert_allclose(np.asarray(big), [400.0, 400.0, 1000.0], rtol=1e-6)
@@ -156,8 +165,9 @@ def test_gffb_at_init_is_connection_of_channel_attention_and_input():
   gffb = GFFB(reduction=2)
   variables = _numpy_variables(gffb, x)
   r = ChannelAttention(2).apply({'params': variables['params']['channel_attention']}, x)
-  np.testing.assert_allclose(np.asarray(gffb.apply(variables, x)),
-                             np.asarray(connect_branches(r, x)), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(gffb.apply(variables, x)), np.asarray(connect_branches(r, x)), rtol=1e-6, atol=1e-7
+  )
 
 
 def test_channel_attention_matches_numpy():
@@ -171,8 +181,7 @@ def test_channel_attention_matches_numpy():
   hidden = np.maximum(pooled @ p['fc_reduce']['kernel'] + p['fc_reduce']['bias'], 0)
   s = _sigmoid(hidden @ p['fc_expand']['kernel'] + p['fc_expand']['bias'])
   want = xn * s[:, None, None, :]
-  np.testing.assert_allclose(np.asarray(ca.apply({'params': params}, x)), want, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ca.apply({'params': params}, x)), want, rtol=1e-5, atol=1e-6)
   # r larger than C still keeps one hidden unit
   tiny = jax.eval_shape(ChannelAttention(reduction=16).init, jax.random.PRNGKey(0), x[..., :8])
   tiny = tiny['params']
@@ -222,8 +231,7 @@ def test_gradients_reach_every_discriminator_parameter():
   variables = _numpy_variables(d, x, False)
 
   def loss(p):
-    logits, _ = d.apply({'params': p, 'batch_stats': variables['batch_stats']}, x, True,
-                        mutable=['batch_stats'])
+    logits, _ = d.apply({'params': p, 'batch_stats': variables['batch_stats']}, x, True, mutable=['batch_stats'])
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.array([1.0, 0.0, 1.0])))
 
   assert _nonzero_report(jax.jit(jax.grad(loss))(variables['params'])) == []
@@ -277,14 +285,15 @@ def test_discriminator_forward_uses_the_normalised_kernel():
   d = FAGANDiscriminator(base_features=4)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 1))
   variables = _numpy_variables(d, x, False, kernel_gain=5.0)
-  _, state = jax.jit(lambda v: d.apply(v, x, True, mutable=['batch_stats', 'intermediates'],
-                                        capture_intermediates=lambda mdl, _: mdl.name == 'conv_0'))(
-                                            variables)
+  _, state = jax.jit(
+    lambda v: d.apply(
+      v, x, True, mutable=['batch_stats', 'intermediates'], capture_intermediates=lambda mdl, _: mdl.name == 'conv_0'
+    )
+  )(variables)
   stem = np.asarray(jax.tree_util.tree_leaves(state['intermediates'])[0])
   sigma = float(state['batch_stats']['sn_conv_0']['conv_0/kernel/sigma'])
   kernel = variables['params']['conv_0']['kernel'] / sigma
-  want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   want = want + variables['params']['conv_0']['bias']
   np.testing.assert_allclose(stem, np.asarray(want), rtol=1e-5, atol=1e-6)
   assert sigma > 1.5  # the kernels were scaled by 5, so dividing by sigma matters
@@ -293,19 +302,16 @@ def test_discriminator_forward_uses_the_normalised_kernel():
 def test_discriminator_logits_shape_any_size_and_state_update_only_in_training():
   d = FAGANDiscriminator(base_features=4)
   variables = _numpy_variables(d, jnp.zeros((1, 16, 16, 1)), False)
-  apply = jax.jit(lambda v, x, train: d.apply(v, x, train, mutable=['batch_stats']),
-                  static_argnums=2)
+  apply = jax.jit(lambda v, x, train: d.apply(v, x, train, mutable=['batch_stats']), static_argnums=2)
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 1))
   logits, upd = apply(variables, x, False)
   assert logits.shape == (3,) and logits.dtype == jnp.float32
-  jax.tree_util.tree_map(np.testing.assert_array_equal, upd['batch_stats'],
-                         variables['batch_stats'])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, upd['batch_stats'], variables['batch_stats'])
   u_old = variables['batch_stats']['sn_conv_1']['conv_1/kernel/u']
   for shape in [(3, 16, 16, 1), (2, 37, 45, 1)]:
     logits, upd = apply(variables, jax.random.uniform(jax.random.PRNGKey(1), shape), True)
     assert logits.shape == (shape[0],) and logits.dtype == jnp.float32
-    assert not np.allclose(np.asarray(upd['batch_stats']['sn_conv_1']['conv_1/kernel/u']),
-                           np.asarray(u_old))
+    assert not np.allclose(np.asarray(upd['batch_stats']['sn_conv_1']['conv_1/kernel/u']), np.asarray(u_old))
   probs = jax.eval_shape(lambda v: d.apply(v, x, False, method='probs'), variables)
   assert probs.shape == (3,)
 
@@ -327,8 +333,9 @@ def test_default_parameter_counts():
   assert set(g_vars) == {'params'}
   assert g_vars['params']['gffb']['self_attention']['gamma'].shape == (1,)
 
-  d_vars = jax.eval_shape(functools.partial(FAGANDiscriminator().init, train=False),
-                          jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 1)))
+  d_vars = jax.eval_shape(
+    functools.partial(FAGANDiscriminator().init, train=False), jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 1))
+  )
   widths = [1, 64, 64, 128, 128, 256, 256, 512, 512]
   want_d = sum(_conv(3, a, b) for a, b in zip(widths[:-1], widths[1:]))
   want_d += 512 * 1024 + 1024 + 1024 + 1

@@ -1,4 +1,5 @@
 """Tests of the fastMRI source on tiny files in the fastMRI schema (mrisr_jax.data.fastmri)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -19,20 +20,25 @@ NS = 'http://www.ismrm.org/ISMRMRD'
 
 def ismrmrd_xml(enc=(24, 20, 1), recon=(12, 12, 1), center=10, maximum=19) -> bytes:
   """An ISMRMRD header with the elements fastMRI reads (and a few it ignores)."""
+
   def size(v):
     return f'<matrixSize><x>{v[0]}</x><y>{v[1]}</y><z>{v[2]}</z></matrixSize>'
-  return (f'<?xml version="1.0" encoding="utf-8"?>\n<ismrmrdHeader xmlns="{NS}">'
-          '<studyInformation><studyTime>00:00:00</studyTime></studyInformation><encoding>'
-          f'<encodedSpace>{size(enc)}<fieldOfView_mm><x>280</x><y>160</y><z>4.5</z>'
-          f'</fieldOfView_mm></encodedSpace><reconSpace>{size(recon)}</reconSpace>'
-          '<encodingLimits><kspace_encoding_step_1><minimum>0</minimum>'
-          f'<maximum>{maximum}</maximum><center>{center}</center></kspace_encoding_step_1>'
-          '</encodingLimits><trajectory>cartesian</trajectory></encoding>'
-          '</ismrmrdHeader>').encode()
+
+  return (
+    f'<?xml version="1.0" encoding="utf-8"?>\n<ismrmrdHeader xmlns="{NS}">'
+    '<studyInformation><studyTime>00:00:00</studyTime></studyInformation><encoding>'
+    f'<encodedSpace>{size(enc)}<fieldOfView_mm><x>280</x><y>160</y><z>4.5</z>'
+    f'</fieldOfView_mm></encodedSpace><reconSpace>{size(recon)}</reconSpace>'
+    '<encodingLimits><kspace_encoding_step_1><minimum>0</minimum>'
+    f'<maximum>{maximum}</maximum><center>{center}</center></kspace_encoding_step_1>'
+    '</encodingLimits><trajectory>cartesian</trajectory></encoding>'
+    '</ismrmrdHeader>'
+  ).encode()
 
 
-def write_fastmri(path: pathlib.Path, header: bytes | None = None, attrs: dict | None = None,
-                  **datasets) -> pathlib.Path:
+def write_fastmri(
+  path: pathlib.Path, header: bytes | None = None, attrs: dict | None = None, **datasets
+) -> pathlib.Path:
   """A file laid out like the fastMRI release (header as a scalar bytes dataset)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   with h5py.File(path, 'w') as f:
@@ -52,15 +58,14 @@ def random_kspace(rng, shape, scale=1e-4) -> np.ndarray:
 def ref_image(k):
   """float64 |ifft2c| per coil, written out with np.fft (independent of the module)."""
   k = k.astype(np.complex128)
-  return np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm='ortho'),
-                                axes=(-2, -1)))
+  return np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm='ortho'), axes=(-2, -1)))
 
 
 def ref_crop(x, shape):
   """fastMRI's T.center_crop: the last two dims to shape[0], shape[1]."""
   h0 = (x.shape[-2] - shape[0]) // 2
   w0 = (x.shape[-1] - shape[1]) // 2
-  return x[..., h0:h0 + shape[0], w0:w0 + shape[1]]
+  return x[..., h0 : h0 + shape[0], w0 : w0 + shape[1]]
 
 
 def assert_one_line(err: BaseException, *needles):
@@ -85,10 +90,8 @@ def test_single_coil_kspace_cropped_to_recon_size(tmp_path):
   assert vol.metadata['num_coils'] is None and vol.metadata['target'] == 'kspace'
   assert vol.metadata['max'] == pytest.approx(expected.max(), rel=1e-5)
   images = src.read_volume(0)
-  np.testing.assert_allclose(images * vol.metadata['max'], expected, rtol=1e-5,
-                             atol=1e-5 * expected.max())
-  np.testing.assert_allclose(fastmri.rss_from_kspace(k, (8, 10)), expected, rtol=1e-5,
-                             atol=1e-5 * expected.max())
+  np.testing.assert_allclose(images * vol.metadata['max'], expected, rtol=1e-5, atol=1e-5 * expected.max())
+  np.testing.assert_allclose(fastmri.rss_from_kspace(k, (8, 10)), expected, rtol=1e-5, atol=1e-5 * expected.max())
 
 
 def test_multi_coil_rss_cropped_to_recon_size(tmp_path):
@@ -103,13 +106,15 @@ def test_multi_coil_rss_cropped_to_recon_size(tmp_path):
   assert vol.metadata['recon_size'] == (12, 12)
   assert vol.metadata['max'] == pytest.approx(expected.max(), rel=1e-5)
   for s in range(2):
-    np.testing.assert_allclose(src[s]['image'] * vol.metadata['max'], expected[s], rtol=1e-5,
-                               atol=1e-5 * expected.max())
+    np.testing.assert_allclose(
+      src[s]['image'] * vol.metadata['max'], expected[s], rtol=1e-5, atol=1e-5 * expected.max()
+    )
   # no crop when asked, or without a header
   full = fastmri.FastMRISliceSource([path], crop_to_recon_size=False)
   assert full.volumes[0].shape == (24, 20) and full.volumes[0].metadata['crop_size'] is None
-  np.testing.assert_allclose(full[1]['image'] * full.volumes[0].metadata['max'], rss[1],
-                             rtol=1e-5, atol=1e-5 * rss.max())
+  np.testing.assert_allclose(
+    full[1]['image'] * full.volumes[0].metadata['max'], rss[1], rtol=1e-5, atol=1e-5 * rss.max()
+  )
   bare = write_fastmri(tmp_path / 'bare.h5', kspace=k)
   assert fastmri.FastMRISliceSource([bare]).volumes[0].shape == (24, 20)
 
@@ -123,19 +128,17 @@ def test_image_smaller_than_recon_size_keeps_that_dimension(tmp_path):
   assert vol.shape == (12, 20) and vol.metadata['recon_size'] == (12, 30)
   expected = np.sqrt((ref_image(k) ** 2).sum(axis=1))[:, 6:18, :]
   assert vol.metadata['max'] == pytest.approx(expected.max(), rel=1e-5)
-  np.testing.assert_allclose(fastmri.rss_from_kspace(k, (12, 30)), expected, rtol=1e-5,
-                             atol=1e-5 * expected.max())
+  np.testing.assert_allclose(fastmri.rss_from_kspace(k, (12, 30)), expected, rtol=1e-5, atol=1e-5 * expected.max())
 
 
 def test_single_precision_matches_double(tmp_path):
   rng = np.random.default_rng(3)
   # fastMRI-like: 15 coils, k-space energy concentrated at the centre
   shape = (1, 15, 64, 48)
-  decay = 1.0 / (1.0 + np.hypot(*np.meshgrid(np.arange(64) - 32, np.arange(48) - 24,
-                                             indexing='ij')))
+  decay = 1.0 / (1.0 + np.hypot(*np.meshgrid(np.arange(64) - 32, np.arange(48) - 24, indexing='ij')))
   k = random_kspace(rng, shape, 1e-3) * decay.astype(np.float32)
   k64 = k.astype(np.complex64)
-  ref = ref_crop(np.sqrt((ref_image(k64) ** 2).sum(axis=1)), (32, 32))     # float64
+  ref = ref_crop(np.sqrt((ref_image(k64) ** 2).sum(axis=1)), (32, 32))  # float64
   single = fastmri.rss_from_kspace(k64, (32, 32))
   double = fastmri.rss_from_kspace(k64.astype(np.complex128), (32, 32))
   assert single.dtype == np.float32 and single.shape == (1, 32, 32)
@@ -154,24 +157,30 @@ def test_single_precision_matches_double(tmp_path):
 def test_header_parse_and_metadata(tmp_path):
   parsed = fastmri.parse_ismrmrd_header(ismrmrd_xml((640, 368, 1), (320, 320, 1), 184, 366))
   # fastMRI: padding_left = enc_y // 2 - center, padding_right = padding_left + maximum + 1
-  assert parsed == {'encoding_size': (640, 368, 1), 'recon_size': (320, 320, 1),
-                    'padding_left': 0, 'padding_right': 367}
+  assert parsed == {
+    'encoding_size': (640, 368, 1),
+    'recon_size': (320, 320, 1),
+    'padding_left': 0,
+    'padding_right': 367,
+  }
   rss = np.ones((1, 12, 12), np.float32)
   path = write_fastmri(tmp_path / 'h.h5', header=ismrmrd_xml(), reconstruction_rss=rss)
   meta = fastmri.FastMRISliceSource([path]).volumes[0].metadata
   assert meta['encoding_size'] == (24, 20, 1) and meta['recon_size'] == (12, 12)
   assert (meta['padding_left'], meta['padding_right']) == (0, 20)
-  assert meta['crop_size'] is None           # stored reconstructions are used as they are
+  assert meta['crop_size'] is None  # stored reconstructions are used as they are
 
 
-@pytest.mark.parametrize('xml,needle', [
+@pytest.mark.parametrize(
+  'xml,needle',
+  [
     (b'<ismrmrdHeader><encoding>', 'not valid XML'),
     (ismrmrd_xml().replace(b'reconSpace', b'otherSpace'), 'reconSpace'),
     (ismrmrd_xml().replace(b'<x>12</x>', b'<x>twelve</x>'), 'twelve'),
-])
+  ],
+)
 def test_bad_header(tmp_path, xml, needle):
-  path = write_fastmri(tmp_path / 'badxml.h5', header=xml,
-                       reconstruction_rss=np.ones((1, 12, 12), np.float32))
+  path = write_fastmri(tmp_path / 'badxml.h5', header=xml, reconstruction_rss=np.ones((1, 12, 12), np.float32))
   with pytest.raises(DataError) as err:
     fastmri.FastMRISliceSource([path])
   assert_one_line(err.value, path, 'ismrmrd_header', needle)
@@ -196,15 +205,18 @@ def test_attrs_are_metadata(tmp_path):
   assert meta['acquisition'] == 'CORPD_FBK' and meta['patient_id'] == 'p1'
   assert meta['attrs_max'] == 2.0 and meta['max_source'] == 'data'
   assert meta['attrs'] == {'acquisition': 'CORPD_FBK', 'max': 2.0, 'norm': 0.5, 'patient_id': 'p1'}
-  assert all(type(v) in (str, float) for v in meta['attrs'].values())   # plain Python
+  assert all(type(v) in (str, float) for v in meta['attrs'].values())  # plain Python
   none = src.volumes[1].metadata
   assert none['acquisition'] is None and none['patient_id'] is None and none['attrs_max'] is None
   assert none['attrs'] == {} and none['recon_size'] is None and none['encoding_size'] is None
 
 
 def test_acquisition_filter(tmp_path):
-  files = [_recon_file(tmp_path / 'a.h5', 'CORPD_FBK'),
-           _recon_file(tmp_path / 'b.h5', 'CORPDFS_FBK'), _recon_file(tmp_path / 'c.h5')]
+  files = [
+    _recon_file(tmp_path / 'a.h5', 'CORPD_FBK'),
+    _recon_file(tmp_path / 'b.h5', 'CORPDFS_FBK'),
+    _recon_file(tmp_path / 'c.h5'),
+  ]
   src = fastmri.FastMRISliceSource(files, acquisitions=('CORPD_FBK',))
   assert [v.name for v in src.volumes] == ['a'] and len(src) == 2 and not src.skipped
   assert [p for p, _ in src.excluded] == files[1:]
@@ -212,7 +224,7 @@ def test_acquisition_filter(tmp_path):
   both = fastmri.FastMRISliceSource(files, acquisitions=['CORPD_FBK', 'CORPDFS_FBK'])
   assert [v.name for v in both.volumes] == ['a', 'b']
   assert len(fastmri.FastMRISliceSource(files, acquisitions='CORPD_FBK').volumes) == 1
-  assert len(fastmri.FastMRISliceSource(files).volumes) == 3   # () = all
+  assert len(fastmri.FastMRISliceSource(files).volumes) == 3  # () = all
   with pytest.raises(DataError) as err:
     fastmri.FastMRISliceSource(files, acquisitions=('AXT2',))
   assert_one_line(err.value, 'no usable volumes', 'filters')
@@ -225,8 +237,7 @@ def test_header_scan_takes_max_from_attrs(tmp_path):
   path = _recon_file(tmp_path / 'a.h5', max=2.0)
   src = fastmri.FastMRISliceSource([path], scan='header')
   assert src.volumes[0].metadata['max'] == 2.0 and src.volumes[0].metadata['max_source'] == 'attrs'
-  np.testing.assert_allclose(src.read_volume(0),
-                             fastmri.FastMRISliceSource([path]).read_volume(0), atol=1e-7)
+  np.testing.assert_allclose(src.read_volume(0), fastmri.FastMRISliceSource([path]).read_volume(0), atol=1e-7)
   for attrs in ({}, {'max': 0.0}, {'max': np.nan}, {'max': 'big'}):
     bad = _recon_file(tmp_path / 'nomax.h5', **attrs)
     with pytest.raises(DataError) as err:
@@ -240,9 +251,9 @@ def test_header_scan_takes_max_from_attrs(tmp_path):
 def test_header_scan_catches_bad_slices_when_read(tmp_path):
   rss = np.full((3, 4, 4), 0.5, np.float32)
   rss[1, 2, 2] = np.nan
-  rss[2, 0, 0] = 3.0                     # above the (wrong) attrs max
+  rss[2, 0, 0] = 3.0  # above the (wrong) attrs max
   path = write_fastmri(tmp_path / 'bad.h5', reconstruction_rss=rss, attrs={'max': 1.0})
-  with pytest.raises(DataError):         # a full scan refuses the file at once
+  with pytest.raises(DataError):  # a full scan refuses the file at once
     fastmri.FastMRISliceSource([path])
   src = fastmri.FastMRISliceSource([path], scan='header')
   np.testing.assert_allclose(src[0]['image'], 0.5)
@@ -280,8 +291,12 @@ def test_list_files(tmp_path):
 
 def test_pickles_with_open_handles(tmp_path):
   rng = np.random.default_rng(5)
-  kfile = write_fastmri(tmp_path / 'k.h5', kspace=random_kspace(rng, (2, 3, 24, 20)),
-                        header=ismrmrd_xml(), attrs={'acquisition': 'CORPD_FBK'})
+  kfile = write_fastmri(
+    tmp_path / 'k.h5',
+    kspace=random_kspace(rng, (2, 3, 24, 20)),
+    header=ismrmrd_xml(),
+    attrs={'acquisition': 'CORPD_FBK'},
+  )
   rfile = _recon_file(tmp_path / 'r.h5', 'CORPD_FBK')
   src = fastmri.FastMRISliceSource([kfile, rfile], acquisitions=('CORPD_FBK',))
   first = [src[i]['image'] for i in range(len(src))]
@@ -293,4 +308,4 @@ def test_pickles_with_open_handles(tmp_path):
   assert clone.volumes == src.volumes and clone.acquisitions == ('CORPD_FBK',)
   src.close()
   assert src._handles == {}
-  np.testing.assert_array_equal(src[3]['image'], first[3])   # reopens lazily
+  np.testing.assert_array_equal(src[3]['image'], first[3])  # reopens lazily

@@ -1,4 +1,5 @@
 """mrisr_jax.fileio: atomic writes keep the old file when the writer fails; slice stacks round-trip."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
   with pytest.raises(OSError, match='disk full'):
     fileio.atomic_write(path, broken)
   assert path.read_text() == 'old'
-  assert [p.name for p in tmp_path.iterdir()] == ['out.json']   # the temporary file is gone
+  assert [p.name for p in tmp_path.iterdir()] == ['out.json']  # the temporary file is gone
   # the temporary file sits beside the output and ends with its name (writers pick formats by suffix)
   assert seen[0].parent == tmp_path and seen[0].name.endswith('.out.json') and seen[0].name[0] == '.'
 

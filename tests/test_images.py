@@ -1,4 +1,5 @@
 """Tests of the image-folder source (mrisr_jax.data.images) and tools/downsample.py (tiny images)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -59,8 +60,7 @@ def cv2_area_fx(x: np.ndarray, s: int) -> np.ndarray:
   """OpenCV resize(fx=fy=1/s, INTER_AREA) written out: size round-half-even(H/s), s x s block means
   from the corner, a block overhanging the image averaging only the pixels that exist."""
   oh, ow = round(x.shape[0] / s), round(x.shape[1] / s)
-  return np.array([[x[i * s:(i + 1) * s, j * s:(j + 1) * s].mean() for j in range(ow)]
-                   for i in range(oh)])
+  return np.array([[x[i * s : (i + 1) * s, j * s : (j + 1) * s].mean() for j in range(ow)] for i in range(oh)])
 
 
 def one_line_error(excinfo) -> str:
@@ -123,7 +123,7 @@ def test_write_grey_rounds_half_to_even_and_clips(tmp_path):
   images.write_grey(tmp_path / 'b.png', y, bit_depth=16)
   back = images.read_grey(tmp_path / 'b.png')
   np.testing.assert_allclose(back, y, atol=0.5 / 65535 + 1e-7)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'b.png']   # no temp files left
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png', 'b.png']  # no temp files left
   with pytest.raises(ValueError, match='bit_depth'):
     images.write_grey(tmp_path / 'c.png', y, bit_depth=12)
 
@@ -153,8 +153,9 @@ def test_downsample_writes_pairs_the_source_loads(tmp_path, capsys):
     element = source[1]
     assert element['volume'] == 'img1' and element['slice'] == 0
     assert element['image'].shape == (H, W) and element['lr'].shape == (H // s, W // s)
-    np.testing.assert_allclose(element['lr'], degrade.area_resize(element['image'], H // s, W // s),
-                               atol=0.5 * LSB + 1e-6)
+    np.testing.assert_allclose(
+      element['lr'], degrade.area_resize(element['image'], H // s, W // s), atol=0.5 * LSB + 1e-6
+    )
     meta = source.volumes[1].metadata
     assert meta['lr_path'] == root / 'LR' / f'x{s}' / f'img1x{s}.png'
     assert (meta['mode'], meta['bit_depth'], meta['size']) == ('L', 8, (W, H))
@@ -173,8 +174,7 @@ def test_downsample_keepdims_and_blur(tmp_path):
   blurred = images.read_grey(tmp_path / 'B' / 'x2' / 'img0x2.png')
   # -k: the 8-bit area LR, bicubic back to the HR size
   assert kept.shape == (H, W)
-  np.testing.assert_allclose(kept, np.clip(degrade.bicubic_resize(plain, H, W), 0, 1),
-                             atol=0.5 * LSB + 1e-6)
+  np.testing.assert_allclose(kept, np.clip(degrade.bicubic_resize(plain, H, W), 0, 1), atol=0.5 * LSB + 1e-6)
   # -b: blur first, then area (each rounded to 8 bits, as on cv2's uint8 images)
   expected = degrade.area_resize(degrade.gaussian_blur(hr, 1.0), H // 2, W // 2)
   np.testing.assert_allclose(blurred, expected, atol=LSB + 1e-6)
@@ -192,8 +192,7 @@ def test_downsample_keeps_16_bit_depth(tmp_path):
   assert run_tool('--hr_dir', tmp_path / 'HR', '--lr_dir', tmp_path / 'LR', '--scales', 3) == 0
   lr, info = images.read_image(tmp_path / 'LR' / 'x3' / 'deepx3.png')
   assert info['bit_depth'] == 16
-  np.testing.assert_allclose(lr, degrade.area_resize(u16 / 65535, H // 3, W // 3),
-                             atol=0.5 / 65535 + 1e-7)
+  np.testing.assert_allclose(lr, degrade.area_resize(u16 / 65535, H // 3, W // 3), atol=0.5 / 65535 + 1e-7)
 
 
 def test_cv2_output_size_rule():
@@ -212,8 +211,7 @@ def test_non_divisible_hr_is_a_mismatched_pair(tmp_path):
   lr_path = root / 'LR' / 'x2' / 'img0x2.png'
   lr = images.read_grey(lr_path)
   assert lr.shape == (12, 18)
-  np.testing.assert_allclose(lr, cv2_area_fx(images.read_grey(root / 'HR' / 'img0.png'), 2),
-                             atol=0.5 * LSB + 1e-6)
+  np.testing.assert_allclose(lr, cv2_area_fx(images.read_grey(root / 'HR' / 'img0.png'), 2), atol=0.5 * LSB + 1e-6)
   with pytest.raises(DataError) as excinfo:
     images.ImageFolderSource(root, scale=2)
   message = one_line_error(excinfo)
@@ -253,8 +251,7 @@ def _break(root: pathlib.Path, kind: str) -> tuple[pathlib.Path, str]:
   raise AssertionError(kind)
 
 
-@pytest.mark.parametrize('kind', ['missing_lr', 'mismatched', 'corrupt', 'truncated', 'black',
-                                  'black_lr'])
+@pytest.mark.parametrize('kind', ['missing_lr', 'mismatched', 'corrupt', 'truncated', 'black', 'black_lr'])
 def test_bad_files_raise_or_are_skipped(tmp_path, kind):
   root = make_split(tmp_path, n=2)
   assert run_tool('--hr_dir', root / 'HR', '--lr_dir', root / 'LR', '--scales', 2) == 0
@@ -279,14 +276,14 @@ def test_mixed_keepdims_folder_is_rejected(tmp_path):
 
 def test_lr_from_files_modes(tmp_path):
   root = make_split(tmp_path, n=1)
-  assert not images.ImageFolderSource(root, scale=2).has_lr          # auto, no LR dir
+  assert not images.ImageFolderSource(root, scale=2).has_lr  # auto, no LR dir
   with pytest.raises(DataError, match=f'{root / "LR" / "x2"}: no paired LR directory'):
     images.ImageFolderSource(root, scale=2, lr_from_files=True)
   assert run_tool('--hr_dir', root / 'HR', '--lr_dir', root / 'LR', '--scales', 2) == 0
   ignored = images.ImageFolderSource(root, scale=2, lr_from_files=False)
   assert not ignored.has_lr and 'lr' not in ignored[0] and ignored.lr_keepdims is None
-  assert images.ImageFolderSource(root, scale=2).has_lr                # auto finds it
-  assert not images.ImageFolderSource(root, scale=4).has_lr            # no LR/x4: degrade instead
+  assert images.ImageFolderSource(root, scale=2).has_lr  # auto finds it
+  assert not images.ImageFolderSource(root, scale=4).has_lr  # no LR/x4: degrade instead
   with pytest.raises(ValueError, match='lr_from_files'):
     images.ImageFolderSource(root, scale=2, lr_from_files='yes')
 
@@ -302,8 +299,9 @@ def test_downsample_refuses_to_overwrite(tmp_path, capsys):
   capsys.readouterr()
   assert run_tool(*args, '-b') == 1
   err = capsys.readouterr().err.strip()
-  assert err == (f'downsample.py: error: {root / "LR" / "x2" / "img0x2.png"}: already exists; '
-                 'pass --overwrite to replace')
+  assert err == (
+    f'downsample.py: error: {root / "LR" / "x2" / "img0x2.png"}: already exists; pass --overwrite to replace'
+  )
   assert (root / 'LR' / 'x2' / 'img0x2.png').read_bytes() == before
   assert run_tool(*args, '-b', '--overwrite') == 0
   assert (root / 'LR' / 'x2' / 'img0x2.png').read_bytes() != before
@@ -339,8 +337,13 @@ def test_downsample_converts_colour_with_one_warning(tmp_path, capsys):
 @pytest.mark.integration  # subprocess
 def test_downsample_help_runs_as_a_script(tmp_path):
   # timeout: a hang guard, not a speed test (this takes about a second)
-  proc = subprocess.run([sys.executable, str(REPO / 'tools' / 'downsample.py'), '--help'],
-                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, str(REPO / 'tools' / 'downsample.py'), '--help'],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 0, proc.stderr
   for flag in ('--hr_dir', '--lr_dir', '--scales', '--grey', '--blur', '--keepdims', '--overwrite'):
     assert flag in proc.stdout

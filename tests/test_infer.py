@@ -5,6 +5,7 @@ Weights are random (numpy) rather than a model init: jitting a discriminator ini
 CPU, and these tests only need fixed generator weights. The SRCNN weights reach a training workdir
 checkpoint and, through `mrisr_jax.export`, a .safetensors file.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.unit
 def _config(name, arg):
   sys.path.insert(0, str(REPO))
   import importlib
+
   return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
@@ -62,9 +64,16 @@ def srcnn(tmp_path_factory):
   config = _config('srcnn', 'quick')
   variables = _random_variables(config, 0)
   tiny = {'x': np.zeros((1,), np.float32)}
-  state = TrainState(step=np.int32(7), g_params=variables['params'], g_batch_stats={}, d_params=tiny,
-                     d_batch_stats={}, g_opt_state=tiny, d_opt_state=tiny,
-                     rng=np.zeros((2,), np.uint32))
+  state = TrainState(
+    step=np.int32(7),
+    g_params=variables['params'],
+    g_batch_stats={},
+    d_params=tiny,
+    d_batch_stats={},
+    g_opt_state=tiny,
+    d_opt_state=tiny,
+    rng=np.zeros((2,), np.uint32),
+  )
   ckpt = Checkpointer(root / 'run', async_save=False)
   ckpt.save(7, state, {'stage': 'pretrain'}, None)
   ckpt.close()
@@ -85,28 +94,28 @@ def edsr_x2(tmp_path_factory):
 def _predict(config, weights_path):
   model = registry.build_generator(config.model)
   variables = network_variables.load_generator_variables(config, weights_path)
-  return model, Predictor(model, variables).forward   # one forward pass, as tiling calls it
+  return model, Predictor(model, variables).forward  # one forward pass, as tiling calls it
 
 
 def test_tiles_have_one_legal_shape_and_stitch_exactly():
   seen = set()
 
-  def nearest(x):   # a "model" with no context: every tiling must reproduce it exactly
+  def nearest(x):  # a "model" with no context: every tiling must reproduce it exactly
     seen.add(x.shape)
     return np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
 
   lr = _smooth((3, 45, 37))
   out = tiling.super_resolve(nearest, lr, 2, 8, False, tile=20, overlap=3, batch=4)
   np.testing.assert_array_equal(out, np.repeat(np.repeat(lr, 2, axis=1), 2, axis=2))
-  assert seen == {(4, 16, 16, 1)}   # tile 20 -> 16 for the size multiple 8; batch filled by repeats
+  assert seen == {(4, 16, 16, 1)}  # tile 20 -> 16 for the size multiple 8; batch filled by repeats
   seen.clear()
-  whole = tiling.super_resolve(nearest, lr, 2, 8, False)   # untiled: padded to the multiple
+  whole = tiling.super_resolve(nearest, lr, 2, 8, False)  # untiled: padded to the multiple
   np.testing.assert_array_equal(whole, out)
   assert seen == {(3, 48, 40, 1)}
   seen.clear()
   narrow = tiling.super_resolve(nearest, lr[:2, :, :12], 2, 8, False, tile=20, overlap=3)
   np.testing.assert_array_equal(narrow, out[:2, :, :24])
-  assert seen == {(8, 16, 16, 1)}   # 4 tiles down each slice; W padded 12 -> 16, not tiled
+  assert seen == {(8, 16, 16, 1)}  # 4 tiles down each slice; W padded 12 -> 16, not tiled
   with pytest.raises(tiling.TilingError, match='must exceed 2 \\* overlap'):
     tiling.super_resolve(nearest, lr, 2, 8, False, tile=20, overlap=8)
 
@@ -123,7 +132,7 @@ def test_tiled_equals_untiled_when_the_overlap_covers_the_receptive_field(srcnn,
   # overlap 1 LR = 4 HR < 6: seams differ, but only within reach of the tile borders
   seams = tiling.super_resolve(predict, lr, 4, model.size_multiple, True, tile=12, overlap=1)
   assert np.abs(seams - whole).max() > 1e-4
-  np.testing.assert_allclose(seams[:, :30, :30], whole[:, :30, :30], atol=1e-5)   # first tile's interior
+  np.testing.assert_allclose(seams[:, :30, :30], whole[:, :30, :30], atol=1e-5)  # first tile's interior
 
   config, path = edsr_x2
   model, predict = _predict(config, path)
@@ -161,7 +170,7 @@ def test_npy_and_png_round_trips(srcnn, tmp_path):
 
 
 def _oblique_affine():
-  rot = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float)   # a 90-degree in-plane rotation
+  rot = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float)  # a 90-degree in-plane rotation
   a = np.eye(4)
   a[:3, :3] = rot @ np.diag([0.9, 1.1, 3.0])
   a[:3, 3] = [10.0, -20.0, 5.0]
@@ -186,14 +195,16 @@ def test_nifti_round_trip_keeps_geometry_and_intensity_scale(srcnn, tmp_path):
   # a new voxel centre i' lies at old index (i' + 0.5) / 4 - 0.5 along axes 0, 1
   for new in ([0, 0, 0], [47, 39, 2], [24, 20, 1], [5, 33, 0]):
     old = [(new[0] + 0.5) / 4 - 0.5, (new[1] + 0.5) / 4 - 0.5, new[2]]
-    np.testing.assert_allclose(nib.affines.apply_affine(out.affine, new),
-                               nib.affines.apply_affine(src.affine, old), atol=1e-5)
+    np.testing.assert_allclose(
+      nib.affines.apply_affine(out.affine, new), nib.affines.apply_affine(src.affine, old), atol=1e-5
+    )
   hi = np.percentile(vol.astype(np.float32), 99.5)
   assert data.max() <= hi * (1 + 1e-6) and abs(data.mean() / vol.mean() - 1) < 0.5
 
 
 def test_fastmri_h5_to_h5_and_npy(srcnn, tmp_path):
   import h5py
+
   config, _, path = srcnn
   target = _smooth((2, 16, 12), seed=3) * 5e-4
   with h5py.File(tmp_path / 'file1000.h5', 'w') as f:
@@ -208,7 +219,7 @@ def test_fastmri_h5_to_h5_and_npy(srcnn, tmp_path):
     np.testing.assert_allclose(f['reconstruction_sr'][()], sr * target.max(), rtol=1e-6)
     assert f.attrs['acquisition'] == 'CORPD_FBK' and f.attrs['sr_scale'] == 4
     assert f.attrs['sr_target'] == 'reconstruction_rss' and f.attrs['sr_model'] == 'srcnn'
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['file1000.h5', 'sr.h5', 'sr.npy']   # no temp files
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file1000.h5', 'sr.h5', 'sr.npy']  # no temp files
   with pytest.raises(infer.InferError, match='can be written as .npy or .h5'):
     infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.png')
 
@@ -268,21 +279,22 @@ def test_thick_slice_volume_is_super_resolved_through_plane(srcnn, tmp_path):
   config, _, path = srcnn
   thick = config.copy_and_resolve_references()
   thick.data.degradation = ('thick:axis=0',)
-  vol = (_smooth((10, 12, 5), seed=6) * 700).astype(np.int16)   # 5 slices of 4 mm along axis 2
-  affine = _oblique_affine() @ np.diag([1 / 0.9, 1 / 1.1, 4.0 / 3.0, 1.0])   # zooms (1, 1, 4)
+  vol = (_smooth((10, 12, 5), seed=6) * 700).astype(np.int16)  # 5 slices of 4 mm along axis 2
+  affine = _oblique_affine() @ np.diag([1 / 0.9, 1 / 1.1, 4.0 / 3.0, 1.0])  # zooms (1, 1, 4)
   nib.save(nib.Nifti1Image(vol, affine), tmp_path / 'thick.nii')
   r = infer.infer(thick, path, tmp_path / 'thick.nii', tmp_path / 'fine.nii.gz')
   assert r['mode'] == 'through-plane' and r['sr_shape'] == (10, 12, 20)
   out = nib.load(tmp_path / 'fine.nii.gz')
   np.testing.assert_allclose(out.header.get_zooms(), (1.0, 1.0, 1.0), rtol=1e-6)
   assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(affine)
-  for new in ([0, 0, 0], [9, 11, 19], [3, 4, 10]):   # only axis 2 is refined
+  for new in ([0, 0, 0], [9, 11, 19], [3, 4, 10]):  # only axis 2 is refined
     old = [new[0], new[1], (new[2] + 0.5) / 4 - 0.5]
-    np.testing.assert_allclose(nib.affines.apply_affine(out.affine, new),
-                               nib.affines.apply_affine(affine, old), atol=1e-5)
+    np.testing.assert_allclose(
+      nib.affines.apply_affine(out.affine, new), nib.affines.apply_affine(affine, old), atol=1e-5
+    )
   # the same planes by hand: (x, z, y) stacks with the thick axis z as rows, then back
   model, predict = _predict(config, path)
   hi = np.float32(np.percentile(vol.astype(np.float32), 99.5))
-  planes = np.clip(np.transpose(vol.astype(np.float32), (1, 2, 0)) / hi, 0, 1)   # (y, z, x)
+  planes = np.clip(np.transpose(vol.astype(np.float32), (1, 2, 0)) / hi, 0, 1)  # (y, z, x)
   sr = tiling.super_resolve(predict, planes, 4, model.size_multiple, True, factors=(4, 1))
   np.testing.assert_allclose(np.asarray(out.dataobj), np.transpose(sr * hi, (2, 0, 1)), rtol=1e-6, atol=1e-3)

@@ -1,5 +1,6 @@
 """CASR in mrisr_jax.interop: the torch mirror and the export are the reference state_dict (buffers
 included), the mirror computes the flax CASR in both modes, and the conversion round trips."""
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,24 @@ from tests.helpers import REFERENCE_JSON  # noqa: E402  (the vendored contract: 
 pytestmark = pytest.mark.unit
 
 REFERENCE_CONFIGS = {
-    'casr_x4': dict(scale=4),  # the seed defaults
-    'casr_x2_small': dict(scale=2, growth_rate0=32, depth=2, growth_rate=16, rdb_depth=3, n_stb=2,
-                          embed_dim=24, patch_size=6, num_heads=2, window_size=4),
+  'casr_x4': dict(scale=4),  # the seed defaults
+  'casr_x2_small': dict(
+    scale=2,
+    growth_rate0=32,
+    depth=2,
+    growth_rate=16,
+    rdb_depth=3,
+    n_stb=2,
+    embed_dim=24,
+    patch_size=6,
+    num_heads=2,
+    window_size=4,
+  ),
 }
 # 2 AFEBs, 2 STBs (one shifted); LR side 16 = 2 token windows per side, so the window reverse matters
-TINY = dict(growth_rate0=8, depth=2, growth_rate=4, rdb_depth=2, n_stb=2, embed_dim=8, patch_size=2,
-            num_heads=2, window_size=4)
+TINY = dict(
+  growth_rate0=8, depth=2, growth_rate=4, rdb_depth=2, n_stb=2, embed_dim=8, patch_size=2, num_heads=2, window_size=4
+)
 SIDE = 16
 
 
@@ -65,11 +77,13 @@ def _random_variables(abstract, seed=0):
 
 # --- (a) the reference contract --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('config', sorted(REFERENCE_CONFIGS))
 def test_torch_mirror_state_dict_is_the_reference(config):
   with torch.device('meta'):
     mirror = torch_models.build_torch_generator(
-        ml_collections.ConfigDict({'name': 'casr', **REFERENCE_CONFIGS[config]}))
+      ml_collections.ConfigDict({'name': 'casr', **REFERENCE_CONFIGS[config]})
+    )
   ours = [[k, list(v.shape), str(v.dtype).removeprefix('torch.')] for k, v in mirror.state_dict().items()]
   reference = _reference(config)
   assert ours == reference['state_dict']
@@ -95,8 +109,7 @@ def test_exported_buffers_are_the_reference_computation():
   model, _ = _model(**REFERENCE_CONFIGS['casr_x2_small'])
   zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), _abstract(model))
   sd = convert.flax_to_state_dict('casr', zeros)
-  np.testing.assert_array_equal(sd['SAB.transformers.0.attn.relative_position_index'],
-                                swin.relative_position_index(4))
+  np.testing.assert_array_equal(sd['SAB.transformers.0.attn.relative_position_index'], swin.relative_position_index(4))
   # sized for the 384 // scale pixel grid with window 4, shift 2: (192 / 4) ** 2 windows
   np.testing.assert_array_equal(sd['SAB.transformers.1.attn_mask'], swin.shifted_window_mask(192, 192, 4, 2))
   assert np.all(sd['AFEs.1.adaptive_high_pass.weight'] == 1)
@@ -104,13 +117,21 @@ def test_exported_buffers_are_the_reference_computation():
 
 # --- (b) forward parity ----------------------------------------------------------------------------
 
-PARITY_CASES = [(2, False, False), (2, True, False), (3, False, False), (4, False, False), (4, True, False),
-                (2, True, True)]
+PARITY_CASES = [
+  (2, False, False),
+  (2, True, False),
+  (3, False, False),
+  (4, False, False),
+  (4, True, False),
+  (2, True, True),
+]
 
 
-@pytest.mark.parametrize('scale,compat,norm_before', PARITY_CASES,
-                         ids=[f'x{s}-{"reference_compat" if c else "swin"}{"-norm_before" if n else ""}'
-                              for s, c, n in PARITY_CASES])
+@pytest.mark.parametrize(
+  'scale,compat,norm_before',
+  PARITY_CASES,
+  ids=[f'x{s}-{"reference_compat" if c else "swin"}{"-norm_before" if n else ""}' for s, c, n in PARITY_CASES],
+)
 def test_casr_matches_its_torch_mirror(scale, compat, norm_before):
   fields = dict(scale=scale, norm_before=norm_before, **TINY)
   model, cfg = _model(reference_compat=compat, **fields)
@@ -135,14 +156,16 @@ def test_casr_matches_its_torch_mirror(scale, compat, norm_before):
 
 # --- (c) round trip --------------------------------------------------------------------------------
 
+
 def test_round_trip_is_bit_exact():
   model, _ = _model(scale=3, **TINY)
   abstract = _abstract(model, SIDE)
   variables = _random_variables(abstract, seed=4)
   sd = convert.flax_to_state_dict('casr', variables)
   back = convert.state_dict_to_flax('casr', {k: torch.from_numpy(v) for k, v in sd.items()}, abstract)
-  ours, theirs = ({jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
-                  for t in (variables, back))
+  ours, theirs = (
+    {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]} for t in (variables, back)
+  )
   assert list(ours) == list(theirs)
   for k in ours:
     assert theirs[k].dtype == ours[k].dtype and theirs[k].shape == ours[k].shape, k
@@ -154,14 +177,16 @@ def test_round_trip_is_bit_exact():
 
 # --- (d) strict import ----------------------------------------------------------------------------
 
+
 def test_wrong_scale_checkpoint_names_the_keys():
   sd_x2 = convert.flax_to_state_dict('casr', _random_variables(_abstract(_model(scale=2, **TINY)[0], SIDE)))
   like_x4 = _abstract(_model(scale=4, **TINY)[0], SIDE)
   with pytest.raises(ValueError) as info:
     convert.state_dict_to_flax('casr', sd_x2, like_x4)
   assert str(info.value) == (
-      'checkpoint does not fit casr: missing 1 keys (upscale.upscale.0.model.2.weight); '
-      'shape mismatch 1 (SAB.transformers.1.attn_mask: file (2304, 16, 16), model (576, 16, 16))')
+    'checkpoint does not fit casr: missing 1 keys (upscale.upscale.0.model.2.weight); '
+    'shape mismatch 1 (SAB.transformers.1.attn_mask: file (2304, 16, 16), model (576, 16, 16))'
+  )
 
 
 def test_buffers_that_differ_from_the_reference_are_rejected():
@@ -172,5 +197,6 @@ def test_buffers_that_differ_from_the_reference_are_rejected():
   with pytest.raises(ValueError) as info:
     convert.state_dict_to_flax('casr', sd, abstract)
   assert str(info.value) == (
-      'checkpoint does not fit casr: shape mismatch 1 (SAB.transformers.0.attn.relative_position_index: '
-      'file (4, 4), model (16, 16)); buffer differs from the reference 1 (AFEs.0.adaptive_high_pass.weight)')
+    'checkpoint does not fit casr: shape mismatch 1 (SAB.transformers.0.attn.relative_position_index: '
+    'file (4, 4), model (16, 16)); buffer differs from the reference 1 (AFEs.0.adaptive_high_pass.weight)'
+  )

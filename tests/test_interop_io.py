@@ -1,4 +1,5 @@
 """Safe state_dict files: round trips, the torch-free .pth reader, refusal of code, atomic writes."""
+
 from __future__ import annotations
 
 import collections
@@ -20,10 +21,10 @@ pytest.importorskip('safetensors')
 def _sample() -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   return {
-      'zeta.weight': rng.standard_normal((3, 2)).astype(np.float32),
-      'alpha.half': rng.standard_normal(5).astype(np.float16),
-      'mid.count': np.array([1, -2, 2**40], np.int64),
-      'beta.mask': np.array([[True, False], [False, True]]),
+    'zeta.weight': rng.standard_normal((3, 2)).astype(np.float32),
+    'alpha.half': rng.standard_normal(5).astype(np.float16),
+    'mid.count': np.array([1, -2, 2**40], np.int64),
+    'beta.mask': np.array([[True, False], [False, True]]),
   }
 
 
@@ -39,8 +40,7 @@ def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> Non
 def _torch_reference(path) -> dict[str, np.ndarray]:
   sd = torch.load(path, map_location='cpu', weights_only=True)
   sd = sd.get('state_dict', sd)
-  return {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().numpy()
-          for k, v in sd.items()}
+  return {k: (v.float() if v.dtype == torch.bfloat16 else v).detach().numpy() for k, v in sd.items()}
 
 
 @pytest.mark.parametrize('suffix', ['.safetensors', '.pth', '.pt'])
@@ -58,12 +58,14 @@ def test_safetensors_metadata_is_readable(tmp_path):
   sdio.save_state_dict(_sample(), path, metadata={'model': 'casr', 'scale': '4'})
   assert sdio.load_safetensors_metadata(path) == {'model': 'casr', 'scale': '4'}
   from safetensors import safe_open
+
   with safe_open(str(path), 'np') as f:
     assert f.metadata()['model'] == 'casr'
 
 
 def test_safetensors_bfloat16_reads_as_float32(tmp_path):
   from safetensors.torch import save_file
+
   t = torch.tensor([1.5, -2.25, 3e30], dtype=torch.bfloat16)
   save_file({'b': t}, str(tmp_path / 'b.safetensors'))
   got = sdio.load_state_dict(tmp_path / 'b.safetensors')['b']
@@ -74,15 +76,20 @@ def test_safetensors_bfloat16_reads_as_float32(tmp_path):
 def test_torch_free_reader_matches_torch_load(tmp_path):
   big = torch.arange(40, dtype=torch.float32).reshape(5, 8)
   cases = {
-      'plain': {'w': torch.randn(2, 3), 'n': torch.tensor(7), 'm': torch.tensor([True, False])},
-      'ordered': collections.OrderedDict([('z', torch.randn(3)), ('a', torch.ones(2, 2))]),
-      'transposed': {'t': big.t(), 'p': big.permute(1, 0)[::2]},  # non-contiguous views
-      'offset': {'s': big[2:4, 3:7], 'row': big[4], 'shared': big},  # slices of one storage
-      'bfloat16': {'b': torch.randn(4, 3).to(torch.bfloat16).t()},
-      'types': {'h': torch.randn(3).half(), 'd': torch.randn(2).double(), 'i': torch.arange(3).int(),
-                'u': torch.arange(4, dtype=torch.uint8), 'e': torch.zeros(0, 3)},
-      'wrapped': {'state_dict': {'w': torch.randn(3, 2)}, 'epoch': 3, 'optimizer': {'lr': 0.1}},
-      'parameter': {'p': torch.nn.Parameter(torch.randn(2, 2))},
+    'plain': {'w': torch.randn(2, 3), 'n': torch.tensor(7), 'm': torch.tensor([True, False])},
+    'ordered': collections.OrderedDict([('z', torch.randn(3)), ('a', torch.ones(2, 2))]),
+    'transposed': {'t': big.t(), 'p': big.permute(1, 0)[::2]},  # non-contiguous views
+    'offset': {'s': big[2:4, 3:7], 'row': big[4], 'shared': big},  # slices of one storage
+    'bfloat16': {'b': torch.randn(4, 3).to(torch.bfloat16).t()},
+    'types': {
+      'h': torch.randn(3).half(),
+      'd': torch.randn(2).double(),
+      'i': torch.arange(3).int(),
+      'u': torch.arange(4, dtype=torch.uint8),
+      'e': torch.zeros(0, 3),
+    },
+    'wrapped': {'state_dict': {'w': torch.randn(3, 2)}, 'epoch': 3, 'optimizer': {'lr': 0.1}},
+    'parameter': {'p': torch.nn.Parameter(torch.randn(2, 2))},
   }
   for name, obj in cases.items():
     path = tmp_path / f'{name}.pth'
@@ -105,7 +112,6 @@ class _Custom:
 
 
 class _Evil:
-
   def __init__(self, target):
     self.target = target
 
@@ -191,6 +197,7 @@ def test_failed_save_leaves_the_destination_untouched(tmp_path, monkeypatch, suf
 
 def test_pth_save_without_torch_names_the_suffix(tmp_path, monkeypatch):
   import builtins
+
   real_import = builtins.__import__
 
   def no_torch(name, *args, **kwargs):

@@ -4,6 +4,7 @@ both of torch's modes), and converts back bit-exactly; a checkpoint that does no
 
 Tiny configs; variables from `jax.eval_shape` + numpy draws, applies jitted (un-jitted `init` and
 eager applies compile op by op, slowly)."""
+
 from __future__ import annotations
 
 import functools
@@ -28,18 +29,32 @@ pytestmark = pytest.mark.unit
 TINY_D = (4, 4, 8, 8, 8, 8)
 # id -> (registry name, fields, NHWC input shape); discriminator names end in '_d'
 CASES = {
-    'fagan-lr-weighted': ('fagan', dict(scale=2, n_feats=8, n_lffb=1, kernel_sizes=(3, 5), reduction=2),
-                          (2, 6, 6, 1)),
-    'fagan-hr-direct': ('fagan', dict(scale=4, n_feats=8, n_lffb=2, kernel_sizes=(3,), reduction=4,
-                                      attention_at='hr', connection='direct', alpha=0.3, beta=0.9),
-                        (2, 4, 4, 1)),
-    'fagan-x8': ('fagan', dict(scale=8, n_feats=8, n_lffb=1, kernel_sizes=(3,), reduction=2), (1, 3, 3, 1)),
-    'srdcgan': ('srdcgan', dict(features=8), (2, 8, 8, 1)),
-    'perceptual_sr-transposed': ('perceptual_sr', dict(scale=4, features=8, num_resblocks=2), (2, 6, 6, 1)),
-    'perceptual_sr-nearest': ('perceptual_sr', dict(scale=2, features=8, num_resblocks=1,
-                                                     upsample='nearest'), (2, 6, 6, 1)),
-    'srdcgan_d': ('srdcgan_d', dict(features=TINY_D), (2, 32, 32, 1)),
-    'fagan_sn_d': ('fagan_sn_d', dict(base_features=4), (2, 16, 16, 1)),
+  'fagan-lr-weighted': ('fagan', dict(scale=2, n_feats=8, n_lffb=1, kernel_sizes=(3, 5), reduction=2), (2, 6, 6, 1)),
+  'fagan-hr-direct': (
+    'fagan',
+    dict(
+      scale=4,
+      n_feats=8,
+      n_lffb=2,
+      kernel_sizes=(3,),
+      reduction=4,
+      attention_at='hr',
+      connection='direct',
+      alpha=0.3,
+      beta=0.9,
+    ),
+    (2, 4, 4, 1),
+  ),
+  'fagan-x8': ('fagan', dict(scale=8, n_feats=8, n_lffb=1, kernel_sizes=(3,), reduction=2), (1, 3, 3, 1)),
+  'srdcgan': ('srdcgan', dict(features=8), (2, 8, 8, 1)),
+  'perceptual_sr-transposed': ('perceptual_sr', dict(scale=4, features=8, num_resblocks=2), (2, 6, 6, 1)),
+  'perceptual_sr-nearest': (
+    'perceptual_sr',
+    dict(scale=2, features=8, num_resblocks=1, upsample='nearest'),
+    (2, 6, 6, 1),
+  ),
+  'srdcgan_d': ('srdcgan_d', dict(features=TINY_D), (2, 32, 32, 1)),
+  'fagan_sn_d': ('fagan_sn_d', dict(base_features=4), (2, 16, 16, 1)),
 }
 BN_CASES = ['srdcgan', 'perceptual_sr-transposed', 'perceptual_sr-nearest', 'srdcgan_d']
 
@@ -52,8 +67,9 @@ def _build(case):
   """(registry name, flax module, torch mirror, input)."""
   name, fields, shape = CASES[case]
   if _is_d(name):
-    config = ml_collections.ConfigDict({'model': {'name': 'srcnn', 'dtype': 'float32'},
-                                        'discriminator': {'name': name, **fields}})
+    config = ml_collections.ConfigDict(
+      {'model': {'name': 'srcnn', 'dtype': 'float32'}, 'discriminator': {'name': name, **fields}}
+    )
     model = registry.build_discriminator(config)
     if name == 'srdcgan_d':  # the dense layer's size follows the image, not a flax field
       mirror = torch_models.TorchSRDCGANDiscriminator(features=TINY_D, image_size=shape[1:3])
@@ -112,6 +128,7 @@ def _converged_sn(name, variables):
 
 # --- the layout -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_exported_state_dict_is_the_mirrors_and_loads_strictly(case):
   name, model, mirror, x = _build(case)
@@ -125,23 +142,31 @@ def test_exported_state_dict_is_the_mirrors_and_loads_strictly(case):
 
 
 def test_factory_mirrors_take_the_flax_fields_and_the_seed_image_size():
-  config = ml_collections.ConfigDict({'model': {'name': 'srcnn', 'dtype': 'float32'},
-                                      'discriminator': {'name': 'srdcgan_d'}})
+  config = ml_collections.ConfigDict(
+    {'model': {'name': 'srcnn', 'dtype': 'float32'}, 'discriminator': {'name': 'srdcgan_d'}}
+  )
   with torch.device('meta'):
     mirror = torch_models.build_torch_discriminator(config)
   assert mirror.dense.weight.shape == (1, 256 * 15 * 16)
-  g = torch_models.build_torch_generator(ml_collections.ConfigDict(
-      {'name': 'fagan', 'scale': 8, 'n_feats': 4, 'n_lffb': 3, 'attention_at': 'hr'}))
+  g = torch_models.build_torch_generator(
+    ml_collections.ConfigDict({'name': 'fagan', 'scale': 8, 'n_feats': 4, 'n_lffb': 3, 'attention_at': 'hr'})
+  )
   assert (len(g.upsample), len(g.lffbs), g.attention_at) == (3, 3, 'hr')
-  d = torch_models.build_torch_discriminator(ml_collections.ConfigDict(
-      {'model': {'dtype': 'float32'}, 'discriminator': {'name': 'fagan_sn_d', 'base_features': 2,
-                                                        'power_iterations': 3}}))
+  d = torch_models.build_torch_discriminator(
+    ml_collections.ConfigDict(
+      {
+        'model': {'dtype': 'float32'},
+        'discriminator': {'name': 'fagan_sn_d', 'base_features': 2, 'power_iterations': 3},
+      }
+    )
+  )
   assert d.convs[0].weight_orig.shape == (2, 1, 3, 3) and len(d.convs) == 8
   assert d.convs[0]._forward_pre_hooks[next(iter(d.convs[0]._forward_pre_hooks))].n_power_iterations == 3
 
 
 def test_srdcgan_transposed_layers_match_the_model():
   from mrisr_jax.models.srdcgan import TRANSPOSED_LAYERS
+
   assert convert.SRDCGAN_TRANSPOSED == TRANSPOSED_LAYERS
 
 
@@ -156,8 +181,11 @@ def _docstring_rule(variables, transposed_modules=()):
       names = [p.key for p in path]
       module, leaf, v = '.'.join(names[:-1]), names[-1], np.asarray(v)
       if leaf == 'kernel':
-        v = v.T if v.ndim == 2 else v.transpose(
-            (2, 3, 0, 1) if module.split('.')[-1] in transposed_modules else (3, 2, 0, 1))
+        v = (
+          v.T
+          if v.ndim == 2
+          else v.transpose((2, 3, 0, 1) if module.split('.')[-1] in transposed_modules else (3, 2, 0, 1))
+        )
         leaf = 'weight'
       if leaf == 'num_batches_tracked':
         v = v.astype(np.int64)
@@ -180,6 +208,7 @@ def test_layout_is_the_models_docstring_table(case):
 
 # --- forward parity --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('case', [c for c in sorted(CASES) if c != 'fagan_sn_d'])
 def test_matches_its_torch_mirror_in_eval_mode(case):
   name, model, mirror, x = _build(case)
@@ -195,9 +224,11 @@ def test_matches_its_torch_mirror_in_eval_mode(case):
   if name == 'srdcgan':  # tanh not saturated
     assert 0.01 < float(np.std(ours)) and 0.0 < float(ours.min()) and float(ours.max()) < 1.0
   if name == 'fagan':  # the attention branches do something
-    assert not np.allclose(ours, apply(
-        {'params': {**variables['params'], 'gffb': jax.tree.map(np.zeros_like, variables['params']['gffb'])}},
-        x), atol=1e-3)
+    assert not np.allclose(
+      ours,
+      apply({'params': {**variables['params'], 'gffb': jax.tree.map(np.zeros_like, variables['params']['gffb'])}}, x),
+      atol=1e-3,
+    )
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
@@ -247,6 +278,7 @@ def test_spectral_norm_discriminator_matches_its_mirror_in_both_torch_modes():
 
 # --- round trip ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_round_trip_is_bit_exact(case):
   name, model, _, x = _build(case)
@@ -270,8 +302,10 @@ def test_spectral_norm_u_and_sigma_survive_and_weight_v_is_normalised_wt_u():
   abstract = _abstract(name, model, x)
   # a flax train step from a converged u: stored u and sigma as training leaves them
   _, updates = _apply(case, True)(_converged_sn(name, _random_variables(abstract, seed=6)), x)
-  variables = {'params': _random_variables(abstract, seed=6)['params'],
-               'batch_stats': jax.tree.map(np.asarray, updates['batch_stats'])}
+  variables = {
+    'params': _random_variables(abstract, seed=6)['params'],
+    'batch_stats': jax.tree.map(np.asarray, updates['batch_stats']),
+  }
   sd = convert.flax_to_state_dict(name, variables)
   back = convert.state_dict_to_flax(name, sd, abstract)
   for m in [k.removesuffix('.weight_orig') for k in sd if k.endswith('.weight_orig')]:
@@ -290,6 +324,7 @@ def test_spectral_norm_u_and_sigma_survive_and_weight_v_is_normalised_wt_u():
 
 # --- strict import ---------------------------------------------------------------------------------
 
+
 def _checkpoint(case, **fields):
   name, base, shape = CASES[case]
   config = ml_collections.ConfigDict({'name': name, **{**base, **fields}})
@@ -305,16 +340,19 @@ def test_mismatched_checkpoints_name_missing_unexpected_and_mismatched_keys():
     convert.state_dict_to_flax('perceptual_sr', sd, like)
   msg = str(info.value)
   assert '\n' not in msg
-  assert msg.startswith('checkpoint does not fit perceptual_sr: missing 1 keys (up_0.deconv.weight); '
-                        'unexpected 1 (up_0.conv.weight); shape mismatch 20 (conv_in.weight: file '
-                        '(8, 1, 9, 9), model (4, 1, 9, 9), bn_in.weight: file (8,), model (4,), ')
+  assert msg.startswith(
+    'checkpoint does not fit perceptual_sr: missing 1 keys (up_0.deconv.weight); '
+    'unexpected 1 (up_0.conv.weight); shape mismatch 20 (conv_in.weight: file '
+    '(8, 1, 9, 9), model (4, 1, 9, 9), bn_in.weight: file (8,), model (4,), '
+  )
 
   sd, _ = _checkpoint('fagan-lr-weighted')
   _, like = _checkpoint('fagan-lr-weighted', scale=4)
   with pytest.raises(ValueError) as info:
     convert.state_dict_to_flax('fagan', sd, like)
-  assert str(info.value) == ('checkpoint does not fit fagan: missing 3 keys (upsample.1.0.weight, '
-                             'upsample.1.0.bias, upsample.1.2.weight)')
+  assert str(info.value) == (
+    'checkpoint does not fit fagan: missing 3 keys (upsample.1.0.weight, upsample.1.0.bias, upsample.1.2.weight)'
+  )
 
   name, model, _, x = _build('fagan_sn_d')
   abstract = _abstract(name, model, x)
@@ -323,5 +361,7 @@ def test_mismatched_checkpoints_name_missing_unexpected_and_mismatched_keys():
   sd['convs.0.weight'] = sd.pop('convs.0.weight_orig')  # a checkpoint saved without spectral norm
   with pytest.raises(ValueError) as info:
     convert.state_dict_to_flax(name, sd, abstract)
-  assert str(info.value) == ('checkpoint does not fit fagan_sn_d: missing 2 keys (convs.0.weight_orig, '
-                             'dense.1.weight_v); unexpected 1 (convs.0.weight)')
+  assert str(info.value) == (
+    'checkpoint does not fit fagan_sn_d: missing 2 keys (convs.0.weight_orig, '
+    'dense.1.weight_v); unexpected 1 (convs.0.weight)'
+  )

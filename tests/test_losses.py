@@ -1,4 +1,5 @@
 """Losses against numpy written out by hand; VGG taps, layer names and vgg16 weight loading."""
+
 from __future__ import annotations
 
 import math
@@ -9,13 +10,12 @@ import numpy as np
 import pytest
 
 from mrisr_jax import losses
-from mrisr_jax.models.vgg import (VGGFeatures, init_vgg_params, load_vgg_params, vgg_layer_index,
-                                  vgg_layer_names)
+from mrisr_jax.models.vgg import VGGFeatures, init_vgg_params, load_vgg_params, vgg_layer_index, vgg_layer_names
 from mrisr_jax.registry import UnknownNameError
 
 pytestmark = pytest.mark.unit
 
-R = np.array([-2.0, 0.5, 3.0])   # real logits
+R = np.array([-2.0, 0.5, 3.0])  # real logits
 F = np.array([1.5, -1.0, 0.25])  # fake logits
 
 
@@ -32,6 +32,7 @@ def close(a, b, tol=1e-5):
 
 
 # --- pixel ---
+
 
 def test_pixel_losses_by_hand():
   x = np.array([[0.0, 0.5], [1.0, 0.2]], np.float32)
@@ -66,6 +67,7 @@ def test_unknown_names_list_the_known_ones():
 
 # --- perceptual / gram / style ---
 
+
 def test_perceptual_two_layers_by_hand():
   rng = np.random.default_rng(0)
   s1, h1 = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
@@ -93,8 +95,9 @@ def _gram_loops(f):
 def test_gram_by_hand():
   # one 1x2 map, 2 channels: pixels (1, 2) and (3, 4); f^T f = [[1+9, 2+12], [2+12, 4+16]]
   f = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
-  np.testing.assert_allclose(np.asarray(losses.gram(jnp.asarray(f, jnp.float32))),
-                             np.array([[[10.0, 14.0], [14.0, 20.0]]]) / 4, rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(losses.gram(jnp.asarray(f, jnp.float32))), np.array([[[10.0, 14.0], [14.0, 20.0]]]) / 4, rtol=1e-6
+  )
   f = np.random.default_rng(1).normal(size=(2, 3, 4, 5))
   g = np.asarray(losses.gram(jnp.asarray(f, jnp.float32)))
   assert g.shape == (2, 5, 5) and g.dtype == np.float32
@@ -109,13 +112,14 @@ def test_style_by_hand():
   s2, h2 = rng.normal(size=(2, 2, 2, 4)), rng.normal(size=(2, 2, 2, 4))
   w = (1.5, 0.25)
   d1, d2 = _gram_loops(s1) - _gram_loops(h1), _gram_loops(s2) - _gram_loops(h2)
-  want = w[0] * (d1 ** 2).sum() / d1.size + w[1] * (d2 ** 2).sum() / d2.size
+  want = w[0] * (d1**2).sum() / d1.size + w[1] * (d2**2).sum() / d2.size
   f32 = lambda *a: tuple(jnp.asarray(v, jnp.float32) for v in a)
   close(losses.style(f32(s1, s2), f32(h1, h2), w), want)
   close(losses.style(f32(s1, s2), f32(s1, s2), w), 0.0)
 
 
 # --- GAN ---
+
 
 def _bce_loops(logits, label):
   """Mean binary cross-entropy, term by term."""
@@ -126,11 +130,11 @@ def _bce_loops(logits, label):
 def test_gan_losses_by_hand():
   bce_d = -np.mean(log_sigmoid(R)) - np.mean(np.log(1 - sigmoid(F)))
   want = {  # name: (G, D)
-      'bce_sum': (-np.sum(np.log(sigmoid(F))), bce_d),
-      'nonsaturating': (-np.mean(np.log(sigmoid(F))), bce_d),
-      'minimax': (np.mean(np.log(1 - sigmoid(F))), bce_d),
-      'lsgan': (0.5 * np.mean((F - 1) ** 2), 0.5 * np.mean((R - 1) ** 2) + 0.5 * np.mean(F ** 2)),
-      'hinge': (-np.mean(F), np.mean(np.maximum(0, 1 - R)) + np.mean(np.maximum(0, 1 + F))),
+    'bce_sum': (-np.sum(np.log(sigmoid(F))), bce_d),
+    'nonsaturating': (-np.mean(np.log(sigmoid(F))), bce_d),
+    'minimax': (np.mean(np.log(1 - sigmoid(F))), bce_d),
+    'lsgan': (0.5 * np.mean((F - 1) ** 2), 0.5 * np.mean((R - 1) ** 2) + 0.5 * np.mean(F**2)),
+    'hinge': (-np.mean(F), np.mean(np.maximum(0, 1 - R)) + np.mean(np.maximum(0, 1 + F))),
   }
   assert set(losses.GAN_LOSSES) == set(want) | {'ragan'}
   r, f = jnp.asarray(R, jnp.float32), jnp.asarray(F, jnp.float32)
@@ -172,7 +176,7 @@ def test_ragan_element_by_element():
 
 def test_gan_losses_move_the_right_way_and_stay_finite():
   r = jnp.asarray([-1.0, 0.0, 0.5])  # below the LSGAN/hinge real target
-  f = jnp.asarray([0.2, 0.5, 0.9])   # above the LSGAN fake target, below 1
+  f = jnp.asarray([0.2, 0.5, 0.9])  # above the LSGAN fake target, below 1
   step = 0.1
   for name, loss in losses.GAN_LOSSES.items():
     assert float(loss.d(r + step, f - step)) < float(loss.d(r, f)), name
@@ -186,6 +190,7 @@ def test_gan_losses_move_the_right_way_and_stay_finite():
 
 
 # --- VGG ---
+
 
 def test_vgg_layer_index():
   assert vgg_layer_index('vgg19', 'conv3_4') == 16
@@ -240,7 +245,7 @@ def _conv3x3_numpy(x, w, b):
   out = np.zeros(x.shape[:3] + (w.shape[0],))
   for dy in range(3):
     for dx in range(3):
-      out += xp[:, dy:dy + h, dx:dx + wd, :] @ w[:, :, dy, dx].T
+      out += xp[:, dy : dy + h, dx : dx + wd, :] @ w[:, :, dy, dx].T
   return out + b
 
 
@@ -260,15 +265,13 @@ def test_vgg16_loads_from_torchvision_layout_npz(tmp_path):
   path = str(tmp_path / 'vgg16.npz')
   np.savez(path, **sd)
 
-  taps = tuple(vgg_layer_index('vgg16', n) for n in
-               ('conv1_1', 'relu3_2', 'conv3_3', 'relu5_2', 'conv5_3', 'relu5_3'))
+  taps = tuple(vgg_layer_index('vgg16', n) for n in ('conv1_1', 'relu3_2', 'conv3_3', 'relu5_2', 'conv5_3', 'relu5_3'))
   assert taps == (0, 13, 14, 27, 28, 29)
   model = VGGFeatures('vgg16', taps=taps)
   params = load_vgg_params(path, 'vgg16', model.depth)
   assert len(params) == 13
   x = rng.random((1, 32, 32, 3)).astype(np.float32)
-  c11, r32, c33, r52, c53, r53 = (np.asarray(a, np.float64)
-                                  for a in model.apply({'params': params}, jnp.asarray(x)))
+  c11, r32, c33, r52, c53, r53 = (np.asarray(a, np.float64) for a in model.apply({'params': params}, jnp.asarray(x)))
   assert c11.shape == (1, 32, 32, 64) and c33.shape == (1, 8, 8, 256) and c53.shape == (1, 2, 2, 512)
   for got, inp, idx in ((c11, x, 0), (c33, r32, 14), (c53, r52, 28)):
     want = _conv3x3_numpy(inp.astype(np.float64), sd[f'features.{idx}.weight'], sd[f'features.{idx}.bias'])

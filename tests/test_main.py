@@ -1,4 +1,5 @@
 """The entry point as users run it: the quick job end to end, and one-line errors for bad input."""
+
 import json
 
 import h5py
@@ -40,14 +41,33 @@ def test_readme_main_job_writes_checkpoint_events_images_and_report(tmp_path):
   # the README's other uses, with its commands: super-resolve a scan, evaluate against bicubic
   scan = run_main('--out', str(tmp_path / 'scan_lr.nii.gz'), '--scale', '4', module='tools/sample_scan.py')
   assert scan.returncode == 0, scan.stderr[-2000:]
-  sr = run_main('--config', 'configs/casrgan_x4.py:quick', '--weights', str(workdir), '--input',
-                str(tmp_path / 'scan_lr.nii.gz'), '--output', str(tmp_path / 'scan_sr.nii.gz'), module='mrisr_jax.infer')
+  sr = run_main(
+    '--config',
+    'configs/casrgan_x4.py:quick',
+    '--weights',
+    str(workdir),
+    '--input',
+    str(tmp_path / 'scan_lr.nii.gz'),
+    '--output',
+    str(tmp_path / 'scan_sr.nii.gz'),
+    module='mrisr_jax.infer',
+  )
   assert sr.returncode == 0, sr.stderr[-2000:]
   out = nib.load(tmp_path / 'scan_sr.nii.gz')
   assert out.shape == (192, 168, 8) and np.allclose(out.header.get_zooms(), (1, 1, 2))
-  ev = run_main('--config', 'configs/casrgan_x4.py:quick', '--weights', str(workdir), '--input',
-                'mrisr_jax/sample_data/val', '--report', str(workdir / 'eval'), '--json', str(tmp_path / 'eval.json'),
-                module='mrisr_jax.evaluate')
+  ev = run_main(
+    '--config',
+    'configs/casrgan_x4.py:quick',
+    '--weights',
+    str(workdir),
+    '--input',
+    'mrisr_jax/sample_data/val',
+    '--report',
+    str(workdir / 'eval'),
+    '--json',
+    str(tmp_path / 'eval.json'),
+    module='mrisr_jax.evaluate',
+  )
   assert ev.returncode == 0, ev.stderr[-2000:]
   scores = json.loads((tmp_path / 'eval.json').read_text())
   # all 8 slices of the validation volume (validation scored 4 of them): the model still wins
@@ -78,10 +98,10 @@ def _data_root(tmp_path, train_file_maker):
 
 
 BAD_FILES = {
-    'missing keys': (lambda p, g: _h5(p, something_else=g), 'reconstruction_rss'),
-    'wrong rank': (lambda p, g: _h5(p, reconstruction_rss=g[0]), 'rank'),
-    'non-finite': (lambda p, g: _h5(p, reconstruction_rss=np.where(g > 0.9, np.nan, g)), 'non-finite'),
-    'not hdf5': (lambda p, g: p.write_bytes(b'this is not an hdf5 file'), 'bad.h5'),
+  'missing keys': (lambda p, g: _h5(p, something_else=g), 'reconstruction_rss'),
+  'wrong rank': (lambda p, g: _h5(p, reconstruction_rss=g[0]), 'rank'),
+  'non-finite': (lambda p, g: _h5(p, reconstruction_rss=np.where(g > 0.9, np.nan, g)), 'non-finite'),
+  'not hdf5': (lambda p, g: p.write_bytes(b'this is not an hdf5 file'), 'bad.h5'),
 }
 
 
@@ -89,14 +109,17 @@ BAD_FILES = {
 def test_bad_data_files_stop_with_one_line_naming_the_file(tmp_path, case):
   maker, expected = BAD_FILES[case]
   root = _data_root(tmp_path, maker)
-  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'),
-                  f'--config.data.root={root}')
+  proc = run_main(
+    '--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'), f'--config.data.root={root}'
+  )
   assert proc.returncode != 0
   line = error_line(proc)
   assert 'bad.h5' in line and expected.lower() in line.lower(), line
 
 
-@pytest.mark.parametrize('args,expected', [
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config.data.root=/no/such/dir'], '/no/such/dir'),
     (['--config.data.hr_patch_size=480'], 'hr_patch_size=480'),
     (['--config.model.scale=5'], 'config.model.scale=5'),
@@ -104,7 +127,8 @@ def test_bad_data_files_stop_with_one_line_naming_the_file(tmp_path, case):
     (['--config.model.sacle=4'], 'sacle'),
     (['--config.stages.gan.schedule=cosine'], 'cosine'),
     (['--config.batch_size=0'], 'batch_size=0'),
-])
+  ],
+)
 def test_bad_config_values_stop_with_one_line_naming_them(tmp_path, args, expected):
   proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'), *args)
   assert proc.returncode != 0
@@ -114,15 +138,22 @@ def test_bad_config_values_stop_with_one_line_naming_them(tmp_path, args, expect
 def test_empty_data_directory_is_named(tmp_path):
   root = tmp_path / 'empty'
   (root / 'train').mkdir(parents=True)
-  proc = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'),
-                  f'--config.data.root={root}')
+  proc = run_main(
+    '--config', 'configs/casrgan_x4.py:quick', '--workdir', str(tmp_path / 'w'), f'--config.data.root={root}'
+  )
   assert proc.returncode != 0
   assert 'train' in error_line(proc)
 
 
 def test_seed_recipe_without_vgg_weights_says_how_to_provide_them(tmp_path):
-  proc = run_main('--config', 'configs/casrgan_x4.py', '--workdir', str(tmp_path / 'w'),
-                  '--config.stage_order=("gan",)', '--config.batch_size=2')
+  proc = run_main(
+    '--config',
+    'configs/casrgan_x4.py',
+    '--workdir',
+    str(tmp_path / 'w'),
+    '--config.stage_order=("gan",)',
+    '--config.batch_size=2',
+  )
   assert proc.returncode != 0
   line = error_line(proc)
   assert 'vgg_weights' in line and 'vgg19' in line

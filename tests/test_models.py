@@ -1,5 +1,6 @@
 """Every generator at every scale it supports, built from its config through the registry: output shape,
 gradients reaching every parameter, and five training steps on the embedded sample lowering the loss."""
+
 import functools
 import importlib.util
 
@@ -20,20 +21,24 @@ pytestmark = pytest.mark.unit
 
 # (config file, argument, scales): the models of every system, at every scale their class supports.
 SYSTEMS = [
-    ('casrgan_x4.py', 'quick', (2, 3, 4)),
-    ('srcnn.py', 'quick', (2, 3, 4)),
-    ('drrn.py', 'quick', (2, 3, 4)),
-    ('edsr.py', 'quick', (2, 3, 4)),
-    ('rdn.py', 'quick', (2, 3, 4)),
-    ('fagan_x4.py', 'quick', (2, 4, 8)),
-    ('srdcgan_x4.py', 'quick', (4,)),
-    ('perceptual_x4.py', 'model1,quick', (2, 4)),
-    ('perceptual_x4.py', 'model2,quick', (2, 4)),
+  ('casrgan_x4.py', 'quick', (2, 3, 4)),
+  ('srcnn.py', 'quick', (2, 3, 4)),
+  ('drrn.py', 'quick', (2, 3, 4)),
+  ('edsr.py', 'quick', (2, 3, 4)),
+  ('rdn.py', 'quick', (2, 3, 4)),
+  ('fagan_x4.py', 'quick', (2, 4, 8)),
+  ('srdcgan_x4.py', 'quick', (4,)),
+  ('perceptual_x4.py', 'model1,quick', (2, 4)),
+  ('perceptual_x4.py', 'model2,quick', (2, 4)),
 ]
 CASES = [(f, a, s) for f, a, scales in SYSTEMS for s in scales]
 # Smaller than the quick configs where a model is costly to compile on CPU.
-SHRINK = {'casr': dict(depth=2, growth_rate0=16, growth_rate=8, rdb_depth=2, embed_dim=12, num_heads=2),
-          'rdn': dict(num_blocks=2, num_layers=2), 'edsr': dict(n_resblocks=2), 'drrn': dict(num_units=3)}
+SHRINK = {
+  'casr': dict(depth=2, growth_rate0=16, growth_rate=8, rdb_depth=2, embed_dim=12, num_heads=2),
+  'rdn': dict(num_blocks=2, num_layers=2),
+  'edsr': dict(n_resblocks=2),
+  'drrn': dict(num_units=3),
+}
 
 
 def load_config(file: str, arg: str):
@@ -56,8 +61,15 @@ def case_config(file, arg, scale):
 
 
 def sample_batch(c, model, n=4):
-  ds = pipeline.make_train_dataset(c.data, scale=c.model.scale, global_batch_size=n, seed=0,
-                                   process_index=0, process_count=1, upsampled_input=model.upsampled_input)[0]
+  ds = pipeline.make_train_dataset(
+    c.data,
+    scale=c.model.scale,
+    global_batch_size=n,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    upsampled_input=model.upsampled_input,
+  )[0]
   return jax.tree.map(jnp.asarray, next(iter(ds)))
 
 
@@ -95,13 +107,24 @@ def test_shape_gradients_and_five_steps(file, arg, scale):
     return jnp.mean(jnp.abs(sr - batch['hr']))
 
   grads = jax.jit(jax.grad(l1))(params)
-  dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
-          if not np.any(np.asarray(g) != 0)]
+  dead = [
+    jax.tree_util.keystr(path)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads)
+    if not np.any(np.asarray(g) != 0)
+  ]
   assert not dead, f'no gradient reaches {dead}'
 
   tx = optax.adam(1e-3)
-  state = TrainState(step=jnp.zeros((), jnp.int32), g_params=params, g_batch_stats=stats, d_params={},
-                     d_batch_stats={}, g_opt_state=tx.init(params), d_opt_state=(), rng=jax.random.PRNGKey(2))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=params,
+    g_batch_stats=stats,
+    d_params={},
+    d_batch_stats={},
+    g_opt_state=tx.init(params),
+    d_opt_state=(),
+    rng=jax.random.PRNGKey(2),
+  )
   step = jax.jit(functools.partial(steps.generator_step, g_model=model, g_tx=tx))
   losses = []
   for _ in range(5):

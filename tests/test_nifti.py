@@ -1,4 +1,5 @@
 """NiftiSliceSource: RAS reorientation, normalisation, slice skipping, caching, bad files."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -16,7 +17,7 @@ from mrisr_jax.data.errors import DataError
 
 pytestmark = pytest.mark.unit
 
-SHAPE = (12, 10, 8)              # RAS (X, Y, Z)
+SHAPE = (12, 10, 8)  # RAS (X, Y, Z)
 ZOOMS = (0.9, 1.2, 3.0)
 ORIGIN = np.array([-5.0, 7.0, 2.5])
 
@@ -25,7 +26,7 @@ def _ras_volume(seed: int = 0) -> np.ndarray:
   """A positive float32 volume with signal in every slice (and a few outliers)."""
   rng = np.random.default_rng(seed)
   vol = rng.uniform(1.0, 100.0, SHAPE).astype(np.float32)
-  vol[0, 0, 0] = 1000.0           # outlier above the 99.5th percentile
+  vol[0, 0, 0] = 1000.0  # outlier above the 99.5th percentile
   return vol
 
 
@@ -43,17 +44,16 @@ def _to_psl(ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   x, y, _ = ras.shape
   stored = np.transpose(ras, (1, 2, 0))[::-1, :, ::-1].copy()
   aff = np.zeros((4, 4))
-  aff[0, 2] = -ZOOMS[0]           # world x = ox + 0.9 * (X-1-k)
-  aff[1, 0] = -ZOOMS[1]           # world y = oy + 1.2 * (Y-1-i)
-  aff[2, 1] = ZOOMS[2]            # world z = oz + 3.0 * j
+  aff[0, 2] = -ZOOMS[0]  # world x = ox + 0.9 * (X-1-k)
+  aff[1, 0] = -ZOOMS[1]  # world y = oy + 1.2 * (Y-1-i)
+  aff[2, 1] = ZOOMS[2]  # world z = oz + 3.0 * j
   aff[:3, 3] = ORIGIN + [ZOOMS[0] * (x - 1), ZOOMS[1] * (y - 1), 0.0]
   aff[3, 3] = 1.0
   return stored, aff
 
 
 def _save(path: pathlib.Path, data, affine=None) -> pathlib.Path:
-  nib.Nifti1Image(np.asarray(data), _ras_affine() if affine is None else affine).to_filename(
-      str(path))
+  nib.Nifti1Image(np.asarray(data), _ras_affine() if affine is None else affine).to_filename(str(path))
   return path
 
 
@@ -91,7 +91,7 @@ def test_non_ras_file_gives_the_same_slices_as_ras(tmp_path):
     assert src.volumes[0].metadata['orientation'] == ('R', 'A', 'S')
     np.testing.assert_allclose(meta['affine'], canon.affine, atol=1e-6)
     assert meta['shape'] == SHAPE and meta['slice_axis'] == axis
-    assert set(src._cache) == {2}     # .nii slices come from the memmap, never the volume cache
+    assert set(src._cache) == {2}  # .nii slices come from the memmap, never the volume cache
 
 
 def test_voxel_sizes_are_ras_zooms(tmp_path):
@@ -108,7 +108,7 @@ def test_voxel_sizes_are_ras_zooms(tmp_path):
 
 def test_percentile_normalisation(tmp_path):
   ras = _ras_volume(1)
-  ras[3, 4, 5] = -20.0            # slightly negative (interpolation): clips to 0
+  ras[3, 4, 5] = -20.0  # slightly negative (interpolation): clips to 0
   path = _save(tmp_path / 'v.nii', ras)
   pct = (1.0, 99.0)
   src = nifti.NiftiSliceSource([path], percentiles=pct, min_foreground=0)
@@ -124,13 +124,13 @@ def test_percentile_normalisation(tmp_path):
 def test_scl_slope_is_applied(tmp_path):
   ras = _ras_volume(2) * 7.0
   img = nib.Nifti1Image(ras, _ras_affine())
-  img.set_data_dtype(np.int16)            # nibabel stores int16 with a scale factor
+  img.set_data_dtype(np.int16)  # nibabel stores int16 with a scale factor
   img.to_filename(str(tmp_path / 'scaled.nii'))
   loaded = nib.load(str(tmp_path / 'scaled.nii'))
   assert loaded.dataobj.slope != 1.0
   src = nifti.NiftiSliceSource([tmp_path / 'scaled.nii'], min_foreground=0)
   want = _expected(loaded.get_fdata().astype(np.float32))
-  assert src.volumes[0].metadata['hi'] > 300     # scaled values, not the raw int16
+  assert src.volumes[0].metadata['hi'] > 300  # scaled values, not the raw int16
   np.testing.assert_allclose(np.moveaxis(_slices(src), 0, -1), want, atol=1e-6)
 
 
@@ -139,7 +139,7 @@ def test_slices_without_signal_are_skipped(tmp_path):
   ras[..., 0] = 0.0
   ras[..., -1] = 0.0
   ras[..., 1] = 0.0
-  ras[0, 0, 1] = 100.0            # one bright pixel: 1/120 < min_foreground 0.01
+  ras[0, 0, 1] = 100.0  # one bright pixel: 1/120 < min_foreground 0.01
   path = _save(tmp_path / 'v.nii.gz', ras)
   src = nifti.NiftiSliceSource([path])
   z = SHAPE[2]
@@ -180,8 +180,8 @@ def test_gz_and_nii_identical_and_pickling(tmp_path, caplog):
   np.testing.assert_array_equal(_slices(src, 0), _slices(src, 1))
   n = src.volumes[0].num_slices
   before = [src[i]['image'] for i in range(len(src))]
-  assert len(src._cache) == 1                      # LRU holds cache_volumes volumes
-  src[0]                                           # pylint: disable=pointless-statement
+  assert len(src._cache) == 1  # LRU holds cache_volumes volumes
+  src[0]  # pylint: disable=pointless-statement
   restored = pickle.loads(pickle.dumps(src))
   assert not restored._cache and not restored._images  # caches are not pickled
   for i in range(len(src)):
@@ -205,8 +205,10 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]:
   """name -> (path, pattern its error must match)."""
   ras = _ras_volume(7)
   bad = {}
-  bad['4d'] = (_save(tmp_path / 'four.nii', np.stack([ras] * 3, axis=-1)),
-               r'shape \(12, 10, 8, 3\); expected a 3-D volume')
+  bad['4d'] = (
+    _save(tmp_path / 'four.nii', np.stack([ras] * 3, axis=-1)),
+    r'shape \(12, 10, 8, 3\); expected a 3-D volume',
+  )
   bad['2d'] = (_save(tmp_path / 'two.nii', ras[..., 0]), r'shape \(12, 10\); expected a 3-D volume')
   garbage = tmp_path / 'x.nii'
   garbage.write_bytes(b'this is not a NIfTI file\n' * 40)

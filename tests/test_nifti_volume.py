@@ -3,6 +3,7 @@
 The models are numpy stand-ins (nearest-neighbour repeats, or tiling.super_resolve around an
 identity / repeat predict function), so outputs are known exactly and no JAX compile is paid.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -57,12 +58,14 @@ def _save(path, vol, affine=None, zooms=ZOOMS, codes=(1, 2)) -> pathlib.Path:
 
 def _nearest(s, calls=None):
   """In-plane "model": nearest-neighbour upsampling of both plane axes by s."""
+
   def sr_stack(stack):
     assert stack.dtype == np.float32 and stack.ndim == 3
     assert stack.min() >= 0.0 and stack.max() <= 1.0
     if calls is not None:
       calls.append(stack.shape)
     return np.repeat(np.repeat(stack, s, axis=1), s, axis=2)
+
   return sr_stack
 
 
@@ -76,10 +79,10 @@ def _centres_consistent(old_aff, new_aff, factors, shape):
   """New voxel j lands on old index (j + 0.5) / f - 0.5 along every axis (identity where f = 1)."""
   rng = np.random.default_rng(1)
   f = np.asarray(factors, np.float64)
-  j = np.concatenate([np.zeros((1, 3)), np.asarray(shape)[None] - 1,
-                      rng.integers(0, shape, (8, 3))]).astype(np.float64)
-  np.testing.assert_allclose(nib.affines.apply_affine(new_aff, j),
-                             nib.affines.apply_affine(old_aff, (j + 0.5) / f - 0.5), atol=1e-4)
+  j = np.concatenate([np.zeros((1, 3)), np.asarray(shape)[None] - 1, rng.integers(0, shape, (8, 3))]).astype(np.float64)
+  np.testing.assert_allclose(
+    nib.affines.apply_affine(new_aff, j), nib.affines.apply_affine(old_aff, (j + 0.5) / f - 0.5), atol=1e-4
+  )
 
 
 # ------------------------------------------------------------------------------ in-plane geometry
@@ -93,10 +96,10 @@ def test_in_plane_round_trip_keeps_geometry_and_values(tmp_path, suffix):
   dst.parent.mkdir()
   s = 2
   # through tiling.super_resolve, as infer does, with a nearest-neighbour "network"
-  predict = lambda x: np.repeat(np.repeat(x, s, axis=1), s, axis=2)   # noqa: E731
+  predict = lambda x: np.repeat(np.repeat(x, s, axis=1), s, axis=2)  # noqa: E731
   done = nifti_volume.super_resolve_volume(
-      src, dst, lambda st: tiling.super_resolve(predict, st, s, 1, False), (s, s), chunk=4,
-      progress=False)
+    src, dst, lambda st: tiling.super_resolve(predict, st, s, 1, False), (s, s), chunk=4, progress=False
+  )
 
   hi = float(np.percentile(vol, nifti_volume.PERCENTILE))
   assert done['hi'] == pytest.approx(hi, rel=1e-6)
@@ -104,7 +107,7 @@ def test_in_plane_round_trip_keeps_geometry_and_values(tmp_path, suffix):
   out_shape = (SHAPE[0] * s, SHAPE[1] * s, SHAPE[2])
   assert done['shape'] == out_shape
   assert done['zooms'] == pytest.approx((ZOOMS[0] / s, ZOOMS[1] / s, ZOOMS[2]), rel=1e-6)
-  assert sorted(os.listdir(dst.parent)) == [dst.name]   # no temporaries left behind
+  assert sorted(os.listdir(dst.parent)) == [dst.name]  # no temporaries left behind
   assert sorted(os.listdir(src.parent)) == [src.name]
 
   old, new = nib.load(str(src)), nib.load(str(dst))
@@ -121,7 +124,7 @@ def test_in_plane_round_trip_keeps_geometry_and_values(tmp_path, suffix):
   assert data.dtype == np.float32
   expected = np.repeat(np.repeat(_scaled(vol, done['hi']), s, axis=0), s, axis=1)
   np.testing.assert_array_equal(data, expected)
-  assert data.max() == pytest.approx(hi) and vol.max() > hi   # the outliers were clipped
+  assert data.max() == pytest.approx(hi) and vol.max() > hi  # the outliers were clipped
 
 
 @pytest.mark.parametrize('slice_axis', [0, 1])
@@ -130,8 +133,9 @@ def test_in_plane_slice_axis_refines_the_other_two(tmp_path, slice_axis):
   src = _save(tmp_path / 'vol.nii', vol)
   dst = tmp_path / 'sr.nii'
   calls = []
-  done = nifti_volume.super_resolve_volume(src, dst, _nearest(3, calls), (3, 3),
-                                           slice_axis=slice_axis, chunk=4, progress=False)
+  done = nifti_volume.super_resolve_volume(
+    src, dst, _nearest(3, calls), (3, 3), slice_axis=slice_axis, chunk=4, progress=False
+  )
   rows, cols = (a for a in range(3) if a != slice_axis)
   factors = [3, 3, 3]
   factors[slice_axis] = 1
@@ -154,20 +158,20 @@ def test_in_plane_slice_axis_refines_the_other_two(tmp_path, slice_axis):
 
 @pytest.mark.parametrize('lr_factors', [(4, 1), (1, 4)])
 def test_through_plane_refines_the_thick_axis_only(tmp_path, lr_factors):
-  shape, zooms = (6, 7, 5), (1.0, 1.0, 4.0)   # distinct sizes: the planes' layout is visible
+  shape, zooms = (6, 7, 5), (1.0, 1.0, 4.0)  # distinct sizes: the planes' layout is visible
   vol = _volume(shape, seed=2)
   src = _save(tmp_path / 'thick.nii.gz', vol, _oblique_affine(zooms), zooms)
   dst = tmp_path / 'sr.nii.gz'
   calls = []
 
-  def sr_stack(stack):   # thick axis (2) on rows for (s, 1), on columns for (1, s); other axis 0
+  def sr_stack(stack):  # thick axis (2) on rows for (s, 1), on columns for (1, s); other axis 0
     calls.append(stack.shape)
     assert stack.shape[1:] == ((5, 6) if lr_factors == (4, 1) else (6, 5))
     return np.repeat(np.repeat(stack, lr_factors[0], axis=1), lr_factors[1], axis=2)
 
   done = nifti_volume.super_resolve_volume(src, dst, sr_stack, lr_factors, chunk=3, progress=False)
   assert done['mode'] == 'through-plane' and done['factors'] == (1, 1, 4)
-  assert done['axis'] == 1   # planes are taken across the last axis that is not thick
+  assert done['axis'] == 1  # planes are taken across the last axis that is not thick
   assert [c[0] for c in calls] == [3, 3, 1]
   new, old = nib.load(str(dst)), nib.load(str(src))
   assert new.shape == (6, 7, 20) and done['shape'] == (6, 7, 20)
@@ -188,17 +192,21 @@ def test_through_plane_bicubic_model_through_tiling(tmp_path):
   src = _save(tmp_path / 'thick.nii', vol, _oblique_affine(zooms), zooms)
   dst = tmp_path / 'sr.nii'
   done = nifti_volume.super_resolve_volume(
-      src, dst, lambda st: tiling.super_resolve(lambda x: x, st, 4, 1, True, factors=(4, 1)),
-      (4, 1), chunk=4, progress=False)
+    src,
+    dst,
+    lambda st: tiling.super_resolve(lambda x: x, st, 4, 1, True, factors=(4, 1)),
+    (4, 1),
+    chunk=4,
+    progress=False,
+  )
   hi = np.float32(done['hi'])
-  planes = np.clip(vol.astype(np.float32) / hi, 0.0, 1.0).transpose(1, 2, 0)   # (Y, Z, X)
+  planes = np.clip(vol.astype(np.float32) / hi, 0.0, 1.0).transpose(1, 2, 0)  # (Y, Z, X)
   sr = np.clip(bicubic_resize(planes, 20, 6), 0.0, 1.0) * hi
-  np.testing.assert_allclose(np.asarray(nib.load(str(dst)).dataobj), sr.transpose(2, 0, 1),
-                             rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(nib.load(str(dst)).dataobj), sr.transpose(2, 0, 1), rtol=1e-5, atol=1e-3)
 
 
 def test_thick_axis_ambiguous_explicit_and_misused(tmp_path):
-  zooms = (2.0, 2.0, 1.0)   # two equally thick axes: no single thick one
+  zooms = (2.0, 2.0, 1.0)  # two equally thick axes: no single thick one
   vol = _volume((6, 5, 4), seed=4)
   src = _save(tmp_path / 'amb.nii', vol, _oblique_affine(zooms), zooms)
   dst = tmp_path / 'sr.nii'
@@ -209,7 +217,7 @@ def test_thick_axis_ambiguous_explicit_and_misused(tmp_path):
 
   calls = []
 
-  def sr_stack(stack):   # thick axis 0 on rows; slices across axis 2; other axis 1 on columns
+  def sr_stack(stack):  # thick axis 0 on rows; slices across axis 2; other axis 1 on columns
     calls.append(stack.shape)
     return np.repeat(stack, 2, axis=1)
 
@@ -220,21 +228,19 @@ def test_thick_axis_ambiguous_explicit_and_misused(tmp_path):
   assert new.shape == (12, 5, 4)
   assert new.header.get_zooms() == pytest.approx((1.0, 2.0, 1.0), rel=1e-6)
   _centres_consistent(nib.load(str(src)).affine, new.affine, (2, 1, 1), new.shape)
-  np.testing.assert_array_equal(np.asarray(new.dataobj),
-                                np.repeat(_scaled(vol, done['hi']), 2, axis=0))
+  np.testing.assert_array_equal(np.asarray(new.dataobj), np.repeat(_scaled(vol, done['hi']), 2, axis=0))
 
-  with pytest.raises(VolumeError, match='thick_axis') as e:   # an in-plane model has no thick axis
-    nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 2), thick_axis=0,
-                                      progress=False)
+  with pytest.raises(VolumeError, match='thick_axis') as e:  # an in-plane model has no thick axis
+    nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 2), thick_axis=0, progress=False)
   assert 'amb.nii' in str(e.value) and not (tmp_path / 'x.nii').exists()
   with pytest.raises(VolumeError, match='slice_axis and thick_axis'):
-    nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 1), thick_axis=0,
-                                      slice_axis=0, progress=False)
+    nifti_volume.super_resolve_volume(
+      src, tmp_path / 'x.nii', _nearest(2), (2, 1), thick_axis=0, slice_axis=0, progress=False
+    )
   with pytest.raises(VolumeError, match='different amounts'):
     nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 3), progress=False)
   with pytest.raises(VolumeError, match='slice_axis 3'):
-    nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 2), slice_axis=3,
-                                      progress=False)
+    nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 2), slice_axis=3, progress=False)
   assert sorted(os.listdir(tmp_path)) == ['amb.nii', 'sr.nii']
 
 
@@ -244,7 +250,7 @@ def test_thick_axis_ambiguous_explicit_and_misused(tmp_path):
 def test_chunk_size_does_not_change_the_output(tmp_path):
   vol = _volume((8, 9, 12), seed=5)
   src = _save(tmp_path / 'vol.nii', vol)
-  predict = lambda x: np.repeat(np.repeat(x, 2, axis=1), 2, axis=2) ** 0.5   # noqa: E731
+  predict = lambda x: np.repeat(np.repeat(x, 2, axis=1), 2, axis=2) ** 0.5  # noqa: E731
   outputs = []
   for chunk in (1, 5, 12, 50):
     calls = []
@@ -271,9 +277,9 @@ def test_nii_and_gz_inputs_and_outputs_agree(tmp_path):
   rb = nifti_volume.super_resolve_volume(packed, b, _nearest(2), (2, 2), progress=False)
   rc = nifti_volume.super_resolve_volume(plain, c, _nearest(2), (2, 2), progress=False)
   assert ra == rb == rc
-  assert a.read_bytes() == b.read_bytes()   # same header and voxels, byte for byte
+  assert a.read_bytes() == b.read_bytes()  # same header and voxels, byte for byte
   raw = c.read_bytes()
-  assert raw[:2] == b'\x1f\x8b'   # really gzipped
+  assert raw[:2] == b'\x1f\x8b'  # really gzipped
   assert gzip.decompress(raw) == a.read_bytes()
   na, nc = nib.load(str(a)), nib.load(str(c))
   np.testing.assert_array_equal(np.asarray(nc.dataobj), np.asarray(na.dataobj))
@@ -295,7 +301,7 @@ def test_failure_midway_leaves_no_output_and_no_temporaries(tmp_path, src_suffix
   seen = []
 
   def failing(stack):
-    seen.append(sorted(os.listdir(out)))   # the temporaries exist while it runs
+    seen.append(sorted(os.listdir(out)))  # the temporaries exist while it runs
     if len(seen) == 2:
       raise _Boom('model crashed')
     return np.repeat(np.repeat(stack, 2, axis=1), 2, axis=2)
@@ -362,8 +368,7 @@ def _bad_inputs(tmp_path):
   nan_vol[1, 2, 3] = np.nan
   nan = _save(tmp_path / 'has_nan.nii', nan_vol, np.eye(4))
   zero = _save(tmp_path / 'all_zero.nii.gz', np.zeros((4, 4, 4), np.int16), np.eye(4))
-  return [(vol4, '3-D'), (junk, 'NIfTI'), (junk_gz, 'decompress'), (nan, 'non-finite'),
-          (zero, 'percentile')]
+  return [(vol4, '3-D'), (junk, 'NIfTI'), (junk_gz, 'decompress'), (nan, 'non-finite'), (zero, 'percentile')]
 
 
 def test_bad_inputs_raise_volume_error_naming_the_file(tmp_path):
@@ -391,5 +396,6 @@ def test_singleton_fourth_dimension_is_a_volume(tmp_path):
   assert new.header.get_zooms() == pytest.approx((0.5, 1.0, 3.0))
   assert int(new.header['sform_code']) == 0 and int(new.header['qform_code']) == 1
   _centres_consistent(aff, new.affine, (2, 2, 1), new.shape)
-  np.testing.assert_array_equal(np.asarray(new.dataobj),
-                                np.repeat(np.repeat(_scaled(vol[..., 0], done['hi']), 2, 0), 2, 1))
+  np.testing.assert_array_equal(
+    np.asarray(new.dataobj), np.repeat(np.repeat(_scaled(vol[..., 0], done['hi']), 2, 0), 2, 1)
+  )

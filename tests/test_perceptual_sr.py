@@ -1,6 +1,7 @@
 """PerceptualSRNet (Johnson et al.'s SR network, seed 003): geometry per scale and upsampling mode,
 the two upscaling blocks, BatchNorm modes and gradients. Its key table and its torch mirror
 (`interop.torch_models.TorchPerceptualSRNet`) are tested in test_interop_other_models.py."""
+
 from __future__ import annotations
 
 import jax
@@ -44,7 +45,8 @@ def test_output_is_scale_times_the_input(scale, upsample):
   x = jax.ShapeDtypeStruct((2, 11, 13, 1), jnp.float32)  # odd sides too; shapes only, via tracing
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
   assert sorted(k for k in variables['params'] if k.startswith('up_')) == [
-      f'up_{i}' for i in range({2: 1, 4: 2}[scale])]
+    f'up_{i}' for i in range({2: 1, 4: 2}[scale])
+  ]
   y = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
   assert y.shape == (2, 11 * scale, 13 * scale, 1) and y.dtype == jnp.float32
 
@@ -73,7 +75,7 @@ def test_whole_networks_differ_only_in_the_upscaling_blocks():
 
 
 def test_nearest_upsampling_repeats_each_pixel_2x2():
-  x = jnp.array([[1., 2.], [3., 4.]])[None, :, :, None]
+  x = jnp.array([[1.0, 2.0], [3.0, 4.0]])[None, :, :, None]
   expected = [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
   np.testing.assert_array_equal(upsample_nearest_2x(x)[0, :, :, 0], expected)
 
@@ -117,8 +119,7 @@ def test_batchnorm_train_updates_stats_and_eval_is_per_sample():
   variables = model.init(jax.random.PRNGKey(1), x[:2])
   _, updates = model.apply(variables, x[:2], True, mutable=['batch_stats'])
   stats = jax.tree_util.tree_flatten_with_path(updates['batch_stats'])[0]
-  old = dict((jax.tree_util.keystr(p), v)
-             for p, v in jax.tree_util.tree_flatten_with_path(variables['batch_stats'])[0])
+  old = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(variables['batch_stats'])[0])
   assert len(stats) == 3 * (1 + 2 * 2 + 2)  # mean, var, count per BN
   for path, new in stats:
     key = jax.tree_util.keystr(path)

@@ -1,4 +1,5 @@
 """The training/validation pipeline over every source and degradation, chosen from config.data."""
+
 from __future__ import annotations
 
 import pathlib
@@ -20,8 +21,16 @@ def _fresh_cache():
 
 
 def cfg(root, **kw):
-  base = dict(root=str(root), train_split='train', val_split='val', hr_patch_size=8, flips=False,
-              num_workers=0, prefetch_buffer=0, degradation=('area',))
+  base = dict(
+    root=str(root),
+    train_split='train',
+    val_split='val',
+    hr_patch_size=8,
+    flips=False,
+    num_workers=0,
+    prefetch_buffer=0,
+    degradation=('area',),
+  )
   base.update(kw)
   return base
 
@@ -40,8 +49,11 @@ def write_nifti(path: pathlib.Path, volume: np.ndarray) -> pathlib.Path:
 
 
 def batches(config, n=2, scale=2, batch=4, **kw):
-  it = iter(pipeline.make_train_dataset(config, scale=scale, global_batch_size=batch, seed=3,
-                                        process_index=0, process_count=1, **kw)[0])
+  it = iter(
+    pipeline.make_train_dataset(
+      config, scale=scale, global_batch_size=batch, seed=3, process_index=0, process_count=1, **kw
+    )[0]
+  )
   return [next(it) for _ in range(n)]
 
 
@@ -50,7 +62,7 @@ def locate(patch: np.ndarray, image: np.ndarray) -> tuple[int, int]:
   ph, pw = patch.shape
   for y in range(image.shape[0] - ph + 1):
     for x in range(image.shape[1] - pw + 1):
-      if np.array_equal(image[y:y + ph, x:x + pw], patch):
+      if np.array_equal(image[y : y + ph, x : x + pw], patch):
         return y, x
   raise AssertionError('patch not found in the image')
 
@@ -96,7 +108,7 @@ def test_paired_lr_files_are_cropped_at_the_matching_place(tmp_path):
             continue
           if y % 2 or x % 2:
             continue
-          np.testing.assert_array_equal(lr, flip(full['lr'])[y // 2:y // 2 + 4, x // 2:x // 2 + 4])
+          np.testing.assert_array_equal(lr, flip(full['lr'])[y // 2 : y // 2 + 4, x // 2 : x // 2 + 4])
           found = True
           break
         if found:
@@ -111,14 +123,20 @@ def test_kspace_truncation_degrades_the_whole_slice_then_crops(tmp_path):
   config = cfg(tmp_path, degradation=('kspace',))
   for b in batches(config, n=2):
     for hr, lr in zip(b['hr'][..., 0], b['lr'][..., 0]):
-      k = next(k for k in range(2) if any(
-          np.array_equal(image[k, y:y + 8, x:x + 8] / image.max(), hr)
-          for y in range(0, 9, 2) for x in range(0, 17, 2)))
+      k = next(
+        k
+        for k in range(2)
+        if any(
+          np.array_equal(image[k, y : y + 8, x : x + 8] / image.max(), hr)
+          for y in range(0, 9, 2)
+          for x in range(0, 17, 2)
+        )
+      )
       full = image[k] / image.max()
       y, x = locate(hr, full)
       assert y % 2 == 0 and x % 2 == 0
       lr_full = degrade.make_lr(full, 2, ('kspace',))
-      np.testing.assert_allclose(lr, lr_full[y // 2:y // 2 + 4, x // 2:x // 2 + 4], atol=1e-6)
+      np.testing.assert_allclose(lr, lr_full[y // 2 : y // 2 + 4, x // 2 : x // 2 + 4], atol=1e-6)
       # a truncation of the crop alone would differ (the spectrum of the crop is not the slice's)
       assert not np.allclose(lr, degrade.make_lr(hr, 2, ('kspace',)), atol=1e-3)
 
@@ -133,7 +151,7 @@ def test_val_fraction_splits_by_volume_and_is_stable(tmp_path):
   assert set(train).isdisjoint(val) and len(train) + len(val) == 20 and 2 <= len(val) <= 12
   write_h5(tmp_path / 'train' / 'vol99.h5', rng.random((1, 8, 8)) + 0.1)
   _, _, val2 = splits.split_files(config, 'val')
-  assert set(val) <= set(val2)                      # adding a file moves no volume
+  assert set(val) <= set(val2)  # adding a file moves no volume
   vols = pipeline.load_validation_volumes(config, scale=2)
   assert {v['name'] for v in vols} == {p.stem for p in val2}
 
@@ -172,7 +190,7 @@ def test_transposes_and_flips_apply_to_both(tmp_path):
     for hr, lr in zip(b['hr'][..., 0], b['lr'][..., 0]):
       np.testing.assert_allclose(lr, degrade.area_downsample(hr, 2), atol=1e-6)
       rows_vary_most.append(abs(hr[1, 0] - hr[0, 0]) > abs(hr[0, 1] - hr[0, 0]))
-  assert any(rows_vary_most) and not all(rows_vary_most)   # some patches transposed, some not
+  assert any(rows_vary_most) and not all(rows_vary_most)  # some patches transposed, some not
   with pytest.raises(DataError, match='transposes'):
     batches(cfg(tmp_path, transposes=True, hr_patch_size=(8, 4)))
 
@@ -205,8 +223,7 @@ def test_thick_slices_need_a_model_that_takes_the_upsampled_input(tmp_path):
   hr = b['hr'][0, ..., 0]
   thick = degrade.make_lr(hr, 2, ('thick:axis=0',))
   assert thick.shape == (4, 8)
-  np.testing.assert_allclose(b['lr'][0, ..., 0], np.clip(degrade.bicubic_resize(thick, 8, 8), 0, 1),
-                             atol=1e-6)
+  np.testing.assert_allclose(b['lr'][0, ..., 0], np.clip(degrade.bicubic_resize(thick, 8, 8), 0, 1), atol=1e-6)
 
 
 def test_volumes_smaller_than_the_crop_are_bad_files(tmp_path):

@@ -1,4 +1,5 @@
 """mrisr_jax.run_curves and tools/plot_run.py: scalars from clu event files, curve PNG, CLI."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ CLI = REPO / 'tools' / 'plot_run.py'
 def _write(workdir, rows, hparams=None, image=False):
   """rows: [(step, {tag: value})], written in order with clu's default (TF summary) writer."""
   from clu import metric_writers
+
   w = metric_writers.create_default_writer(str(workdir), asynchronous=False)
   if hparams:
     w.write_hparams(hparams)
@@ -30,15 +32,27 @@ def _write(workdir, rows, hparams=None, image=False):
 
 
 def _train(step):
-  return {'train/g_loss': 1.0 / (step + 1), 'train/l1': 0.5 / (step + 1), 'train/d_loss': 0.7,
-          'train/adv': 0.01 * step, 'train/grad_norm_g': 3.0 + step,
-          'train/lr_g': 1e-4 * (step + 1), 'train/lr_d': 2e-4}
+  return {
+    'train/g_loss': 1.0 / (step + 1),
+    'train/l1': 0.5 / (step + 1),
+    'train/d_loss': 0.7,
+    'train/adv': 0.01 * step,
+    'train/grad_norm_g': 3.0 + step,
+    'train/lr_g': 1e-4 * (step + 1),
+    'train/lr_d': 2e-4,
+  }
 
 
 def _val(step):
-  return {'val/model_psnr': 30.0 + step, 'val/bicubic_psnr': 28.0, 'val/model_ssim': 0.9,
-          'val/bicubic_ssim': 0.8, 'val/model_nmse': 0.01, 'val/bicubic_nmse': 0.02,
-          'val/psnr_gain': 2.0 + step}
+  return {
+    'val/model_psnr': 30.0 + step,
+    'val/bicubic_psnr': 28.0,
+    'val/model_ssim': 0.9,
+    'val/bicubic_ssim': 0.8,
+    'val/model_nmse': 0.01,
+    'val/bicubic_nmse': 0.02,
+    'val/psnr_gain': 2.0 + step,
+  }
 
 
 def _expected(rows):
@@ -55,8 +69,7 @@ def _assert_scalars(got, exp):
     steps, values = got[tag]
     assert steps.dtype == np.int64 and values.dtype == np.float64, tag
     np.testing.assert_array_equal(steps, sorted(by_step), err_msg=tag)
-    np.testing.assert_allclose(values, [by_step[s] for s in sorted(by_step)], rtol=1e-6,
-                               err_msg=tag)
+    np.testing.assert_allclose(values, [by_step[s] for s in sorted(by_step)], rtol=1e-6, err_msg=tag)
 
 
 @pytest.fixture(scope='module')
@@ -112,9 +125,11 @@ def test_plot_curves_panel_choice(tmp_path):
   steps = np.arange(3, dtype=np.int64)
   one = lambda v: (steps, np.full(3, v, np.float64))  # noqa: E731
   sizes = {}
-  for name, scalars in {'lr': {'train/lr_g': (steps, np.array([0.0, 1e-4, 2e-4]))},
-                        'psnr': {'val/bicubic_psnr': one(28.0)},
-                        'lr_psnr': {'train/lr_g': one(1e-4), 'val/model_psnr': one(30.0)}}.items():
+  for name, scalars in {
+    'lr': {'train/lr_g': (steps, np.array([0.0, 1e-4, 2e-4]))},
+    'psnr': {'val/bicubic_psnr': one(28.0)},
+    'lr_psnr': {'train/lr_g': one(1e-4), 'val/model_psnr': one(30.0)},
+  }.items():
     with Image.open(plot_curves(scalars, tmp_path / f'{name}.png', title=name)) as im:
       sizes[name] = im.size
   assert sizes['lr'][0] == sizes['psnr'][0] < sizes['lr_psnr'][0]
@@ -135,8 +150,9 @@ def test_empty_and_missing_dir_raise(tmp_path):
 
 def _cli(*args):
   # timeout: a hang guard, not a speed test (these runs take 1-3 s)
-  return subprocess.run([sys.executable, str(CLI), *map(str, args)], cwd=REPO,
-                        capture_output=True, text=True, timeout=60)
+  return subprocess.run(
+    [sys.executable, str(CLI), *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=60
+  )
 
 
 @pytest.mark.integration  # subprocess

@@ -1,5 +1,6 @@
 """mrisr_jax.predictor: a tiny generator through Predictor against its direct apply, tiled against
 untiled, and the validation route (a mesh-sharded compiled predict) against the default jit."""
+
 from __future__ import annotations
 
 import functools
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.unit
 
 class Tiny(nn.Module):
   """A 3x3 conv to scale^2 channels and a pixel shuffle: it sees one LR pixel each way."""
+
   scale: int = 2
   size_multiple: ClassVar[int] = 4
   upsampled_input: ClassVar[bool] = False
@@ -50,7 +52,7 @@ def tiny():
 
 def test_predictor_matches_the_direct_apply(tiny):
   model, variables = tiny
-  lr = _smooth((3, 16, 12))   # multiples of the size multiple: no padding
+  lr = _smooth((3, 16, 12))  # multiples of the size multiple: no padding
   direct = np.asarray(model.apply(variables, lr[..., None]))[..., 0]
   sr = Predictor(model, variables)(lr)
   assert sr.shape == (3, 32, 24)
@@ -71,12 +73,18 @@ def test_tiled_equals_untiled(tiny):
   done = []
   tiled = Predictor(model, variables, tile=12, overlap=2, batch=3)
   out = tiled(lr, progress=done.append)
-  np.testing.assert_allclose(out, whole, atol=1e-5)   # overlap 2 covers the 1-pixel reach
+  np.testing.assert_allclose(out, whole, atol=1e-5)  # overlap 2 covers the 1-pixel reach
   assert done[-1] == 2
-  counted = Predictor(model, variables, tile=12, overlap=2, batch=3,
-                      apply=lambda v, x: seen.append(x.shape) or steps.predict(v, x, g_model=model))
+  counted = Predictor(
+    model,
+    variables,
+    tile=12,
+    overlap=2,
+    batch=3,
+    apply=lambda v, x: seen.append(x.shape) or steps.predict(v, x, g_model=model),
+  )
   np.testing.assert_allclose(counted(lr), whole, atol=1e-5)
-  assert set(seen) == {(3, 12, 12, 1)}   # one tile shape, batches filled by repeats
+  assert set(seen) == {(3, 12, 12, 1)}  # one tile shape, batches filled by repeats
 
 
 def test_validation_route_matches_the_default_jit(tiny):

@@ -4,6 +4,7 @@ A SIGTERM at a random step (printed in failure messages) must make every process
 step and exit 0; running the same command again must continue exactly where an uninterrupted run
 would be. A checkpoint written by 2 processes x 2 devices resumes on 1 x 1 and 1 x 4.
 """
+
 import os
 import random
 import re
@@ -14,7 +15,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from mrisr_jax import run_curves
@@ -32,16 +32,25 @@ class Job:
 
   def __init__(self, workdir, processes=1, devices=1, extra=()):
     port = 20000 + random.randrange(20000)
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-           'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    env = {
+      **os.environ,
+      'JAX_PLATFORMS': 'cpu',
+      'TF_CPP_MIN_LOG_LEVEL': '3',
+      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+    }
     self.procs, self.lines = [], []
     for i in range(processes):
       args = [sys.executable, '-m', 'mrisr_jax.main', '--config', CONFIG, '--workdir', str(workdir), *extra]
       if processes > 1:
-        args += ['--coordinator_address', f'127.0.0.1:{port}', '--num_processes', str(processes),
-                 '--process_id', str(i)]
-      proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+        args += [
+          '--coordinator_address',
+          f'127.0.0.1:{port}',
+          '--num_processes',
+          str(processes),
+          '--process_id',
+          str(i),
+        ]
+      proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
       lines: list[str] = []
       threading.Thread(target=lambda p=proc, out=lines: out.extend(p.stderr), daemon=True).start()
       self.procs.append(proc)
@@ -148,7 +157,9 @@ def test_a_two_process_checkpoint_resumes_on_one_process(two_by_two, devices, tm
   shutil.copytree(root / 'at_cut', workdir)
   job = Job(workdir, devices=devices)
   assert job.finish() == [0], job.log()[-4000:]
-  assert f'resumed from {workdir / "checkpoints"} at step {saved} (stage pretrain), data position {saved * 4}' in job.log()
+  assert (
+    f'resumed from {workdir / "checkpoints"} at step {saved} (stage pretrain), data position {saved * 4}' in job.log()
+  )
   straight, elastic = losses(root / 'straight'), losses(workdir)
   # Same batches, same state: the losses differ only by float32 summation order over other
   # device counts, which Adam's steps carry forward slowly.
@@ -159,6 +170,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(two_by_two, devices, tm
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_profiling(tmp_path, caplog):
   from mrisr_jax import train
   from tests.helpers import tiny_config
+
   config = tiny_config()
   config.stages.pretrain.epochs = 1
   config.stages.finetune.epochs = 0
@@ -171,8 +183,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_and_profilin
   config.profile_steps = ''
   ckpts = tmp_path / 'run' / 'checkpoints'
   assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ['2', '4']
-  damaged = [p for p in (ckpts / '4' / 'state').rglob('*') if p.is_file() and p.stat().st_size > 0
-             and p.parent.name == 'd']
+  damaged = [
+    p for p in (ckpts / '4' / 'state').rglob('*') if p.is_file() and p.stat().st_size > 0 and p.parent.name == 'd'
+  ]
   assert damaged, list((ckpts / '4' / 'state').rglob('*'))
   for p in damaged:  # array files overwritten
     p.write_bytes(b'\x00garbage' * 64)

@@ -1,4 +1,5 @@
 """The vendored reference contract (tests/data/): the file its provenance note describes, never missing."""
+
 import hashlib
 import json
 import re

@@ -1,4 +1,5 @@
 """The committed sample data (mrisr_jax/sample_data) is present, well-formed and usable."""
+
 from __future__ import annotations
 
 import h5py
@@ -16,8 +17,7 @@ MAX_BYTES = 10 * 1024 * 1024
 
 
 def _ifft2c(k):
-  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm='ortho'),
-                         axes=(-2, -1))
+  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm='ortho'), axes=(-2, -1))
 
 
 def _files(split):
@@ -69,6 +69,7 @@ def test_train_val_slabs_disjoint_with_gap():
       with h5py.File(path, 'r') as f:
         out.update(int(z) for z in f.attrs['slice_z_ras'])
     return out
+
   train, val = zs('train'), zs('val')
   assert train and val
   near_val = {z + d for z in val for d in (-1, 0, 1)}
@@ -96,14 +97,26 @@ def test_kspace_consistent_with_recon():
 def test_pipeline_runs_on_sample(monkeypatch):
   logged = []
   monkeypatch.setattr(pipeline.logging, 'info', lambda msg, *args: logged.append(msg % args))
-  cfg = ml_collections.ConfigDict(dict(
-      root='', train_split='train', val_split='val', target_key='auto', hr_patch_size=96,
-      flips=True, num_workers=0, prefetch_buffer=2, skip_bad_files=False, val_max_volumes=0,
-      val_max_slices=3))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      root='',
+      train_split='train',
+      val_split='val',
+      target_key='auto',
+      hr_patch_size=96,
+      flips=True,
+      num_workers=0,
+      prefetch_buffer=2,
+      skip_bad_files=False,
+      val_max_volumes=0,
+      val_max_slices=3,
+    )
+  )
   assert pipeline.num_train_slices(cfg) >= 24
   assert f'using the embedded sample data at {sample.SAMPLE_DIR}' in logged
-  batch = next(iter(pipeline.make_train_dataset(cfg, scale=4, global_batch_size=4, seed=0,
-                                                process_index=0, process_count=1)[0]))
+  batch = next(
+    iter(pipeline.make_train_dataset(cfg, scale=4, global_batch_size=4, seed=0, process_index=0, process_count=1)[0])
+  )
   assert batch['hr'].shape == (4, 96, 96, 1) and batch['lr'].shape == (4, 24, 24, 1)
   assert 0 <= batch['hr'].min() and batch['hr'].max() <= 1 and batch['hr'].max() > 0.1
   vols = pipeline.load_validation_volumes(cfg)

@@ -1,4 +1,5 @@
 """The mesh (data x fsdp), the parameter-sharding rules, FSDP parity with one device, memory reports."""
+
 import json
 import os
 import re
@@ -7,7 +8,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -29,14 +29,19 @@ def test_mesh_sizes_resolve_minus_one_and_default_missing_axes_to_one():
   assert mesh.axis_names == ('data', 'fsdp') and mesh.size == jax.device_count()
 
 
-@pytest.mark.parametrize('mesh_cfg, message', [
-    (dict(data=-1, model=2), re.escape("config.mesh.model=2: no parameter or batch is sharded over 'model' "
-                                       '(known axes: data, fsdp)')),
+@pytest.mark.parametrize(
+  'mesh_cfg, message',
+  [
+    (
+      dict(data=-1, model=2),
+      re.escape("config.mesh.model=2: no parameter or batch is sharded over 'model' (known axes: data, fsdp)"),
+    ),
     (dict(data=-1, fsdp=-1), 'config.mesh=.*at most one axis may be -1'),
     (dict(data=3, fsdp=1), r'config.mesh=.* uses 3 of 8 devices'),
     (dict(data=-1, fsdp=3), r'does not fit 8 devices'),
     (dict(data=0), r'config.mesh.data=0 must be a positive integer or -1'),
-])
+  ],
+)
 def test_bad_meshes_are_one_line_config_errors(mesh_cfg, message):
   with pytest.raises(ConfigError, match=message) as e:
     sharding.mesh_shape(mesh_cfg, 8)
@@ -51,14 +56,26 @@ class FakeMesh:
 
 
 def _abstract_state():
-  params = {'conv': {'kernel': jnp.zeros((3, 3, 4, 8)), 'bias': jnp.zeros(8)},
-            'dense': {'kernel': jnp.zeros((6, 5))}, 'bn': {'scale': jnp.zeros(8)}}
+  params = {
+    'conv': {'kernel': jnp.zeros((3, 3, 4, 8)), 'bias': jnp.zeros(8)},
+    'dense': {'kernel': jnp.zeros((6, 5))},
+    'bn': {'scale': jnp.zeros(8)},
+  }
   d_params = {'conv': {'kernel': jnp.zeros((3, 3, 1, 16))}}
   tx = optax.chain(optax.adam(1e-3), optax.scale(1.0))
-  return jax.eval_shape(lambda: TrainState(
-      step=jnp.zeros((), jnp.int32), g_params=params, g_batch_stats={'bn': {'mean': jnp.zeros(8)}},
-      d_params=d_params, d_batch_stats={}, g_opt_state=tx.init(params), d_opt_state=tx.init(d_params),
-      rng=jax.random.PRNGKey(0), g_ema_params=params))
+  return jax.eval_shape(
+    lambda: TrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=params,
+      g_batch_stats={'bn': {'mean': jnp.zeros(8)}},
+      d_params=d_params,
+      d_batch_stats={},
+      g_opt_state=tx.init(params),
+      d_opt_state=tx.init(d_params),
+      rng=jax.random.PRNGKey(0),
+      g_ema_params=params,
+    )
+  )
 
 
 def test_default_rules_shard_kernels_output_axis_and_adam_states_follow_their_parameter():
@@ -76,14 +93,21 @@ def test_default_rules_shard_kernels_output_axis_and_adam_states_follow_their_pa
   assert specs.g_ema_params['conv']['kernel'] == fsdp4
   assert specs.g_batch_stats['bn']['mean'] == P()
   # with fsdp = 1 nothing is split
-  assert all(s == P() for s in jax.tree.leaves(sharding.partition_specs(state, FakeMesh(data=4, fsdp=1)),
-                                               is_leaf=lambda x: isinstance(x, P)))
+  assert all(
+    s == P()
+    for s in jax.tree.leaves(
+      sharding.partition_specs(state, FakeMesh(data=4, fsdp=1)), is_leaf=lambda x: isinstance(x, P)
+    )
+  )
 
 
 def test_rules_first_match_wins_and_optimizer_states_follow_the_parameter_not_their_own_path():
   state = _abstract_state()
-  rules = ((r'^g_params/conv/kernel$', sharding.FSDP_LARGEST), (r'^g_params/dense', (None, None)),
-           (r'^g_params/', sharding.REPLICATED)) + sharding.DEFAULT_RULES
+  rules = (
+    (r'^g_params/conv/kernel$', sharding.FSDP_LARGEST),
+    (r'^g_params/dense', (None, None)),
+    (r'^g_params/', sharding.REPLICATED),
+  ) + sharding.DEFAULT_RULES
   specs = sharding.partition_specs(state, FakeMesh(data=1, fsdp=2), rules)
   assert specs.g_params['conv']['kernel'] == P(None, None, None, 'fsdp')  # 8 beats 4 (largest)
   assert specs.g_opt_state[0][0].mu['conv']['kernel'] == P(None, None, None, 'fsdp')  # anchored rule, same spec
@@ -129,8 +153,14 @@ def test_memory_report_formats_and_survives_backends_without_analysis():
 def test_fsdp_layout_and_parity_with_one_device():
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'TF_CPP_MIN_LOG_LEVEL': '3'}
   # timeout: a hang guard, not a speed test (the script takes ~15 s on 2 busy cores)
-  proc = subprocess.run([sys.executable, str(REPO / 'tests/scripts/fsdp_parity.py'), str(REPO)],
-                        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, str(REPO / 'tests/scripts/fsdp_parity.py'), str(REPO)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['devices'] == 8 and out['mesh'] == {'data': 4, 'fsdp': 2} and out['batch_shards'] == 8
@@ -139,8 +169,9 @@ def test_fsdp_layout_and_parity_with_one_device():
   for leaf in out['sharded']:
     axis = leaf['spec'].index('fsdp')
     assert leaf['shard'][axis] * 2 == leaf['global'][axis], leaf
-    assert [s for i, s in enumerate(leaf['shard']) if i != axis] == \
-        [s for i, s in enumerate(leaf['global']) if i != axis], leaf
+    assert [s for i, s in enumerate(leaf['shard']) if i != axis] == [
+      s for i, s in enumerate(leaf['global']) if i != axis
+    ], leaf
     assert leaf['n_shards'] == 2 and leaf['actual_spec'] == leaf['spec'], leaf
   kernels = [p for p in out['param_paths'] if p.endswith('kernel')]
   for p in (f'g_params/{p}' for p in kernels):

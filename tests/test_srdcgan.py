@@ -1,6 +1,7 @@
 """SR-DCGAN generator and discriminator: geometry, output range, BatchNorm modes, gradients, and the
 transposed conv against torch.nn.ConvTranspose2d. The key tables and the torch mirrors
 (`interop.torch_models.TorchSRDCGAN*`) are tested in test_interop_other_models.py."""
+
 from __future__ import annotations
 
 import jax
@@ -8,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrisr_jax.models.srdcgan import (ConvTranspose2d, SRDCGANDiscriminator, SRDCGANGenerator,
-                                      conv_transpose_torch)
+from mrisr_jax.models.srdcgan import ConvTranspose2d, SRDCGANDiscriminator, SRDCGANGenerator, conv_transpose_torch
 
 pytestmark = pytest.mark.unit
 
@@ -59,8 +59,9 @@ def test_discriminator_reduces_240x256_to_15x16_then_one_logit():
 
 def test_generator_output_stays_in_unit_interval_even_when_tanh_saturates():
   g = SRDCGANGenerator(features=8)
-  x = jnp.concatenate([_uniform(0, (1,) + SMALL[1:]),
-                       100.0 * jax.random.normal(jax.random.PRNGKey(2), (1,) + SMALL[1:])])
+  x = jnp.concatenate(
+    [_uniform(0, (1,) + SMALL[1:]), 100.0 * jax.random.normal(jax.random.PRNGKey(2), (1,) + SMALL[1:])]
+  )
   variables = g.init(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p, variables['params'])
   params['conv8']['kernel'] = params['conv8']['kernel'] * 1e3  # drive tanh into +-1
@@ -75,8 +76,7 @@ def test_input_normalisation_and_output_mapping_use_mean_and_std():
   plain = SRDCGANGenerator(features=8, input_mean=0.0, input_std=1.0)
   x = _uniform(0, SMALL)
   variables = default.init(jax.random.PRNGKey(1), x)
-  np.testing.assert_allclose(default.apply(variables, x),
-                             0.5 * plain.apply(variables, 2 * x - 1) + 0.5, atol=1e-6)
+  np.testing.assert_allclose(default.apply(variables, x), 0.5 * plain.apply(variables, 2 * x - 1) + 0.5, atol=1e-6)
 
 
 @pytest.mark.parametrize('kernel_size,padding,output_padding', [(4, 1, 0), (3, 1, 1)])
@@ -90,8 +90,12 @@ def test_conv_transpose_equals_torch(kernel_size, padding, output_padding):
     conv.bias.copy_(torch.from_numpy(rng.normal(size=(5,)).astype(np.float32)))
     expected = conv(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
   module = ConvTranspose2d(5, kernel_size, 2, padding, output_padding)
-  params = {'params': {'kernel': jnp.asarray(conv.weight.detach().numpy().transpose(2, 3, 0, 1)),
-                       'bias': jnp.asarray(conv.bias.detach().numpy())}}
+  params = {
+    'params': {
+      'kernel': jnp.asarray(conv.weight.detach().numpy().transpose(2, 3, 0, 1)),
+      'bias': jnp.asarray(conv.bias.detach().numpy()),
+    }
+  }
   with jax.default_matmul_precision('highest'):
     got = module.apply(params, jnp.asarray(x.transpose(0, 2, 3, 1)))
   assert got.shape == expected.shape == (2, 14, 18, 5)

@@ -1,4 +1,5 @@
 """Step features: gradient accumulation, bfloat16 compute, skipped non-finite steps, lr warm-up and scaling."""
+
 import functools
 
 import jax
@@ -41,15 +42,30 @@ def _images(n, size, seed):
 
 
 def _vgg():
-  loss_cfg = ml_collections.ConfigDict(dict(vgg_arch='vgg19', perceptual_layers={'relu1_2': 1.0}, style_layers={},
-                                            vgg_imagenet_norm=False, vgg_weights='', allow_random_vgg=True))
+  loss_cfg = ml_collections.ConfigDict(
+    dict(
+      vgg_arch='vgg19',
+      perceptual_layers={'relu1_2': 1.0},
+      style_layers={},
+      vgg_imagenet_norm=False,
+      vgg_weights='',
+      allow_random_vgg=True,
+    )
+  )
   return recipe.load_perceptual(loss_cfg)
 
 
 def _state(g_vars, d_vars, g_tx, d_tx):
-  return TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'], g_batch_stats={},
-                    d_params=d_vars['params'], d_batch_stats={}, g_opt_state=g_tx.init(g_vars['params']),
-                    d_opt_state=d_tx.init(d_vars['params']), rng=jax.random.PRNGKey(1))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_vars['params'],
+    g_batch_stats={},
+    d_params=d_vars['params'],
+    d_batch_stats={},
+    g_opt_state=g_tx.init(g_vars['params']),
+    d_opt_state=d_tx.init(d_vars['params']),
+    rng=jax.random.PRNGKey(1),
+  )
 
 
 def _assert_same_update(before, one, accumulated):
@@ -77,8 +93,10 @@ def test_generator_step_accumulates_micro_batches_into_the_whole_batch_update(sr
   g, batch, g_vars, d_vars, vgg, vgg_params, tx = srcnn_setup
   spec = steps.LossSpec(pixel='l1', perceptual_weight=0.1, perceptual_layer_weights=(1.0,))
   state = _state(g_vars, d_vars, tx, tx)
-  run = {k: jax.jit(functools.partial(steps.generator_step, g_model=g, g_tx=tx, loss=spec, vgg=vgg,
-                                      grad_accum_steps=k)) for k in (1, 4)}
+  run = {
+    k: jax.jit(functools.partial(steps.generator_step, g_model=g, g_tx=tx, loss=spec, vgg=vgg, grad_accum_steps=k))
+    for k in (1, 4)
+  }
   (s1, m1), (s4, m4) = (run[k](state, batch, vgg_params) for k in (1, 4))
   _assert_same_update(state.g_params, s1.g_params, s4.g_params)
   for key in ('loss_g', 'pixel', 'perceptual', 'grad_norm_g'):
@@ -92,11 +110,18 @@ def test_gan_step_accumulates_micro_batches_into_the_whole_batch_update(srcnn_se
   # 'bce_sum' sums -log D(SR) over the batch: each micro-batch's sum must count k times (mean losses
   # are covered by the pixel, perceptual and D terms)
   g, batch, g_vars, d_vars, vgg, vgg_params, tx = srcnn_setup
-  spec = steps.LossSpec(pixel='l1', perceptual_weight=0.1, perceptual_layer_weights=(1.0,), adversarial_weight=0.05,
-                        gan='bce_sum')
+  spec = steps.LossSpec(
+    pixel='l1', perceptual_weight=0.1, perceptual_layer_weights=(1.0,), adversarial_weight=0.05, gan='bce_sum'
+  )
   state = _state(g_vars, d_vars, tx, tx)
-  run = {k: jax.jit(functools.partial(steps.gan_step, g_model=g, d_model=_PlainD(), g_tx=tx, d_tx=tx, loss=spec,
-                                      vgg=vgg, grad_accum_steps=k)) for k in (1, 4)}
+  run = {
+    k: jax.jit(
+      functools.partial(
+        steps.gan_step, g_model=g, d_model=_PlainD(), g_tx=tx, d_tx=tx, loss=spec, vgg=vgg, grad_accum_steps=k
+      )
+    )
+    for k in (1, 4)
+  }
   (s1, m1), (s4, m4) = (run[k](state, batch, vgg_params) for k in (1, 4))
   _assert_same_update(state.g_params, s1.g_params, s4.g_params)
   _assert_same_update(state.d_params, s1.d_params, s4.d_params)
@@ -137,7 +162,7 @@ def _conv_dtypes(jaxpr) -> list:
     if eqn.primitive.name == 'conv_general_dilated':
       found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
     for p in eqn.params.values():
-      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+      for sub in p if isinstance(p, (tuple, list)) else (p,):
         if isinstance(sub, jax_core.ClosedJaxpr):
           found += _conv_dtypes(sub.jaxpr)
         elif isinstance(sub, jax_core.Jaxpr):
@@ -172,10 +197,16 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state_and_losses():
     vgg, vgg_params = recipe.load_perceptual(config.loss, dtype)
     g, d = recipe.stage_generator(config, stage), registry.build_discriminator(config)
     g_tx, d_tx = recipe.make_optimizers(config, stage, 9)
-    state = TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars['params'], g_batch_stats={},
-                       d_params=d_vars['params'], d_batch_stats=d_vars['batch_stats'],
-                       g_opt_state=g_tx.init(g_vars['params']), d_opt_state=d_tx.init(d_vars['params']),
-                       rng=jax.random.PRNGKey(1))
+    state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_vars['params'],
+      g_batch_stats={},
+      d_params=d_vars['params'],
+      d_batch_stats=d_vars['batch_stats'],
+      g_opt_state=g_tx.init(g_vars['params']),
+      d_opt_state=d_tx.init(d_vars['params']),
+      rng=jax.random.PRNGKey(1),
+    )
     step = jax.jit(recipe.stage_step(config, stage, g, d, g_tx, d_tx, vgg))
     convs = _conv_dtypes(jax.make_jaxpr(step)(state, batches[0], vgg_params).jaxpr)
     # G, D (gan) and VGG, forward and backward: every convolution runs in the compute dtype

@@ -1,4 +1,5 @@
 """The training path: overfitting, sharding invariance, exact resume, non-finite losses."""
+
 import functools
 import json
 import os
@@ -21,8 +22,18 @@ pytestmark = pytest.mark.unit
 
 
 def test_small_generator_overfits_one_batch():
-  model = CASR(scale=2, growth_rate0=16, depth=2, growth_rate=8, rdb_depth=2, embed_dim=12, patch_size=2,
-               num_heads=2, window_size=2, scan_unroll=2)
+  model = CASR(
+    scale=2,
+    growth_rate0=16,
+    depth=2,
+    growth_rate=8,
+    rdb_depth=2,
+    embed_dim=12,
+    patch_size=2,
+    num_heads=2,
+    window_size=2,
+    scan_unroll=2,
+  )
   rng = np.random.default_rng(0)
   yy, xx = np.mgrid[0:32, 0:32] / 32.0
   hr = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (f * xx + g * yy)) for f, g in rng.uniform(0.5, 2, (4, 2))])
@@ -30,8 +41,16 @@ def test_small_generator_overfits_one_batch():
   lr = hr.reshape(4, 16, 2, 16, 2, 1).mean(axis=(2, 4))
   params = model.init(jax.random.PRNGKey(0), lr)['params']
   tx = optax.adam(1e-3)
-  state = TrainState(step=jnp.zeros((), jnp.int32), g_params=params, g_batch_stats={}, d_params={},
-                     d_batch_stats={}, g_opt_state=tx.init(params), d_opt_state=(), rng=jax.random.PRNGKey(1))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=params,
+    g_batch_stats={},
+    d_params={},
+    d_batch_stats={},
+    g_opt_state=tx.init(params),
+    d_opt_state=(),
+    rng=jax.random.PRNGKey(1),
+  )
   step = jax.jit(functools.partial(steps.generator_step, g_model=model, g_tx=tx))
   batch = {'lr': lr, 'hr': hr}
   state, first = step(state, batch)
@@ -56,8 +75,14 @@ def test_schedules_halve_by_epoch():
 def test_one_device_and_eight_devices_give_the_same_losses():
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'TF_CPP_MIN_LOG_LEVEL': '3'}
   # timeout: a hang guard, not a speed test (the script takes ~50 s on 2 busy cores)
-  proc = subprocess.run([sys.executable, str(REPO / 'tests/scripts/devices_parity.py'), str(REPO)],
-                        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, str(REPO / 'tests/scripts/devices_parity.py'), str(REPO)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['devices'] == 8
@@ -73,6 +98,7 @@ def test_one_device_and_eight_devices_give_the_same_losses():
 
 def _final_params(workdir, config):
   from mrisr_jax.checkpoint import Checkpointer
+
   ckpt = Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
   state = ckpt.restore_unsharded(step)
@@ -106,10 +132,18 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 @pytest.mark.integration  # trainings in a subprocess
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
-  quick = ['--config', 'configs/casrgan_x4.py:quick', '--workdir', workdir,
-           '--config.model.depth=2', '--config.data.val_max_slices=1',
-           '--config.log_every_steps=1', '--config.checkpoint_every_steps=2', '--config.eval_every_steps=100',
-           '--config.image_every_steps=100']
+  quick = [
+    '--config',
+    'configs/casrgan_x4.py:quick',
+    '--workdir',
+    workdir,
+    '--config.model.depth=2',
+    '--config.data.val_max_slices=1',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=2',
+    '--config.eval_every_steps=100',
+    '--config.image_every_steps=100',
+  ]
   proc = run_main(*quick, '--config.stop_after_steps=2')
   assert proc.returncode == 0, proc.stderr[-3000:]
   good = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))

@@ -1,4 +1,5 @@
 """VGGFeatures vs a plain-torch torchvision-indexed VGG; weight loading from .pth and .npz."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrisr_jax.models.vgg import (VGGFeatures, init_vgg_params, load_vgg_params, vgg_layers,
-                                  vgg_torch_shapes)
+from mrisr_jax.models.vgg import VGGFeatures, init_vgg_params, load_vgg_params, vgg_layers, vgg_torch_shapes
 
 pytestmark = pytest.mark.unit
 
@@ -26,10 +26,8 @@ CONVERT = os.path.join(REPO, 'tools', 'convert_vgg.py')
 
 # torchvision cfgs written out independently of mrisr_jax ('M' = MaxPool2d(2, 2)).
 CFGS = {
-    'vgg16': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-              512, 512, 512, 'M'],
-    'vgg19': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
-              512, 512, 512, 512, 'M'],
+  'vgg16': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'],
+  'vgg19': [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'],
 }
 
 
@@ -73,13 +71,11 @@ def vgg_files(tmp_path_factory):
 
 def _compare(model_t, path, arch, last_layer, x):
   params = load_vgg_params(path, arch, last_layer)
-  want = sorted(f'features_{i}' for i, l in enumerate(vgg_layers(arch)[:last_layer + 1])
-                if l[0] == 'conv')
+  want = sorted(f'features_{i}' for i, l in enumerate(vgg_layers(arch)[: last_layer + 1]) if l[0] == 'conv')
   assert sorted(params) == want
   with torch.no_grad():
-    t = model_t.features[:last_layer + 1](torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
-  j = jax.jit(VGGFeatures(arch, last_layer).apply)({'params': params},
-                                                   jnp.asarray(x.transpose(0, 2, 3, 1)))
+    t = model_t.features[: last_layer + 1](torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+  j = jax.jit(VGGFeatures(arch, last_layer).apply)({'params': params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
   j = np.asarray(j)
   assert j.shape == t.shape
   scale = float(np.abs(t).max())
@@ -92,8 +88,16 @@ def test_vgg19_casrgan_features_match_torch(vgg_files):
   m, path = vgg_files['vgg19']
   x = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
   params = _compare(m, path, 'vgg19', 16, x)
-  assert sorted(params) == ['features_0', 'features_10', 'features_12', 'features_14',
-                            'features_16', 'features_2', 'features_5', 'features_7']
+  assert sorted(params) == [
+    'features_0',
+    'features_10',
+    'features_12',
+    'features_14',
+    'features_16',
+    'features_2',
+    'features_5',
+    'features_7',
+  ]
   assert params['features_16']['kernel'].shape == (3, 3, 256, 256)
   assert params['features_0']['kernel'].shape == (3, 3, 3, 64)
   # conv3_4 before its ReLU: negative values survive; two pools: 32 -> 8
@@ -105,7 +109,7 @@ def test_vgg16_other_last_layer_match_torch(vgg_files):
   m, path = vgg_files['vgg16']
   x = np.random.default_rng(1).random((2, 3, 32, 32)).astype(np.float32)
   _compare(m, path, 'vgg16', 23, x)  # through conv4_3, its ReLU and pool4 -> 2x2x512
-  _compare(m, path, 'vgg16', 8, x)   # relu2_2
+  _compare(m, path, 'vgg16', 8, x)  # relu2_2
 
 
 def test_normalize_input(vgg_files):
@@ -124,8 +128,12 @@ def test_npz_via_convert_tool_gives_same_params(vgg_files, tmp_path):
   for arch, last in (('vgg19', 16), ('vgg16', 23)):
     _, path = vgg_files[arch]
     npz = str(tmp_path / f'{arch}.npz')
-    r = subprocess.run([sys.executable, CONVERT, '--input', path, '--output', npz, '--arch', arch],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+      [sys.executable, CONVERT, '--input', path, '--output', npz, '--arch', arch],
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     with np.load(npz) as data:
       assert not any(k.startswith('classifier') for k in data.files)
@@ -139,27 +147,35 @@ def test_npz_via_convert_tool_gives_same_params(vgg_files, tmp_path):
 
 @pytest.mark.integration  # subprocess
 def test_convert_tool_errors(vgg_files, tmp_path):
-  r = subprocess.run([sys.executable, CONVERT, '--help'], capture_output=True, text=True,
-                     timeout=60)
+  r = subprocess.run([sys.executable, CONVERT, '--help'], capture_output=True, text=True, timeout=60)
   assert r.returncode == 0 and '--input' in r.stdout
   # missing input
-  r = subprocess.run([sys.executable, CONVERT, '--input', str(tmp_path / 'nope.pth'),
-                      '--output', str(tmp_path / 'o.npz')], capture_output=True, text=True,
-                     timeout=60)
+  r = subprocess.run(
+    [sys.executable, CONVERT, '--input', str(tmp_path / 'nope.pth'), '--output', str(tmp_path / 'o.npz')],
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert r.returncode != 0 and 'not found' in r.stderr and len(r.stderr.strip().splitlines()) == 1
   # vgg16 weights declared as vgg19
-  r = subprocess.run([sys.executable, CONVERT, '--input', vgg_files['vgg16'][1],
-                      '--output', str(tmp_path / 'o.npz'), '--arch', 'vgg19'],
-                     capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [sys.executable, CONVERT, '--input', vgg_files['vgg16'][1], '--output', str(tmp_path / 'o.npz'), '--arch', 'vgg19'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode != 0 and 'vgg19' in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / 'o.npz')
   # not a state_dict at all
   junk = tmp_path / 'junk.pth'
   junk.write_bytes(b'not a checkpoint')
-  r = subprocess.run([sys.executable, CONVERT, '--input', str(junk),
-                      '--output', str(tmp_path / 'o.npz')], capture_output=True, text=True,
-                     timeout=120)
+  r = subprocess.run(
+    [sys.executable, CONVERT, '--input', str(junk), '--output', str(tmp_path / 'o.npz')],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert r.returncode != 0 and 'could not read' in r.stderr
 
 
@@ -188,8 +204,12 @@ def test_wrong_shapes_and_missing_keys(vgg_files, tmp_path):
   assert sorted(load_vgg_params(bad, 'vgg19', 4)) == ['features_0', 'features_2']
   # missing keys in a .npz
   npz = str(tmp_path / 'partial.npz')
-  np.savez(npz, **{k: v.numpy() for k, v in m.state_dict().items()
-                   if k.startswith('features.') and not k.startswith('features.12.')})
+  np.savez(
+    npz,
+    **{
+      k: v.numpy() for k, v in m.state_dict().items() if k.startswith('features.') and not k.startswith('features.12.')
+    },
+  )
   with pytest.raises(ValueError, match=r'features\.12\.(weight|bias)'):
     load_vgg_params(npz, 'vgg19', 16)
   with pytest.raises(ValueError, match='out of range'):

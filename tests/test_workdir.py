@@ -1,4 +1,5 @@
 """Workdir paths: URIs such as gs:// stay URIs end to end; profile ranges are checked at start-up."""
+
 import types
 
 import pytest
@@ -40,4 +41,4 @@ def test_report_files_of_a_remote_workdir_are_copied_there(tmp_path, monkeypatch
 def test_profile_steps_must_be_a_range(spec):
   with pytest.raises(config_check.ConfigError, match='config.profile_steps'):
     spec_lib.parse_profile_steps(spec)
-  assert spec_lib.parse_profile_steps("2:5") == (2, 5)
+  assert spec_lib.parse_profile_steps('2:5') == (2, 5)

@@ -11,6 +11,7 @@ the bare reads of the same slices with h5py (no pipeline). For k-space it also t
 of one target (the h5py read of the k-space slice, and the inverse FFT + RSS + crop) to name the
 bottleneck.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,12 @@ from mrisr_jax import report  # pylint: disable=g-import-not-at-top
 from mrisr_jax.data import fastmri, pipeline  # pylint: disable=g-import-not-at-top
 
 BEGIN, END = '<!-- data:begin -->', '<!-- data:end -->'
-HEADER = ('<?xml version="1.0" encoding="utf-8"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">'
-          '<encoding><encodedSpace><matrixSize><x>{ex}</x><y>{ey}</y><z>1</z></matrixSize></encodedSpace>'
-          '<reconSpace><matrixSize><x>{rx}</x><y>{ry}</y><z>1</z></matrixSize></reconSpace>'
-          '</encoding></ismrmrdHeader>')
+HEADER = (
+  '<?xml version="1.0" encoding="utf-8"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">'
+  '<encoding><encodedSpace><matrixSize><x>{ex}</x><y>{ey}</y><z>1</z></matrixSize></encodedSpace>'
+  '<reconSpace><matrixSize><x>{rx}</x><y>{ry}</y><z>1</z></matrixSize></reconSpace>'
+  '</encoding></ismrmrdHeader>'
+)
 
 
 def write_targets(directory: pathlib.Path, volumes: int, slices: int, size: int = 320) -> None:
@@ -47,8 +50,7 @@ def write_targets(directory: pathlib.Path, volumes: int, slices: int, size: int 
       f.attrs['acquisition'] = 'CORPD_FBK'
 
 
-def write_kspace(directory: pathlib.Path, volumes: int, slices: int, coils: int = 15,
-                 shape=(640, 368)) -> None:
+def write_kspace(directory: pathlib.Path, volumes: int, slices: int, coils: int = 15, shape=(640, 368)) -> None:
   rng = np.random.default_rng(1)
   directory.mkdir(parents=True, exist_ok=True)
   for v in range(volumes):
@@ -56,7 +58,8 @@ def write_kspace(directory: pathlib.Path, volumes: int, slices: int, coils: int 
       ds = f.create_dataset('kspace', shape=(slices, coils, *shape), dtype=np.complex64)
       for s in range(slices):
         k = rng.standard_normal((coils, *shape), dtype=np.float32) + 1j * rng.standard_normal(
-            (coils, *shape), dtype=np.float32)
+          (coils, *shape), dtype=np.float32
+        )
         ds[s] = k.astype(np.complex64)
       f.create_dataset('ismrmrd_header', data=HEADER.format(ex=shape[0], ey=shape[1], rx=320, ry=320))
       f.attrs['acquisition'] = 'CORPD_FBK'
@@ -77,15 +80,24 @@ def raw_read_rate(files, key: str, seconds: float) -> float:
   return rate
 
 
-def pipeline_rate(root: pathlib.Path, workers: int, seconds: float, batch: int,
-                  target_key: str) -> tuple[float, float]:
+def pipeline_rate(root: pathlib.Path, workers: int, seconds: float, batch: int, target_key: str) -> tuple[float, float]:
   """(patches/s in steady state, seconds to the first batch)."""
-  cfg = dict(root=str(root), train_split='train', val_split='val', format='fastmri',
-             target_key=target_key, hr_patch_size=96, degradation=('area',), flips=True,
-             num_workers=workers, prefetch_buffer=8)
+  cfg = dict(
+    root=str(root),
+    train_split='train',
+    val_split='val',
+    format='fastmri',
+    target_key=target_key,
+    hr_patch_size=96,
+    degradation=('area',),
+    flips=True,
+    num_workers=workers,
+    prefetch_buffer=8,
+  )
   t0 = time.perf_counter()
-  it = iter(pipeline.make_train_dataset(cfg, scale=4, global_batch_size=batch, seed=0,
-                                        process_index=0, process_count=1)[0])
+  it = iter(
+    pipeline.make_train_dataset(cfg, scale=4, global_batch_size=batch, seed=0, process_index=0, process_count=1)[0]
+  )
   next(it)
   first = time.perf_counter() - t0
   n, t0 = 0, time.perf_counter()
@@ -131,17 +143,19 @@ def main():
     files_k = fastmri.list_files(tmp / 'kspace' / 'train')
     base_t = raw_read_rate(files_t, 'reconstruction_rss', a.seconds / 2)
     base_k = raw_read_rate(files_k, 'kspace', a.seconds / 2)
-    for label, root, key, base in (('precomputed `reconstruction_rss` 320x320', tmp / 'targets',
-                                    'reconstruction_rss', base_t),
-                                   ('multi-coil `kspace` 15x640x368 -> RSS -> 320x320', tmp / 'kspace',
-                                    'kspace', base_k)):
+    for label, root, key, base in (
+      ('precomputed `reconstruction_rss` 320x320', tmp / 'targets', 'reconstruction_rss', base_t),
+      ('multi-coil `kspace` 15x640x368 -> RSS -> 320x320', tmp / 'kspace', 'kspace', base_k),
+    ):
       for w in a.workers:
         rate, first = pipeline_rate(root, w, a.seconds, a.batch, key)
         rows.append(f'| {label} | {w} | {rate:,.0f} | {first:.1f} | {base:,.0f} | {rate / base:.2f} |')
         print(rows[-1], flush=True)
     read_ms, fft_ms = kspace_parts(files_k)
   import grain  # pylint: disable=g-import-not-at-top
-  section = '\n'.join([
+
+  section = '\n'.join(
+    [
       BEGIN,
       f'Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}, '
       f'numpy {np.__version__}, h5py {h5py.__version__}, grain {getattr(grain, "__version__", "?")}.',
@@ -155,7 +169,9 @@ def main():
       f'k-space target, per slice: h5py read {read_ms:.1f} ms, inverse FFT of 15 coils + RSS + crop '
       f'{fft_ms:.1f} ms: the bottleneck is the '
       f'{"FFT" if fft_ms > read_ms else "read"}.',
-      END])
+      END,
+    ]
+  )
   print(section)
   if a.write:
     report.replace_section(a.write, section, '## Data pipeline: HR patches per second')

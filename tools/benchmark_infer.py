@@ -21,6 +21,7 @@ Baseline, in the same run: the least an in-memory implementation needs, the inpu
 as float32 arrays (bytes computed), and the measured peak RSS of a subprocess that imports numpy,
 allocates both arrays and touches every page. The ratio is peak RSS / baseline bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ def write_volume(path: pathlib.Path, shape, zooms, seed: int = 0, blobs: int = 8
   """An int16 NIfTI of `shape`: a background plus `blobs` anisotropic Gaussian blobs, written with
   nibabel (built one chunk of axis-2 planes at a time, so the float temporaries stay small)."""
   import nibabel as nib
+
   rng = np.random.default_rng(seed)
   axes = [np.arange(n, dtype=np.float32) for n in shape]
   profiles = []
@@ -105,7 +107,7 @@ def run_measured(cmd, env=None, poll: float = 0.1) -> dict:
 
   sampler = threading.Thread(target=sample, daemon=True)
   sampler.start()
-  _, status, usage = os.wait4(proc.pid, 0)   # this child's own rusage, not the max over all children
+  _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max over all children
   seconds = time.perf_counter() - start
   done.set()
   sampler.join()
@@ -115,8 +117,13 @@ def run_measured(cmd, env=None, poll: float = 0.1) -> dict:
   log.close()
   if proc.returncode != 0:
     raise RuntimeError(f'{" ".join(map(str, cmd))} exited {proc.returncode}:\n{output[-3000:]}')
-  return {'rss': usage.ru_maxrss * 1024, 'anon': peaks['RssAnon'] * 1024,
-          'file': peaks['RssFile'] * 1024, 'seconds': seconds, 'output': output.strip()}
+  return {
+    'rss': usage.ru_maxrss * 1024,
+    'anon': peaks['RssAnon'] * 1024,
+    'file': peaks['RssFile'] * 1024,
+    'seconds': seconds,
+    'output': output.strip(),
+  }
 
 
 BASELINE_SNIPPET = """
@@ -146,8 +153,14 @@ def show(cmd, tmp, py) -> str:
     quoted = shlex.quote(w)
     if quoted != w and "'" in w and not any(c in w for c in '"$`\\!'):
       quoted = f'"{w}"'
-    words.append(w if w.startswith('--weights=$TMP') or w.startswith('--input=$TMP')
-                 or w.startswith('--output=$TMP') or w.startswith('--out=$TMP') else quoted)
+    words.append(
+      w
+      if w.startswith('--weights=$TMP')
+      or w.startswith('--input=$TMP')
+      or w.startswith('--output=$TMP')
+      or w.startswith('--out=$TMP')
+      else quoted
+    )
   return ' '.join(words)
 
 
@@ -174,25 +187,40 @@ def versions() -> str:
   import flax
   import jax
   import nibabel
-  return (f'Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, '
-          f'numpy {np.__version__}, nibabel {nibabel.__version__}')
+
+  return (
+    f'Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, '
+    f'numpy {np.__version__}, nibabel {nibabel.__version__}'
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--size', type=int, default=512, help='in-plane side of the volumes (default 512)')
-  parser.add_argument('--slices', type=int, default=400,
-                      help='HR slices S: case A input is SIZE x SIZE x S, case B output (default 400)')
-  parser.add_argument('--batch', type=int, default=0,
-                      help="infer --batch (planes per forward pass; 0: infer's size-based default)")
+  parser.add_argument(
+    '--slices', type=int, default=400, help='HR slices S: case A input is SIZE x SIZE x S, case B output (default 400)'
+  )
+  parser.add_argument(
+    '--batch', type=int, default=0, help="infer --batch (planes per forward pass; 0: infer's size-based default)"
+  )
   parser.add_argument('--tile', type=int, default=0, help='infer --tile (0: whole planes)')
-  parser.add_argument('--cases', nargs='+', default=['floor', 'A', 'B'], choices=['floor', 'A', 'B'],
-                      help='cases to run (default: floor A B)')
-  parser.add_argument('--scaling', action='store_true',
-                      help='also run case A at S/4 slices (memory must not grow with the slice count)')
-  parser.add_argument('--compare_batch', type=int, default=8,
-                      help='also run case A at S/4 slices with this infer --batch (0: no); 8 was the '
-                      'fixed default before the size-based one')
+  parser.add_argument(
+    '--cases',
+    nargs='+',
+    default=['floor', 'A', 'B'],
+    choices=['floor', 'A', 'B'],
+    help='cases to run (default: floor A B)',
+  )
+  parser.add_argument(
+    '--scaling', action='store_true', help='also run case A at S/4 slices (memory must not grow with the slice count)'
+  )
+  parser.add_argument(
+    '--compare_batch',
+    type=int,
+    default=8,
+    help='also run case A at S/4 slices with this infer --batch (0: no); 8 was the '
+    'fixed default before the size-based one',
+  )
   parser.add_argument('--gz', action='store_true', help='also run case A with .nii.gz input and output')
   parser.add_argument('--tmp', default=None, help='directory for the temporary files (GBs; default: system temp)')
   parser.add_argument('--keep', action='store_true', help='keep the temporary directory (volumes, weights)')
@@ -204,8 +232,7 @@ def main():
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   rows, commands, notes = [], [], []
   thick = "--config.data.degradation=('thick:axis=0',)"
-  configs = {'x2': ['--config=configs/srcnn.py:x2,quick'],
-             'thick4': ['--config=configs/srcnn.py:x4,quick', thick]}
+  configs = {'x2': ['--config=configs/srcnn.py:x2,quick'], 'thick4': ['--config=configs/srcnn.py:x4,quick', thick]}
 
   def weights(key):
     path = tmp / f'srcnn_{key}.safetensors'
@@ -220,11 +247,23 @@ def main():
     if not src.exists():
       write_volume(src, in_shape, zooms)
     dst = tmp / f'out_{label.split()[0]}_{shape_str(in_shape)}{suffix}'
-    cmd = [py, '-m', 'mrisr_jax.infer', *configs[key], f'--weights={weights(key)}', f'--input={src}',
-           f'--output={dst}', f'--batch={a.batch if batch is None else batch}', f'--tile={a.tile}', '--overwrite', '--noprogress']
+    cmd = [
+      py,
+      '-m',
+      'mrisr_jax.infer',
+      *configs[key],
+      f'--weights={weights(key)}',
+      f'--input={src}',
+      f'--output={dst}',
+      f'--batch={a.batch if batch is None else batch}',
+      f'--tile={a.tile}',
+      '--overwrite',
+      '--noprogress',
+    ]
     print(f'[{label}] {" ".join(cmd)}', flush=True)
     m = run_measured(cmd, env=env)
     import nibabel as nib
+
     got = tuple(int(n) for n in nib.load(str(dst)).shape)
     if got != tuple(out_shape):
       raise RuntimeError(f'{label}: output shape {got}, expected {out_shape}')
@@ -233,9 +272,11 @@ def main():
     out_bytes = 4 * int(np.prod(out_shape))
     # the floor's baseline is a few MB: its ratio would say nothing
     ratio = f'{m["rss"] / base["bytes"]:.2f}' if base['bytes'] >= 1e8 else '-'
-    row = (f'| {label} | {shape_str(in_shape)} int16 | {shape_str(out_shape)} float32 | {gb(out_bytes)} | '
-           f'{gb(m["rss"])} | {gb(m["anon"])} / {gb(m["file"])} | {gb(base["bytes"])} '
-           f'({gb(base["rss"])}) | {ratio} | {m["seconds"]:.0f} |')
+    row = (
+      f'| {label} | {shape_str(in_shape)} int16 | {shape_str(out_shape)} float32 | {gb(out_bytes)} | '
+      f'{gb(m["rss"])} | {gb(m["anon"])} / {gb(m["file"])} | {gb(base["bytes"])} '
+      f'({gb(base["rss"])}) | {ratio} | {m["seconds"]:.0f} |'
+    )
     rows.append(row)
     commands.append(show(cmd, tmp, py))
     m['base'] = base
@@ -250,21 +291,36 @@ def main():
     if 'A' in a.cases:
       if a.scaling:
         q = max(1, s // 4)
-        results['A4'] = case(f'A in-plane SRCNN x2, {q} slices', 'x2', (n, n, q), (1.0, 1.0, 1.0),
-                             (2 * n, 2 * n, q))
-      results['A'] = case(f'A in-plane SRCNN x2, {s} slices', 'x2', (n, n, s), (1.0, 1.0, 1.0),
-                          (2 * n, 2 * n, s))
+        results['A4'] = case(f'A in-plane SRCNN x2, {q} slices', 'x2', (n, n, q), (1.0, 1.0, 1.0), (2 * n, 2 * n, q))
+      results['A'] = case(f'A in-plane SRCNN x2, {s} slices', 'x2', (n, n, s), (1.0, 1.0, 1.0), (2 * n, 2 * n, s))
       if a.compare_batch:
         q = max(1, s // 4)
-        results['Ab'] = case(f'A in-plane SRCNN x2, {q} slices, --batch {a.compare_batch}', 'x2',
-                             (n, n, q), (1.0, 1.0, 1.0), (2 * n, 2 * n, q), batch=a.compare_batch)
+        results['Ab'] = case(
+          f'A in-plane SRCNN x2, {q} slices, --batch {a.compare_batch}',
+          'x2',
+          (n, n, q),
+          (1.0, 1.0, 1.0),
+          (2 * n, 2 * n, q),
+          batch=a.compare_batch,
+        )
       if a.gz:
-        results['Agz'] = case(f'A .nii.gz in-plane SRCNN x2, {s} slices', 'x2', (n, n, s),
-                              (1.0, 1.0, 1.0), (2 * n, 2 * n, s), suffix='.nii.gz')
+        results['Agz'] = case(
+          f'A .nii.gz in-plane SRCNN x2, {s} slices',
+          'x2',
+          (n, n, s),
+          (1.0, 1.0, 1.0),
+          (2 * n, 2 * n, s),
+          suffix='.nii.gz',
+        )
     if 'B' in a.cases:
       t = max(1, s // 4)
-      results['B'] = case(f'B through-plane SRCNN x4 thick:axis=0, {t} -> {4 * t} slices', 'thick4',
-                          (n, n, t), (0.5, 0.5, 2.0), (n, n, 4 * t))
+      results['B'] = case(
+        f'B through-plane SRCNN x4 thick:axis=0, {t} -> {4 * t} slices',
+        'thick4',
+        (n, n, t),
+        (0.5, 0.5, 2.0),
+        (n, n, 4 * t),
+      )
   finally:
     if a.keep:
       print(f'kept {tmp}')
@@ -273,25 +329,32 @@ def main():
 
   if 'A' in results and 'A4' in results:
     d = results['A']['rss'] - results['A4']['rss']
-    notes.append(f'Slice-count scaling (case A): {max(1, s // 4)} slices peak {gb(results["A4"]["rss"])}, '
-                 f'{s} slices peak {gb(results["A"]["rss"])} ({d / 1e6:+,.0f} MB); '
-                 f'per slice {results["A"]["seconds"] / s:.2f} s at {s} slices.')
+    notes.append(
+      f'Slice-count scaling (case A): {max(1, s // 4)} slices peak {gb(results["A4"]["rss"])}, '
+      f'{s} slices peak {gb(results["A"]["rss"])} ({d / 1e6:+,.0f} MB); '
+      f'per slice {results["A"]["seconds"] / s:.2f} s at {s} slices.'
+    )
   if 'A' in results and 'floor' in results:
     r, f = results['A'], results['floor']
-    line = (f'At {n}x{n}x{s} the whole in-plane run peaks at {gb(r["rss"])}, {r["rss"] / r["base"]["bytes"]:.2f}x '
-            f'the {gb(r["base"]["bytes"])} an in-memory implementation needs for its input and output alone, '
-            f'of which {gb(f["rss"])} is the fixed floor (Python, JAX/XLA, model, compile) and the rest '
-            f'mostly anonymous memory ({gb(r["anon"])} sampled peak): XLA buffers of one forward pass '
-            f'({a.batch or "the size-based default of"} {2 * n}x{2 * n} plane(s)), not the volume (the '
-            f'memory-mapped input and output add {gb(r["file"] - f["file"])} of file-backed pages over '
-            'the floor).')
+    line = (
+      f'At {n}x{n}x{s} the whole in-plane run peaks at {gb(r["rss"])}, {r["rss"] / r["base"]["bytes"]:.2f}x '
+      f'the {gb(r["base"]["bytes"])} an in-memory implementation needs for its input and output alone, '
+      f'of which {gb(f["rss"])} is the fixed floor (Python, JAX/XLA, model, compile) and the rest '
+      f'mostly anonymous memory ({gb(r["anon"])} sampled peak): XLA buffers of one forward pass '
+      f'({a.batch or "the size-based default of"} {2 * n}x{2 * n} plane(s)), not the volume (the '
+      f'memory-mapped input and output add {gb(r["file"] - f["file"])} of file-backed pages over '
+      'the floor).'
+    )
     if 'Ab' in results:
-      line += (f' With `--batch {a.compare_batch}` the same planes peak at {gb(results["Ab"]["rss"])} '
-               f'({results["Ab"]["rss"] / r["base"]["bytes"]:.2f}x the {s}-slice baseline), so the '
-               'forward batch, not the volume size, sets the memory: the default `--batch 0` picks the '
-               'planes per pass from their size, and `--tile` bounds it further for larger planes.')
+      line += (
+        f' With `--batch {a.compare_batch}` the same planes peak at {gb(results["Ab"]["rss"])} '
+        f'({results["Ab"]["rss"] / r["base"]["bytes"]:.2f}x the {s}-slice baseline), so the '
+        'forward batch, not the volume size, sets the memory: the default `--batch 0` picks the '
+        'planes per pass from their size, and `--tile` bounds it further for larger planes.'
+      )
     notes.append(line)
-  section = '\n'.join([
+  section = '\n'.join(
+    [
       BEGIN,
       f'Machine: {platform.machine()}, {cpu_model()}, {len(os.sched_getaffinity(0))} cores; {versions()}.',
       f'Command: `python tools/benchmark_infer.py --size {n} --slices {s} --batch {a.batch} --tile {a.tile}'
@@ -306,11 +369,14 @@ def main():
       *rows,
       '',
       *notes,
-      END])
+      END,
+    ]
+  )
   print(section)
   if a.write:
     sys.path.insert(0, str(ROOT))
     from mrisr_jax import report
+
     report.replace_section(a.write, section, HEADING)
 
 

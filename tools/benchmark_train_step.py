@@ -7,6 +7,7 @@ For the generator (L1) step and, with --gan, the GAN step, it times `jit(...).lo
 and the mean of --steps executed steps, once with the AFEBs under `nn.scan` and once fully unrolled (the
 baseline), and reports the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | N
   config.loss.allow_random_vgg = True
   config.batch_size = batch
   from mrisr_jax import train  # imports clu and TensorFlow: only once the config has loaded
+
   run = spec.resolve(config)
   stage = next(s for s in recipe.stage_plan(run, 1) if s.name == stage_name)
   d = registry.build_discriminator(run)
@@ -41,9 +43,13 @@ def time_step(config, stage_name: str, batch: int, n_steps: int, unroll: int | N
   in_h, in_w = registry.input_size(recipe.stage_generator(run, stage), run.lr_patch_shape)
   mesh = sharding.make_mesh(dict(run.mesh))
   rng = np.random.default_rng(0)
-  data = sharding.global_batch({'lr': rng.uniform(size=(batch, in_h, in_w, 1)).astype(np.float32),
-                                'hr': rng.uniform(size=(batch, hr_h, hr_w, 1)).astype(np.float32)},
-                               sharding.batch_sharding(mesh))
+  data = sharding.global_batch(
+    {
+      'lr': rng.uniform(size=(batch, in_h, in_w, 1)).astype(np.float32),
+      'hr': rng.uniform(size=(batch, hr_h, hr_w, 1)).astype(np.float32),
+    },
+    sharding.batch_sharding(mesh),
+  )
   init = recipe.init_state_fn(run, registry.build_generator(run.model), d, g_tx, d_tx)
   _, state_sharding = train.state_layout(run, mesh, init)
   state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
@@ -76,7 +82,7 @@ def main():
   parser.add_argument('--steps', type=int, default=3, help='timed steps after one warm-up step')
   parser.add_argument('--gan', action='store_true', help='also time the GAN step (G + D + VGG)')
   parser.add_argument('--write', default='', help='replace the train-step section of this markdown file')
-  a, overrides = cli.tool_args(parser)   # --config.KEY=VALUE as the entry points take them
+  a, overrides = cli.tool_args(parser)  # --config.KEY=VALUE as the entry points take them
   config = cli.load_config(a.config, overrides, lock=False)
   unrolls = [('nn.scan (scan_unroll=1)', 1), (f'unrolled ({config.model.depth} AFEBs)', config.model.depth)]
   stages = ['pretrain'] + (['gan'] if a.gan else [])
@@ -84,13 +90,21 @@ def main():
   for stage in stages:
     results = {label: time_step(config, stage, a.batch, a.steps, u) for label, u in unrolls}
     (l0, r0), (l1, r1) = results.items()
-    rows.append(f'| {stage} | {l0} | {r0["compile_s"]:.1f} | {r0["step_s"]:.2f} | {l1} | {r1["compile_s"]:.1f} | '
-                f'{r1["step_s"]:.2f} | {r0["compile_s"] / r1["compile_s"]:.2f} | {r0["step_s"] / r1["step_s"]:.2f} |')
+    rows.append(
+      f'| {stage} | {l0} | {r0["compile_s"]:.1f} | {r0["step_s"]:.2f} | {l1} | {r1["compile_s"]:.1f} | '
+      f'{r1["step_s"]:.2f} | {r0["compile_s"] / r1["compile_s"]:.2f} | {r0["step_s"] / r1["step_s"]:.2f} |'
+    )
     print(rows[-1], flush=True)
-  n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
-      lambda: registry.build_generator(config.model).init(
-          jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 1))))['params']))
-  section = '\n'.join([
+  n_params = sum(
+    x.size
+    for x in jax.tree.leaves(
+      jax.eval_shape(
+        lambda: registry.build_generator(config.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 1)))
+      )['params']
+    )
+  )
+  section = '\n'.join(
+    [
       BEGIN,
       f'Config `{a.config}` ({config.model.name} x{config.model.scale}, {n_params:,} generator parameters), '
       f'global batch {a.batch}, HR crop {config.data.hr_patch_size}, float32.',
@@ -103,7 +117,9 @@ def main():
       '| step | variant | compile (s) | step (s) | baseline | compile (s) | step (s) | compile ratio | step ratio |',
       '|---|---|---|---|---|---|---|---|---|',
       *rows,
-      END])
+      END,
+    ]
+  )
   print(section)
   if a.write:
     report.replace_section(a.write, section, '## Train step: compile and step time')

@@ -11,6 +11,7 @@ with torchvision's shape. Then set `config.loss.vgg_weights=vgg19.npz`
 Needs torch and numpy only (not jax); the weights come from
 https://download.pytorch.org/models/vgg19-dcbb9e9d.pth (or vgg16-397923af.pth).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,8 @@ import numpy as np
 # torchvision `cfgs` ('M' = max-pool); kept here so that this tool runs without jax/mrisr_jax.
 # Must agree with mrisr_jax.models.vgg.VGG_CFGS.
 VGG_CFGS = {
-    'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-              512, 512, 512, 'M'),
-    'vgg19': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
-              512, 512, 512, 512, 'M'),
+  'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
+  'vgg19': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'),
 }
 
 
@@ -57,8 +56,7 @@ def convert(input_path: str, output_path: str, arch: str) -> int:
     sd = torch.load(input_path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     msg = str(e).splitlines()[0] if str(e) else ''
-    raise ConvertError(f'could not read {input_path} as a PyTorch state_dict: '
-                       f'{type(e).__name__}: {msg}') from e
+    raise ConvertError(f'could not read {input_path} as a PyTorch state_dict: {type(e).__name__}: {msg}') from e
   if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict):
     sd = sd['state_dict']
   if not isinstance(sd, dict):
@@ -67,7 +65,7 @@ def convert(input_path: str, output_path: str, arch: str) -> int:
   for k, v in sd.items():
     k = str(k)
     if k.startswith('module.'):
-      k = k[len('module.'):]
+      k = k[len('module.') :]
     if k.startswith('features.') and hasattr(v, 'detach'):
       feats[k] = v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
   if any(k.endswith('running_mean') for k in feats):
@@ -75,14 +73,13 @@ def convert(input_path: str, output_path: str, arch: str) -> int:
   expected = expected_shapes(arch)
   missing = [k for k in expected if k not in feats]
   if missing:
-    raise ConvertError(f'{input_path} is not a torchvision {arch} state_dict: missing '
-                       f'{missing[:4]}{"..." if len(missing) > 4 else ""}')
+    raise ConvertError(
+      f'{input_path} is not a torchvision {arch} state_dict: missing {missing[:4]}{"..." if len(missing) > 4 else ""}'
+    )
   unexpected = [k for k in feats if k not in expected]
-  bad = [f'{k} {tuple(feats[k].shape)} != {s}' for k, s in expected.items()
-         if tuple(feats[k].shape) != s]
+  bad = [f'{k} {tuple(feats[k].shape)} != {s}' for k, s in expected.items() if tuple(feats[k].shape) != s]
   if bad or unexpected:
-    raise ConvertError(f'{input_path} does not match {arch}: wrong shapes {bad[:4]}, '
-                       f'unexpected keys {unexpected[:4]}')
+    raise ConvertError(f'{input_path} does not match {arch}: wrong shapes {bad[:4]}, unexpected keys {unexpected[:4]}')
   out_dir = os.path.dirname(os.path.abspath(output_path))
   if not os.path.isdir(out_dir):
     raise ConvertError(f'output directory does not exist: {out_dir}')
@@ -95,12 +92,14 @@ def convert(input_path: str, output_path: str, arch: str) -> int:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      description='Convert a torchvision VGG16/VGG19 .pth state_dict to a torch-free .npz '
-                  '(features.{i}.weight/bias, classifier dropped) for mrisr_jax perceptual losses.')
+    description='Convert a torchvision VGG16/VGG19 .pth state_dict to a torch-free .npz '
+    '(features.{i}.weight/bias, classifier dropped) for mrisr_jax perceptual losses.'
+  )
   parser.add_argument('--input', required=True, help='torchvision .pth, e.g. vgg19-dcbb9e9d.pth')
   parser.add_argument('--output', required=True, help='output .npz path, e.g. vgg19.npz')
-  parser.add_argument('--arch', default='vgg19', choices=sorted(VGG_CFGS),
-                      help='architecture the weights must match (default vgg19)')
+  parser.add_argument(
+    '--arch', default='vgg19', choices=sorted(VGG_CFGS), help='architecture the weights must match (default vgg19)'
+  )
   args = parser.parse_args(argv)
   if not args.output.endswith('.npz'):
     print(f'convert_vgg: error: --output must end with .npz, got {args.output}', file=sys.stderr)

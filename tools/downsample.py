@@ -25,6 +25,7 @@ sigma for 8-bit images, degrade.gaussian_blur at 4 sigma.
 Example (the seed's layout, D/HR -> D/LR/x2, x3, x4):
   python tools/downsample.py --hr_dir data/train/HR --lr_dir data/train/LR --scales 2 3 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,11 @@ def area_shrink(x: np.ndarray, scale: int) -> np.ndarray:
     raise ValueError(f'a {h}x{w} image is too small for scale {scale}')
   if oh * scale <= h and ow * scale <= w:
     # Whole blocks only: the leftover rows/columns are dropped, as OpenCV does.
-    return degrade.area_resize(x[:oh * scale, :ow * scale], oh, ow)
+    return degrade.area_resize(x[: oh * scale, : ow * scale], oh, ow)
   # Rounding went up: the last row/column of blocks overhangs the image; average what exists.
   ph, pw = oh * scale - h, ow * scale - w
-  sums = np.pad(x, ((0, max(ph, 0)), (0, max(pw, 0))))[:oh * scale, :ow * scale]
-  counts = np.pad(np.ones_like(x), ((0, max(ph, 0)), (0, max(pw, 0))))[:oh * scale, :ow * scale]
+  sums = np.pad(x, ((0, max(ph, 0)), (0, max(pw, 0))))[: oh * scale, : ow * scale]
+  counts = np.pad(np.ones_like(x), ((0, max(ph, 0)), (0, max(pw, 0))))[: oh * scale, : ow * scale]
   sums = sums.reshape(oh, scale, ow, scale).sum(axis=(1, 3))
   counts = counts.reshape(oh, scale, ow, scale).sum(axis=(1, 3))
   return sums / counts
@@ -80,12 +81,13 @@ def area_shrink(x: np.ndarray, scale: int) -> np.ndarray:
 
 def quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
   """x rounded to the grey levels of a bit_depth image (as write_grey stores it), in [0, 1]."""
-  maxval = float(2 ** bit_depth - 1)
+  maxval = float(2**bit_depth - 1)
   return np.rint(np.clip(x, 0.0, 1.0) * maxval) / maxval
 
 
-def make_lr(hr: np.ndarray, scale: int, *, blurred: np.ndarray | None = None,
-            keepdims: bool = False, bit_depth: int = 8) -> np.ndarray:
+def make_lr(
+  hr: np.ndarray, scale: int, *, blurred: np.ndarray | None = None, keepdims: bool = False, bit_depth: int = 8
+) -> np.ndarray:
   """The LR image downsample.py writes for `hr` (float in [0, 1]), quantised to bit_depth.
 
   `blurred`: the already blurred (and quantised) HR, when -b is on (shared by all scales).
@@ -102,27 +104,50 @@ def output_depth(info: dict) -> int:
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--hr_dir', required=True, type=pathlib.Path,
-                      help=f'folder of HR images ({" ".join(images.SUFFIXES)}); never written to')
-  parser.add_argument('--lr_dir', required=True, type=pathlib.Path,
-                      help='output folder; images go to LR_DIR/x<s>/<name>x<s>.png '
-                           '(the seed layout: D/HR -> D/LR)')
-  parser.add_argument('--scales', type=int, nargs='+', default=[2, 3, 4], metavar='S',
-                      help='integer downscaling factors, each >= 2 (default: 2 3 4)')
-  parser.add_argument('-g', '--grey', action='store_true',
-                      help='convert colour inputs to greyscale (ITU-R 601 luma) silently; without '
-                           'it they are converted anyway, with a warning')
-  parser.add_argument('-b', '--blur', action='store_true',
-                      help=f'Gaussian blur (sigma {BLUR_SIGMA:g}) before shrinking')
-  parser.add_argument('-k', '--keepdims', action='store_true',
-                      help='resize the LR image back to the HR size with bicubic '
-                           '(cv2 INTER_CUBIC), for models that take an upsampled input '
-                           '(SRCNN, DRRN)')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='replace existing LR files (by default an existing file is an error and '
-                           'nothing is written)')
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument(
+    '--hr_dir',
+    required=True,
+    type=pathlib.Path,
+    help=f'folder of HR images ({" ".join(images.SUFFIXES)}); never written to',
+  )
+  parser.add_argument(
+    '--lr_dir',
+    required=True,
+    type=pathlib.Path,
+    help='output folder; images go to LR_DIR/x<s>/<name>x<s>.png (the seed layout: D/HR -> D/LR)',
+  )
+  parser.add_argument(
+    '--scales',
+    type=int,
+    nargs='+',
+    default=[2, 3, 4],
+    metavar='S',
+    help='integer downscaling factors, each >= 2 (default: 2 3 4)',
+  )
+  parser.add_argument(
+    '-g',
+    '--grey',
+    action='store_true',
+    help='convert colour inputs to greyscale (ITU-R 601 luma) silently; without '
+    'it they are converted anyway, with a warning',
+  )
+  parser.add_argument(
+    '-b', '--blur', action='store_true', help=f'Gaussian blur (sigma {BLUR_SIGMA:g}) before shrinking'
+  )
+  parser.add_argument(
+    '-k',
+    '--keepdims',
+    action='store_true',
+    help='resize the LR image back to the HR size with bicubic '
+    '(cv2 INTER_CUBIC), for models that take an upsampled input '
+    '(SRCNN, DRRN)',
+  )
+  parser.add_argument(
+    '--overwrite',
+    action='store_true',
+    help='replace existing LR files (by default an existing file is an error and nothing is written)',
+  )
   args = parser.parse_args(argv)
   if any(s < 2 for s in args.scales):
     parser.error(f'--scales must be integers >= 2, got {" ".join(map(str, args.scales))}')
@@ -149,8 +174,7 @@ def main(argv=None) -> int:
   stems = {}
   for path in files:
     if path.stem in stems:
-      return _error(f'{path}: has the same name as {stems[path.stem]}; their LR files would '
-                    'collide')
+      return _error(f'{path}: has the same name as {stems[path.stem]}; their LR files would collide')
     stems[path.stem] = path
   out_dirs = {s: args.lr_dir / f'x{s}' for s in args.scales}
   for out_dir in out_dirs.values():
@@ -180,9 +204,11 @@ def main(argv=None) -> int:
     if info['colour']:
       colour.append((path, info['mode']))
   if colour and not args.grey:
-    print(f'{PROG}: warning: {len(colour)} colour image(s) (first: {colour[0][0]}, mode '
-          f'{colour[0][1]}) converted to greyscale with ITU-R 601 luma; -g does so silently',
-          file=sys.stderr)
+    print(
+      f'{PROG}: warning: {len(colour)} colour image(s) (first: {colour[0][0]}, mode '
+      f'{colour[0][1]}) converted to greyscale with ITU-R 601 luma; -g does so silently',
+      file=sys.stderr,
+    )
 
   for out_dir in out_dirs.values():
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +225,11 @@ def main(argv=None) -> int:
     except (DataError, ValueError, OSError) as err:
       return _error(err if isinstance(err, DataError) else f'{path}: {err}')
   n, k = len(files), len(args.scales)
-  steps = ((['blur'] if args.blur else []) + ['area']
-           + (['bicubic to HR size'] if args.keepdims else []))
-  print(f'{PROG}: wrote {n * k} LR images ({n} images x {k} scales: '
-        f'{" ".join(f"x{s}" for s in args.scales)}; {" + ".join(steps)}) to {args.lr_dir}')
+  steps = (['blur'] if args.blur else []) + ['area'] + (['bicubic to HR size'] if args.keepdims else [])
+  print(
+    f'{PROG}: wrote {n * k} LR images ({n} images x {k} scales: '
+    f'{" ".join(f"x{s}" for s in args.scales)}; {" + ".join(steps)}) to {args.lr_dir}'
+  )
   return 0
 
 

@@ -27,6 +27,7 @@ Usage:
   python tools/make_sample_data.py --wheel nilearn-0.14.1-py3-none-any.whl
   python tools/make_sample_data.py --nifti mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,21 +52,20 @@ NIFTI_NAME = 'mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz'
 NIFTI_IN_WHEEL = 'nilearn/datasets/data/' + NIFTI_NAME
 EXPECTED_SHAPE = (197, 233, 189)
 
-CROP_H, CROP_W = 192, 168           # rows (A->P) x columns (L->R)
-CENTRE_Y, CENTRE_X = 117, 98        # RAS voxel centre of the head (y, x) in the axial plane
+CROP_H, CROP_W = 192, 168  # rows (A->P) x columns (L->R)
+CENTRE_Y, CENTRE_X = 117, 98  # RAS voxel centre of the head (y, x) in the axial plane
 SLICE_STEP = 2
 # (split, file stem, first z, last z inclusive): slabs with gaps of >= 5 slices between them.
 SLABS = (
-    ('train', 'mni152_2009a_t1_slab_inferior', 40, 74),
-    ('val', 'mni152_2009a_t1_slab_middle', 84, 98),
-    ('train', 'mni152_2009a_t1_slab_superior', 104, 138),
+  ('train', 'mni152_2009a_t1_slab_inferior', 40, 74),
+  ('val', 'mni152_2009a_t1_slab_middle', 84, 98),
+  ('train', 'mni152_2009a_t1_slab_superior', 104, 138),
 )
 MAX_TOTAL_BYTES = 10 * 1024 * 1024
 
 
 def fetch_wheel(tmpdir: pathlib.Path) -> pathlib.Path:
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', 'nilearn',
-         '-d', str(tmpdir)]
+  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', 'nilearn', '-d', str(tmpdir)]
   print('running:', ' '.join(cmd), flush=True)
   subprocess.run(cmd, check=True)
   wheels = sorted(tmpdir.glob('nilearn-*.whl'))
@@ -92,8 +92,8 @@ def axial_slice(vol: np.ndarray, z: int) -> np.ndarray:
   """(H, W) = (A->P rows, L->R columns) crop of RAS axial slice z, float32 in [0, 1]."""
   y0, x0 = CENTRE_Y - CROP_H // 2, CENTRE_X - CROP_W // 2
   assert 0 <= y0 and y0 + CROP_H <= vol.shape[1] and 0 <= x0 and x0 + CROP_W <= vol.shape[0]
-  sl = vol[x0:x0 + CROP_W, y0:y0 + CROP_H, z]          # (x, y)
-  img = np.flipud(sl.T)                                # rows: y descending = anterior first
+  sl = vol[x0 : x0 + CROP_W, y0 : y0 + CROP_H, z]  # (x, y)
+  img = np.flipud(sl.T)  # rows: y descending = anterior first
   return (img.astype(np.float64) / 255.0).astype(np.float32)
 
 
@@ -106,21 +106,29 @@ def write_volume(path: pathlib.Path, recon: np.ndarray, zs: list[int], source_na
   chunks = (1,) + recon.shape[1:]
   path.parent.mkdir(parents=True, exist_ok=True)
   with h5py.File(path, 'w', track_order=False) as f:
-    f.create_dataset('kspace', data=kspace, chunks=chunks, compression='gzip',
-                     compression_opts=9, track_times=False)
-    f.create_dataset('reconstruction_rss', data=recon, chunks=chunks, compression='gzip',
-                     compression_opts=9, shuffle=True, track_times=False)
+    f.create_dataset('kspace', data=kspace, chunks=chunks, compression='gzip', compression_opts=9, track_times=False)
+    f.create_dataset(
+      'reconstruction_rss',
+      data=recon,
+      chunks=chunks,
+      compression='gzip',
+      compression_opts=9,
+      shuffle=True,
+      track_times=False,
+    )
     f.attrs['max'] = float(recon.max())
     f.attrs['norm'] = float(np.linalg.norm(recon.astype(np.float64)))
     f.attrs['acquisition'] = 'AXT1'
     f.attrs['patient_id'] = 'mni152_2009a'
     f.attrs['source'] = f'MNI ICBM152 2009a T1 template ({source_name}), see LICENSE_MNI152.txt'
     f.attrs['slice_z_ras'] = np.asarray(zs, dtype=np.int32)
-    f.attrs['crop_yx_ras'] = np.asarray([CENTRE_Y - CROP_H // 2, CENTRE_X - CROP_W // 2,
-                                         CROP_H, CROP_W], dtype=np.int32)
+    f.attrs['crop_yx_ras'] = np.asarray(
+      [CENTRE_Y - CROP_H // 2, CENTRE_X - CROP_W // 2, CROP_H, CROP_W], dtype=np.int32
+    )
     f.attrs['orientation'] = 'rows anterior->posterior, columns subject left->right'
-    f.attrs['kspace_convention'] = ("fastmri.fft2c: fftshift(fft2(ifftshift(img), norm='ortho'));"
-                                    " img = |fastmri.ifft2c(kspace)|")
+    f.attrs['kspace_convention'] = (
+      "fastmri.fft2c: fftshift(fft2(ifftshift(img), norm='ortho')); img = |fastmri.ifft2c(kspace)|"
+    )
     f.attrs['max_roundtrip_error'] = err
 
 
@@ -164,8 +172,10 @@ def main(argv=None) -> int:
     taken[split].update(range(z0 - 1, z1 + 2))
   assert not (taken['train'] & taken['val']), 'train/val slabs touch'
   for rel, shape, zs, size in rows:
-    print(f'{rel}: recon {shape} float32 + kspace complex64, z={zs[0]}..{zs[-1]} step {SLICE_STEP}'
-          f' ({len(zs)} slices), {size} bytes')
+    print(
+      f'{rel}: recon {shape} float32 + kspace complex64, z={zs[0]}..{zs[-1]} step {SLICE_STEP}'
+      f' ({len(zs)} slices), {size} bytes'
+    )
   print(f'total {total} bytes in {out}')
   if total > MAX_TOTAL_BYTES:
     raise SystemExit(f'{out}: sample data is {total} bytes > {MAX_TOTAL_BYTES}')

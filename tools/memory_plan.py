@@ -12,6 +12,7 @@ GPU/TPU fuse and lay out differently, so treat them as estimates (docs/scaling.m
 It also prints the parameter and gradient bytes (float32) that a step all-reduces, and with --fsdp
 the per-device state bytes when the default rules shard the kernels over that many devices.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def build(config, stage_name: str):
   g = recipe.stage_generator(config, stage)
   d = registry.build_discriminator(config)
   g_tx, d_tx = recipe.make_optimizers(config, stage, 1)
-  abstract = jax.eval_shape(recipe.init_state_fn(config, registry.build_generator(config.model), d, g_tx, d_tx),
-                            jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(
+    recipe.init_state_fn(config, registry.build_generator(config.model), d, g_tx, d_tx), jax.random.PRNGKey(0)
+  )
   vgg = vgg_params = None
   if recipe.needs_vgg(config, [stage]):
     vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
@@ -48,8 +50,10 @@ def build(config, stage_name: str):
   in_h, in_w = registry.input_size(g, config.lr_patch_shape)
 
   def batch(n):
-    return {'lr': jax.ShapeDtypeStruct((n, in_h, in_w, config.model.in_channels), jnp.float32),
-            'hr': jax.ShapeDtypeStruct((n, hr_h, hr_w, config.model.out_channels), jnp.float32)}
+    return {
+      'lr': jax.ShapeDtypeStruct((n, in_h, in_w, config.model.in_channels), jnp.float32),
+      'hr': jax.ShapeDtypeStruct((n, hr_h, hr_w, config.model.out_channels), jnp.float32),
+    }
 
   return fn, abstract, vgg_params, batch
 
@@ -66,17 +70,20 @@ def main():
   parser.add_argument('--config', default='configs/casrgan_x4.py', help=cli.CONFIG_HELP)
   parser.add_argument('--batch', type=int, nargs='+', default=[1, 2], help='per-device batches to compile')
   parser.add_argument('--target', type=int, nargs='*', default=[16, 32], help='per-device batches to extrapolate to')
-  parser.add_argument('--stages', nargs='+', default=['generator', 'gan'], help="stage kinds: generator, gan")
+  parser.add_argument('--stages', nargs='+', default=['generator', 'gan'], help='stage kinds: generator, gan')
   parser.add_argument('--dtype', default='', help='override config.model.dtype (e.g. bfloat16)')
   parser.add_argument('--fsdp', type=int, default=0, help='also show per-device state bytes with this fsdp size')
-  a, overrides = cli.tool_args(parser)   # --config.KEY=VALUE as the entry points take them
+  a, overrides = cli.tool_args(parser)  # --config.KEY=VALUE as the entry points take them
   config = cli.load_config(a.config, overrides, lock=False)
   config.loss.allow_random_vgg = True  # shapes only: the weights do not change memory
   config.model.scan_unroll = 1  # as on GPU/TPU (scan_unroll=0 picks 1 there)
   if a.dtype:
     config.model.dtype = a.dtype
-  print(f'{a.config}: {config.model.name} x{config.model.scale}, HR crop {config.data.hr_patch_size}, '
-        f'dtype {config.model.dtype}, jax {jax.__version__} on {jax.devices()[0].device_kind}', flush=True)
+  print(
+    f'{a.config}: {config.model.name} x{config.model.scale}, HR crop {config.data.hr_patch_size}, '
+    f'dtype {config.model.dtype}, jax {jax.__version__} on {jax.devices()[0].device_kind}',
+    flush=True,
+  )
 
   for kind in a.stages:
     name = next((n for n in config.stage_order if config.stages[n].kind == kind), None)
@@ -86,16 +93,23 @@ def main():
     fn, abstract, vgg_params, batch = build(config, name)
     g_bytes, d_bytes = _nbytes(abstract.g_params), _nbytes(abstract.d_params)
     grad = g_bytes + (d_bytes if kind == 'gan' else 0)
-    print(f'[{name}] G {g_bytes // 4:,} params ({g_bytes / MIB:.1f} MiB), D {d_bytes // 4:,} params '
-          f'({d_bytes / MIB:.1f} MiB); state {_nbytes(abstract) / MIB:.1f} MiB; gradients all-reduced per step '
-          f'{grad / MIB:.1f} MiB (float32)', flush=True)
+    print(
+      f'[{name}] G {g_bytes // 4:,} params ({g_bytes / MIB:.1f} MiB), D {d_bytes // 4:,} params '
+      f'({d_bytes / MIB:.1f} MiB); state {_nbytes(abstract) / MIB:.1f} MiB; gradients all-reduced per step '
+      f'{grad / MIB:.1f} MiB (float32)',
+      flush=True,
+    )
     if a.fsdp > 1:
       specs = sharding.partition_specs(abstract, _ShapeMesh(data=1, fsdp=a.fsdp))
       specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-      per_device = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize / (a.fsdp if 'fsdp' in tuple(s) else 1)
-                       for x, s in zip(jax.tree.leaves(abstract), specs))
-      print(f'[{name}] fsdp={a.fsdp}: state per device {per_device / MIB:.1f} MiB '
-            f'(replicated: {_nbytes(abstract) / MIB:.1f} MiB)')
+      per_device = sum(
+        math.prod(x.shape) * np.dtype(x.dtype).itemsize / (a.fsdp if 'fsdp' in tuple(s) else 1)
+        for x, s in zip(jax.tree.leaves(abstract), specs)
+      )
+      print(
+        f'[{name}] fsdp={a.fsdp}: state per device {per_device / MIB:.1f} MiB '
+        f'(replicated: {_nbytes(abstract) / MIB:.1f} MiB)'
+      )
     points = []
     for n in a.batch:
       stats, report, secs = compile_stats(fn, abstract, vgg_params, batch(n))

@@ -9,6 +9,7 @@ Timings: the full (seed-size) config's first stage, its train step jitted and co
 --batch at the config's HR crop, float32. Quick runs: `train.train_and_evaluate(get_config('quick'))`
 in a temporary workdir; PSNR is the fastMRI per-volume mean over the sample's validation slices.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,29 +29,29 @@ sys.path.insert(0, str(REPO / 'tools'))
 sys.path.insert(0, str(REPO))
 import benchmark_train_step  # noqa: E402
 from benchmark_train_step import time_step  # noqa: E402
-from mrisr_jax import cli, recipe, registry, spec  # noqa: E402
+from mrisr_jax import cli, registry, spec  # noqa: E402
 
 # (config file, quick argument, full argument, source)
 SYSTEMS = [
-    ('casrgan_x2.py', 'quick', None, 'CASRGAN (seeds/000)'),
-    ('casrgan_x3.py', 'quick', None, 'CASRGAN (seeds/000)'),
-    ('casrgan_x4.py', 'quick', None, 'CASRGAN (seeds/000)'),
-    ('srcnn.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
-    ('srcnn.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
-    ('drrn.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
-    ('drrn.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
-    ('edsr.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
-    ('edsr.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
-    ('rdn.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
-    ('rdn.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
-    ('fagan_x2.py', 'quick', None, 'FA-GAN (seeds/001)'),
-    ('fagan_x4.py', 'quick', None, 'FA-GAN (seeds/001)'),
-    ('fagan_x8.py', 'quick', None, 'FA-GAN (seeds/001)'),
-    ('srdcgan_x4.py', 'quick', None, 'SR-DCGAN (seeds/002)'),
-    ('perceptual_x4.py', 'model1,quick', 'model1', 'cardiac perceptual SR (seeds/003)'),
-    ('perceptual_x4.py', 'model2,quick', 'model2', 'cardiac perceptual SR (seeds/003)'),
-    ('perceptual_x4.py', 'model3,quick', 'model3', 'cardiac perceptual SR (seeds/003)'),
-    ('perceptual_x4.py', 'model4,quick', 'model4', 'cardiac perceptual SR (seeds/003)'),
+  ('casrgan_x2.py', 'quick', None, 'CASRGAN (seeds/000)'),
+  ('casrgan_x3.py', 'quick', None, 'CASRGAN (seeds/000)'),
+  ('casrgan_x4.py', 'quick', None, 'CASRGAN (seeds/000)'),
+  ('srcnn.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
+  ('srcnn.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
+  ('drrn.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
+  ('drrn.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
+  ('edsr.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
+  ('edsr.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
+  ('rdn.py', 'quick', None, 'CASRGAN baseline (seeds/000)'),
+  ('rdn.py', 'gan,quick', 'gan', 'CASRGAN baseline + `--gan` (seeds/000)'),
+  ('fagan_x2.py', 'quick', None, 'FA-GAN (seeds/001)'),
+  ('fagan_x4.py', 'quick', None, 'FA-GAN (seeds/001)'),
+  ('fagan_x8.py', 'quick', None, 'FA-GAN (seeds/001)'),
+  ('srdcgan_x4.py', 'quick', None, 'SR-DCGAN (seeds/002)'),
+  ('perceptual_x4.py', 'model1,quick', 'model1', 'cardiac perceptual SR (seeds/003)'),
+  ('perceptual_x4.py', 'model2,quick', 'model2', 'cardiac perceptual SR (seeds/003)'),
+  ('perceptual_x4.py', 'model3,quick', 'model3', 'cardiac perceptual SR (seeds/003)'),
+  ('perceptual_x4.py', 'model4,quick', 'model4', 'cardiac perceptual SR (seeds/003)'),
 ]
 
 
@@ -70,6 +71,7 @@ def quick_run(file: str, arg: str) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.time()
     from mrisr_jax import train  # imports clu and TensorFlow: only for the quick runs
+
     summary = train.train_and_evaluate(config, tmp)
     return {'model': summary['model'], 'bicubic': summary['bicubic'], 'wall_s': time.time() - t0}
 
@@ -77,8 +79,9 @@ def quick_run(file: str, arg: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--steps', type=int, default=1,
-                      help='timed steps after the warm-up step (0: time the first step after compiling)')
+  parser.add_argument(
+    '--steps', type=int, default=1, help='timed steps after the warm-up step (0: time the first step after compiling)'
+  )
   parser.add_argument('--only', default='', help='comma-separated config files (e.g. edsr.py,rdn.py)')
   parser.add_argument('--skip-quick', action='store_true')
   parser.add_argument('--skip-timing', action='store_true')
@@ -100,8 +103,12 @@ def main():
     # A `gan` variant's first stage is its base config's: timed once, on the base row.
     if not a.skip_timing and not (full_arg or '').startswith('gan'):
       stage = full.stage_order[0]
-      row['timing'] = {'stage': stage, 'batch': a.batch, 'hr': list(spec.data_spec(full.data).hr_patch_size),
-                       **time_step(full, stage, a.batch, a.steps, None)}
+      row['timing'] = {
+        'stage': stage,
+        'batch': a.batch,
+        'hr': list(spec.data_spec(full.data).hr_patch_size),
+        **time_step(full, stage, a.batch, a.steps, None),
+      }
     if not a.skip_quick:
       row['quick'] = quick_run(file, quick_arg)
       row['quick_arg'] = quick_arg
@@ -115,23 +122,23 @@ def main():
 
 def write_table(results: dict, a) -> None:
   lines = [
-      '# Models',
-      '',
-      'Every system the seeds describe, trainable with `python -m mrisr_jax.main --config FILE[:ARG]`.',
-      'Parameters: the full config\'s generator. Compile / step: the full config\'s first training stage, '
-      f'global batch {a.batch} of its HR crop, float32, on this machine (see the command below). Quick run: '
-      '`FILE:quick` on the embedded sample (MNI152 T1), per-volume PSNR on its validation slices, with the '
-      'bicubic baseline of the same LR (each system\'s own degradation: area, bicubic, or bicubic + blur).',
-      '',
-      f'Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, {jax.devices()[0].device_kind} '
-      f'({jax.default_backend()}); jax {jax.__version__}, flax {__import__("flax").__version__}, '
-      f'Python {platform.python_version()}.',
-      f'Command: `python tools/models_table.py --batch {a.batch} --steps {a.steps} --write docs/models.md` '
-      f'(measurements are kept in `{a.results}`).',
-      '',
-      '| config | model | source | scales | parameters | stage timed | compile (s) | step (s) | '
-      'quick PSNR (dB) | bicubic (dB) | gain (dB) | quick wall (s) |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '# Models',
+    '',
+    'Every system the seeds describe, trainable with `python -m mrisr_jax.main --config FILE[:ARG]`.',
+    "Parameters: the full config's generator. Compile / step: the full config's first training stage, "
+    f'global batch {a.batch} of its HR crop, float32, on this machine (see the command below). Quick run: '
+    '`FILE:quick` on the embedded sample (MNI152 T1), per-volume PSNR on its validation slices, with the '
+    "bicubic baseline of the same LR (each system's own degradation: area, bicubic, or bicubic + blur).",
+    '',
+    f'Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, {jax.devices()[0].device_kind} '
+    f'({jax.default_backend()}); jax {jax.__version__}, flax {__import__("flax").__version__}, '
+    f'Python {platform.python_version()}.',
+    f'Command: `python tools/models_table.py --batch {a.batch} --steps {a.steps} --write docs/models.md` '
+    f'(measurements are kept in `{a.results}`).',
+    '',
+    '| config | model | source | scales | parameters | stage timed | compile (s) | step (s) | '
+    'quick PSNR (dB) | bicubic (dB) | gain (dB) | quick wall (s) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for file, quick_arg, full_arg, source in SYSTEMS:
     row = results.get(f'{file}:{full_arg or ""}')
@@ -140,13 +147,26 @@ def write_table(results: dict, a) -> None:
     config = load_config(file, full_arg)
     t = row.get('timing', {})
     q = row.get('quick', {})
-    timing = (f'{t["stage"]} ({"x".join(map(str, t["hr"]))})', f'{t["compile_s"]:.1f}', f'{t["step_s"]:.2f}') \
-        if t else ('as the row above', '', '')
-    quick = (f'{q["model"]["psnr"]:.2f}', f'{q["bicubic"]["psnr"]:.2f}',
-             f'{q["model"]["psnr"] - q["bicubic"]["psnr"]:+.2f}', f'{q["wall_s"]:.0f}') if q else ('',) * 4
+    timing = (
+      (f'{t["stage"]} ({"x".join(map(str, t["hr"]))})', f'{t["compile_s"]:.1f}', f'{t["step_s"]:.2f}')
+      if t
+      else ('as the row above', '', '')
+    )
+    quick = (
+      (
+        f'{q["model"]["psnr"]:.2f}',
+        f'{q["bicubic"]["psnr"]:.2f}',
+        f'{q["model"]["psnr"] - q["bicubic"]["psnr"]:+.2f}',
+        f'{q["wall_s"]:.0f}',
+      )
+      if q
+      else ('',) * 4
+    )
     name = f'`{file}{":" + full_arg if full_arg else ""}`'
-    lines.append(f'| {name} | {config.model.name} | {source} | {", ".join(f"x{s}" for s in row["scales"])} | '
-                 f'{row["params"]:,} | {" | ".join(timing)} | {" | ".join(quick)} |')
+    lines.append(
+      f'| {name} | {config.model.name} | {source} | {", ".join(f"x{s}" for s in row["scales"])} | '
+      f'{row["params"]:,} | {" | ".join(timing)} | {" | ".join(quick)} |'
+    )
   path = REPO / a.write
   path.write_text('\n'.join(lines) + '\n\n' + NOTES)
 
@@ -158,13 +178,18 @@ BEGIN, END = '<!-- compile-target:begin -->', '<!-- compile-target:end -->'
 def write_compile_target(results: dict, a) -> None:
   """The issue's target: seed-size CASR x4 and RDN x4 train steps compile in <= 90 s on this machine."""
   rows = []
-  for key, label in (('casrgan_x4.py:', 'CASR x4 (seed size, 20 AFEBs unrolled on CPU)'),
-                     ('rdn.py:', 'RDN x4 (seed size, 20 RDBs)')):
+  for key, label in (
+    ('casrgan_x4.py:', 'CASR x4 (seed size, 20 AFEBs unrolled on CPU)'),
+    ('rdn.py:', 'RDN x4 (seed size, 20 RDBs)'),
+  ):
     t = results.get(key, {}).get('timing')
     if t:
-      rows.append(f'| {label} | {t["stage"]} | {t["batch"]} x {"x".join(map(str, t["hr"]))} | '
-                  f'{t["compile_s"]:.1f} | {t["step_s"]:.2f} | {t["compile_s"] / TARGET_S:.2f} |')
-  section = '\n'.join([
+      rows.append(
+        f'| {label} | {t["stage"]} | {t["batch"]} x {"x".join(map(str, t["hr"]))} | '
+        f'{t["compile_s"]:.1f} | {t["step_s"]:.2f} | {t["compile_s"] / TARGET_S:.2f} |'
+      )
+  section = '\n'.join(
+    [
       BEGIN,
       f'Target: the seed-size CASR x4 and RDN x4 train steps compile in <= {TARGET_S:.0f} s on this machine. '
       f'Measured by `python tools/models_table.py --batch {a.batch} --steps {a.steps} --benchmarks '
@@ -174,11 +199,13 @@ def write_compile_target(results: dict, a) -> None:
       '| model | stage | batch x HR crop | compile (s) | step (s) | compile / target |',
       '|---|---|---|---|---|---|',
       *rows,
-      END])
+      END,
+    ]
+  )
   path = REPO / a.benchmarks
   text = path.read_text() if path.exists() else ''
   if BEGIN in text:
-    text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
   else:
     text = text.rstrip() + '\n\n## Compile-time target (CASR x4, RDN x4)\n\n' + section + '\n'
   path.write_text(text)

@@ -11,6 +11,7 @@ Example:
   python tools/plot_run.py --workdir runs/casr_x4            # -> runs/casr_x4/report/curves.png
   python tools/plot_run.py --workdir runs/casr_x4 --out /tmp/casr_x4.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,18 @@ from mrisr_jax.run_curves import RunCurvesError, plot_run
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n\n', 1)[0],
-      epilog=__doc__.split('\n\n', 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__.split('\n\n', 1)[0],
+    epilog=__doc__.split('\n\n', 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument(
-      '--workdir', required=True,
-      help='the run folder train.py wrote to; every events.out.tfevents.* file in it and its '
-           'subfolders is read')
+    '--workdir',
+    required=True,
+    help='the run folder train.py wrote to; every events.out.tfevents.* file in it and its subfolders is read',
+  )
   parser.add_argument(
-      '--out', default=None,
-      help='where to write the PNG (its folder is created); default: WORKDIR/report/curves.png')
+    '--out', default=None, help='where to write the PNG (its folder is created); default: WORKDIR/report/curves.png'
+  )
   return parser.parse_args(argv)
 
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     path = plot_run(args.workdir, args.out)
   except RunCurvesError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     return 1
   print(path)
   return 0

@@ -10,6 +10,7 @@ inferior -> superior (+z). With --scale S the slices are reduced by S in-plane w
 `python -m mrisr_jax.infer` on it returns the 1 mm grid. Intensities are the sample's [0, 1]
 values scaled to int16 (0..1000). See mrisr_jax/sample_data/LICENSE_MNI152.txt for the licence.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,29 @@ SLAB = 'val/mni152_2009a_t1_slab_middle.h5'
 def sample_volume(scale: int = 1, degradation=('area',)) -> nib.Nifti1Image:
   """The validation slab as a NIfTI image, optionally degraded by `scale` in-plane."""
   with h5py.File(sample.SAMPLE_DIR / SLAB, 'r') as f:
-    slab = np.asarray(f['reconstruction_rss'], np.float32)   # (slices, rows, cols)
+    slab = np.asarray(f['reconstruction_rss'], np.float32)  # (slices, rows, cols)
     z = np.asarray(f.attrs['slice_z_ras'], np.float64)
-  if scale > 1:   # each slice cropped to a multiple of the scale, then degraded as training does
-    slab = np.stack([degrade.make_lr(s[:s.shape[0] // scale * scale, :s.shape[1] // scale * scale],
-                                     scale, tuple(degradation), rng=np.random.default_rng(i))
-                     for i, s in enumerate(slab)])
+  if scale > 1:  # each slice cropped to a multiple of the scale, then degraded as training does
+    slab = np.stack(
+      [
+        degrade.make_lr(
+          s[: s.shape[0] // scale * scale, : s.shape[1] // scale * scale],
+          scale,
+          tuple(degradation),
+          rng=np.random.default_rng(i),
+        )
+        for i, s in enumerate(slab)
+      ]
+    )
   data = np.round(np.clip(np.transpose(slab, (1, 2, 0)), 0, 1) * 1000).astype(np.int16)
-  affine = np.array([[0.0, scale, 0.0, -84.0],     # column j -> x = -84 + S*j (left -> right)
-                     [-scale, 0.0, 0.0, 70.0],     # row i -> y = 70 - S*i (anterior -> posterior)
-                     [0.0, 0.0, z[1] - z[0], z[0] - 72.0],
-                     [0.0, 0.0, 0.0, 1.0]])
+  affine = np.array(
+    [
+      [0.0, scale, 0.0, -84.0],  # column j -> x = -84 + S*j (left -> right)
+      [-scale, 0.0, 0.0, 70.0],  # row i -> y = 70 - S*i (anterior -> posterior)
+      [0.0, 0.0, z[1] - z[0], z[0] - 72.0],
+      [0.0, 0.0, 0.0, 1.0],
+    ]
+  )
   # a voxel of the S-times coarser grid covers S fine voxels: move its centre accordingly
   affine[:3, 3] += affine[:3, :2] @ np.full(2, 0.5 - 0.5 / scale)
   img = nib.Nifti1Image(data, affine)
@@ -48,14 +61,19 @@ def sample_volume(scale: int = 1, degradation=('area',)) -> nib.Nifti1Image:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=__doc__.split('\n\n', 1)[1])
+  parser = argparse.ArgumentParser(
+    description=__doc__.split('\n\n')[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=__doc__.split('\n\n', 1)[1],
+  )
   parser.add_argument('--out', required=True, help='output .nii or .nii.gz path')
   parser.add_argument('--scale', type=int, default=1, help='in-plane reduction factor (1: the truth)')
-  parser.add_argument('--degradation', action='append', default=None,
-                      help='a degradation step for --scale > 1, repeatable (default: area; see '
-                      'docs/degradations.md)')
+  parser.add_argument(
+    '--degradation',
+    action='append',
+    default=None,
+    help='a degradation step for --scale > 1, repeatable (default: area; see docs/degradations.md)',
+  )
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out)

@@ -42,6 +42,7 @@ Shape-preserving steps:
   n1, n2 ~ N(0, 1) iid; sigma = 1 / snr with snr the peak SNR (volumes are normalised to max 1).
   Needs a numpy Generator; the output is not clipped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -85,8 +86,7 @@ def area_downsample(x, scale: int) -> np.ndarray:
   s = _check_factor(scale, 'area_downsample')
   h, w = x.shape[-2:]
   if h % s or w % s:
-    raise ValueError(f'area_downsample: image shape {tuple(x.shape)} (H={h}, W={w}) '
-                     f'is not divisible by scale {s}')
+    raise ValueError(f'area_downsample: image shape {tuple(x.shape)} (H={h}, W={w}) is not divisible by scale {s}')
   if not np.issubdtype(x.dtype, np.floating):
     x = x.astype(np.float32)
   if s == 1:
@@ -98,12 +98,12 @@ def area_downsample(x, scale: int) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _area_matrix(in_size: int, out_size: int) -> np.ndarray:
   """(out_size, in_size) float64 matrix: output i averages the input over [i*r, (i+1)*r), r = in/out."""
-  edges = np.arange(out_size + 1, dtype=np.float64) * in_size / out_size   # footprint boundaries
+  edges = np.arange(out_size + 1, dtype=np.float64) * in_size / out_size  # footprint boundaries
   j = np.arange(in_size, dtype=np.float64)
   # exact overlap of input pixel [j, j+1) with footprint [edges[i], edges[i+1])
   overlap = np.minimum(j + 1, edges[1:, None]) - np.maximum(j, edges[:-1, None])
   mat = np.clip(overlap, 0.0, None)
-  mat /= mat.sum(axis=1, keepdims=True)    # = overlap / r; renormalised against rounding
+  mat /= mat.sum(axis=1, keepdims=True)  # = overlap / r; renormalised against rounding
   mat.setflags(write=False)
   return mat
 
@@ -126,10 +126,12 @@ def area_resize(x, out_h: int, out_w: int) -> np.ndarray:
   out_w = operator.index(out_w)
   h, w = x.shape[-2:]
   if not (1 <= out_h <= h and 1 <= out_w <= w):
-    raise ValueError(f'area_resize: can only shrink: image shape {tuple(x.shape)} -> ({out_h}, {out_w}); '
-                     'enlarging is not supported (OpenCV INTER_AREA enlarges bilinearly)')
+    raise ValueError(
+      f'area_resize: can only shrink: image shape {tuple(x.shape)} -> ({out_h}, {out_w}); '
+      'enlarging is not supported (OpenCV INTER_AREA enlarges bilinearly)'
+    )
   if h % out_h == 0 and w % out_w == 0 and h // out_h == w // out_w:
-    out = area_downsample(x, h // out_h)             # the fast reshape-mean
+    out = area_downsample(x, h // out_h)  # the fast reshape-mean
     return out if out.dtype in (np.float32, np.float64) else out.astype(np.float32)
   dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
   x = x.astype(dtype, copy=False)
@@ -154,7 +156,7 @@ def _bicubic_matrix(in_size: int, out_size: int, antialias: bool = False, a: flo
   """(out_size, in_size) float64 matrix M with y = M @ x along one axis."""
   scale = in_size / out_size
   dst = np.arange(out_size, dtype=np.float64)
-  src = (dst + 0.5) * scale - 0.5          # half-pixel centres, no clamping (cubic)
+  src = (dst + 0.5) * scale - 0.5  # half-pixel centres, no clamping (cubic)
   mat = np.zeros((out_size, in_size), dtype=np.float64)
   rows = np.arange(out_size)
   if antialias and scale > 1:
@@ -263,8 +265,9 @@ def _divisible(x: np.ndarray, scale: int, axis: int, fn: str) -> int:
   """Length of axis 0 (H) / 1 (W); raises unless it is divisible by `scale`."""
   n = x.shape[axis - 2]
   if n % scale:
-    raise ValueError(f'{fn}: image shape {tuple(x.shape)}: {"HW"[axis]}={n} (axis {axis}) '
-                     f'is not divisible by scale {scale}')
+    raise ValueError(
+      f'{fn}: image shape {tuple(x.shape)}: {"HW"[axis]}={n} (axis {axis}) is not divisible by scale {scale}'
+    )
   return n
 
 
@@ -334,7 +337,7 @@ def kspace_truncate(x, factors: tuple[int, int], window: str = 'none', alpha: fl
   k = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=axes), axes=axes, norm='ortho'), axes=axes)
   k = k[tuple(kept)]
   for axis, f in ((0, fy), (1, fx)):
-    if f > 1:   # linear phase: LR sample j lands on HR position j*f + (f-1)/2, the block centre
+    if f > 1:  # linear phase: LR sample j lands on HR position j*f + (f-1)/2, the block centre
       n, m = x.shape[axis - 2], k.shape[axis - 2]
       shift = (f - 1) / 2 - (n // 2 - (m // 2) * f)
       phase = np.exp(2j * np.pi * (np.arange(m) - m // 2) * shift / n).astype(k.dtype)
@@ -364,7 +367,7 @@ def _thick_matrix(n: int, scale: int, profile: str, fwhm: float | None) -> np.nd
     sigma = (scale if fwhm is None else fwhm) / (2 * math.sqrt(2 * math.log(2)))
     radius = max(3 * sigma, (scale - 1) / 2)  # at least the box support
     mat = np.where(np.abs(d) <= radius + 1e-9, np.exp(-0.5 * (d / sigma) ** 2), 0.0)
-  mat /= mat.sum(axis=1, keepdims=True)     # taps outside the image are dropped, hence renormalise
+  mat /= mat.sum(axis=1, keepdims=True)  # taps outside the image are dropped, hence renormalise
   mat.setflags(write=False)
   return mat
 
@@ -413,12 +416,12 @@ def rician_noise(x, sigma: float, rng: np.random.Generator) -> np.ndarray:
 # the step grammar
 # ---------------------------------------------------------------------------------------------
 _KEYS = {  # step -> accepted keys; the first four reduce the image
-    'area': ('axes',),
-    'bicubic': ('axes', 'a'),
-    'kspace': ('window', 'alpha', 'axes'),
-    'thick': ('axis', 'profile', 'fwhm'),
-    'blur': ('sigma',),
-    'noise': ('snr', 'sigma'),
+  'area': ('axes',),
+  'bicubic': ('axes', 'a'),
+  'kspace': ('window', 'alpha', 'axes'),
+  'thick': ('axis', 'profile', 'fwhm'),
+  'blur': ('sigma',),
+  'noise': ('snr', 'sigma'),
 }
 _REDUCING = ('area', 'bicubic', 'kspace', 'thick')
 _AXES = {'both': (0, 1), '0': (0,), '1': (1,)}
@@ -432,6 +435,7 @@ class Step:
   (key, value) pairs with the defaults filled in (hashable), e.g. kspace -> (('window', 'none'),),
   noise:snr=20 -> (('sigma', 0.05),); thick's `fwhm` is present only when given.
   """
+
   name: str
   axes: tuple[int, ...] = ()
   params: tuple[tuple[str, Any], ...] = ()
@@ -449,8 +453,7 @@ def _parse_step(spec) -> Step:
   name, colon, args = text.partition(':')
   name = name.strip()
   if name not in _KEYS:
-    fail(f'unknown step {name!r}; known: {", ".join(_KEYS)} (e.g. area, kspace:window=hamming, '
-         'blur:1.0, noise:snr=30)')
+    fail(f'unknown step {name!r}; known: {", ".join(_KEYS)} (e.g. area, kspace:window=hamming, blur:1.0, noise:snr=30)')
   keys = _KEYS[name]
   raw: dict[str, str] = {}
   if colon:
@@ -476,8 +479,7 @@ def _parse_step(spec) -> Step:
     except ValueError:
       value = math.nan
     if not math.isfinite(value) or (positive and value <= 0):
-      fail(f'{problem or key + " must be a " + ("positive " if positive else "") + "number"}, '
-           f'got {raw[key]!r}')
+      fail(f'{problem or key + " must be a " + ("positive " if positive else "") + "number"}, got {raw[key]!r}')
     return value
 
   def choice(key: str, options, default: str) -> str:
@@ -525,13 +527,17 @@ def _parse_chain(steps: tuple) -> tuple[Step, ...]:
   for spec, step in zip(steps, chain):
     for axis in step.axes:
       if axis in reduced_by:
-        raise ValueError(f'data.degradation: {str(spec)!r}: reduces axis {axis} ({"HW"[axis]}), which '
-                         f'{str(reduced_by[axis])!r} already reduced; each reduced axis takes exactly one '
-                         'downsampling step')
+        raise ValueError(
+          f'data.degradation: {str(spec)!r}: reduces axis {axis} ({"HW"[axis]}), which '
+          f'{str(reduced_by[axis])!r} already reduced; each reduced axis takes exactly one '
+          'downsampling step'
+        )
       reduced_by[axis] = spec
   if not reduced_by:
-    raise ValueError(f'data.degradation: {tuple(str(s) for s in steps)!r}: no downsampling step; needs '
-                     f'exactly one downsampling step ({", ".join(_REDUCING)}) for each reduced axis')
+    raise ValueError(
+      f'data.degradation: {tuple(str(s) for s in steps)!r}: no downsampling step; needs '
+      f'exactly one downsampling step ({", ".join(_REDUCING)}) for each reduced axis'
+    )
   return chain
 
 
@@ -609,8 +615,7 @@ def make_lr(hr, scale: int, steps=('area',), rng: np.random.Generator | None = N
   chain = parse_degradation(steps)
   x = _check_image(hr, 'make_lr')
   if rng is None and any(step.name == 'noise' for step in chain):
-    raise ValueError(f'make_lr: the noise step of {_specs(steps)!r} needs '
-                     'rng, a numpy.random.Generator')
+    raise ValueError(f'make_lr: the noise step of {_specs(steps)!r} needs rng, a numpy.random.Generator')
   if not np.issubdtype(x.dtype, np.floating):
     x = x.astype(np.float32)
   for step in chain:

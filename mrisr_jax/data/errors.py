@@ -1,4 +1,5 @@
 """The one exception type the data layer raises for bad inputs."""
+
 from __future__ import annotations
 
 from mrisr_jax.errors import UserError

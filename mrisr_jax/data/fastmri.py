@@ -32,6 +32,7 @@ without one), padding_left/padding_right (fastMRI's, from the encoding limits; N
 crop_size (the (H, W) crop applied to a k-space target, or None) and num_coils (None for
 single-coil k-space and stored reconstructions).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,19 @@ import numpy as np
 from mrisr_jax.data.errors import DataError, one_line
 from mrisr_jax.data.slice_source import SliceSource, VolumeExcluded, VolumeInfo
 
-__all__ = ['FastMRISliceSource', 'VolumeInfo', 'TARGET_KEYS', 'VALID_TARGET_KEYS', 'SCANS',
-           'ifft2c', 'fft2c', 'rss_from_kspace', 'parse_ismrmrd_header', 'list_files',
-           'list_volume_files']
+__all__ = [
+  'FastMRISliceSource',
+  'VolumeInfo',
+  'TARGET_KEYS',
+  'VALID_TARGET_KEYS',
+  'SCANS',
+  'ifft2c',
+  'fft2c',
+  'rss_from_kspace',
+  'parse_ismrmrd_header',
+  'list_files',
+  'list_volume_files',
+]
 
 TARGET_KEYS = ('reconstruction_rss', 'reconstruction_esc')
 KSPACE_KEY = 'kspace'
@@ -57,8 +68,8 @@ VALID_TARGET_KEYS = ('auto',) + TARGET_KEYS + (KSPACE_KEY,)
 SCANS = ('full', 'header')
 SUFFIXES = ('.h5', '.hdf5')
 ISMRMRD_NAMESPACE = 'http://www.ismrm.org/ISMRMRD'
-_SCAN_CHUNK_BYTES = 64 << 20   # read this much per step while validating a volume
-_MAX_ATTR_ITEMS = 4096         # longer array attributes are summarised, not copied into metadata
+_SCAN_CHUNK_BYTES = 64 << 20  # read this much per step while validating a volume
+_MAX_ATTR_ITEMS = 4096  # longer array attributes are summarised, not copied into metadata
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,15 +78,13 @@ _MAX_ATTR_ITEMS = 4096         # longer array attributes are summarised, not cop
 def ifft2c(kspace: np.ndarray) -> np.ndarray:
   """Centred orthonormal inverse 2-D FFT over the last two axes (fastMRI's ifft2c)."""
   axes = (-2, -1)
-  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=axes), axes=axes, norm='ortho'),
-                         axes=axes)
+  return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=axes), axes=axes, norm='ortho'), axes=axes)
 
 
 def fft2c(image: np.ndarray) -> np.ndarray:
   """Centred orthonormal forward 2-D FFT over the last two axes (fastMRI's fft2c)."""
   axes = (-2, -1)
-  return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=axes), axes=axes, norm='ortho'),
-                         axes=axes)
+  return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=axes), axes=axes, norm='ortho'), axes=axes)
 
 
 def _crop_index(n: int, c: int) -> np.ndarray:
@@ -99,7 +108,7 @@ def _magnitude(kspace: np.ndarray, crop: tuple[int, int], coils: bool) -> np.nda
   h, w = kspace.shape[-2:]
   ch, cw = crop
   rows, cols = _crop_index(h, ch), _crop_index(w, cw)
-  if ch * w <= cw * h:   # ch / h <= cw / w: rows are cropped more
+  if ch * w <= cw * h:  # ch / h <= cw / w: rows are cropped more
     x = np.fft.ifft(kspace, axis=-2, norm='ortho').take(rows, axis=-2)
     x = np.fft.ifft(x, axis=-1, norm='ortho', out=x)
     rest, rest_axis = cols, -1
@@ -109,7 +118,7 @@ def _magnitude(kspace: np.ndarray, crop: tuple[int, int], coils: bool) -> np.nda
     rest, rest_axis = rows, -2
   # re^2 + im^2 summed over coils: square the interleaved real view in place, reduce the (fast,
   # contiguous) coil axis, then add the real and imaginary planes. No sqrt-then-square via abs.
-  parts = x.view(x.real.dtype)                     # (..., h', 2 * w')
+  parts = x.view(x.real.dtype)  # (..., h', 2 * w')
   np.square(parts, out=parts)
   if coils:
     parts = parts.sum(axis=-3)
@@ -118,8 +127,7 @@ def _magnitude(kspace: np.ndarray, crop: tuple[int, int], coils: bool) -> np.nda
   return power.take(rest, axis=rest_axis)
 
 
-def _target_from_kspace(kspace: np.ndarray, crop: tuple[int, int] | None,
-                        coils: bool) -> np.ndarray:
+def _target_from_kspace(kspace: np.ndarray, crop: tuple[int, int] | None, coils: bool) -> np.ndarray:
   """float32 cropped RSS; single precision for complex64 k-space, double otherwise."""
   kspace = np.asarray(kspace)
   crop = tuple(kspace.shape[-2:]) if crop is None else crop
@@ -147,8 +155,7 @@ def rss_from_kspace(kspace: np.ndarray, crop_size: tuple[int, int] | None = None
   """
   kspace = np.asarray(kspace)
   if kspace.ndim not in (3, 4) or kspace.dtype.kind not in 'cfiu':
-    raise ValueError('rss_from_kspace: expected complex (S, H, W) or (S, C, H, W), got '
-                     f'{kspace.dtype} {kspace.shape}')
+    raise ValueError(f'rss_from_kspace: expected complex (S, H, W) or (S, C, H, W), got {kspace.dtype} {kspace.shape}')
   return _target_from_kspace(kspace, _fit_crop(kspace.shape[-2:], crop_size), kspace.ndim == 4)
 
 
@@ -217,8 +224,12 @@ def parse_ismrmrd_header(xml, path='<ismrmrd_header>') -> dict:
   if center is not None and maximum is not None:
     padding_left = enc_size[1] // 2 - center
     padding_right = padding_left + maximum + 1
-  return {'encoding_size': enc_size, 'recon_size': recon_size, 'padding_left': padding_left,
-          'padding_right': padding_right}
+  return {
+    'encoding_size': enc_size,
+    'recon_size': recon_size,
+    'padding_left': padding_left,
+    'padding_right': padding_right,
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,8 +246,7 @@ def list_files(directory) -> list[pathlib.Path]:
     raise DataError(f'{directory}: no .h5 files in {directory} (the directory does not exist)')
   files = sorted(p for p in directory.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
   if not files:
-    raise DataError(f'{directory}: no .h5 files in {directory} '
-                    '(the directory is empty of .h5/.hdf5)')
+    raise DataError(f'{directory}: no .h5 files in {directory} (the directory is empty of .h5/.hdf5)')
   return files
 
 
@@ -276,25 +286,24 @@ def _choose_target(f: h5py.File, path: pathlib.Path, target_key: str) -> str:
     for key in TARGET_KEYS + (KSPACE_KEY,):
       if key in f:
         return key
-    raise DataError(f'{path}: none of the keys {list(TARGET_KEYS + (KSPACE_KEY,))} found '
-                    f'(the file has keys {keys})')
+    raise DataError(f'{path}: none of the keys {list(TARGET_KEYS + (KSPACE_KEY,))} found (the file has keys {keys})')
   if target_key not in f:
-    raise DataError(f'{path}: key {target_key!r} (data.target_key) not found '
-                    f'(the file has keys {keys})')
+    raise DataError(f'{path}: key {target_key!r} (data.target_key) not found (the file has keys {keys})')
   return target_key
 
 
 def _check_layout(path: pathlib.Path, key: str, shape: tuple, dtype: np.dtype) -> None:
   if key == KSPACE_KEY:
     if len(shape) not in (3, 4):
-      raise DataError(f'{path}: key {key!r} has shape {shape} (rank {len(shape)}); expected '
-                      '(slices, H, W) single-coil or (slices, coils, H, W) multi-coil')
+      raise DataError(
+        f'{path}: key {key!r} has shape {shape} (rank {len(shape)}); expected '
+        '(slices, H, W) single-coil or (slices, coils, H, W) multi-coil'
+      )
     if dtype.kind != 'c':
       raise DataError(f'{path}: key {key!r} has dtype {dtype}; expected complex k-space')
   else:
     if len(shape) != 3:
-      raise DataError(f'{path}: key {key!r} has shape {shape} (rank {len(shape)}); '
-                      'expected (slices, H, W)')
+      raise DataError(f'{path}: key {key!r} has shape {shape} (rank {len(shape)}); expected (slices, H, W)')
     if dtype.kind not in 'fiu':
       raise DataError(f'{path}: key {key!r} has dtype {dtype}; expected real magnitudes')
   if min(shape) < 1:
@@ -326,27 +335,42 @@ class FastMRISliceSource(SliceSource):
 
   format_name = 'fastmri'
 
-  def __init__(self, files: Iterable, target_key: str = 'auto', skip_bad_files: bool = False,
-               acquisitions: Iterable[str] = (), scan: str = 'full',
-               crop_to_recon_size: bool = True, min_shape: tuple | None = None):
+  def __init__(
+    self,
+    files: Iterable,
+    target_key: str = 'auto',
+    skip_bad_files: bool = False,
+    acquisitions: Iterable[str] = (),
+    scan: str = 'full',
+    crop_to_recon_size: bool = True,
+    min_shape: tuple | None = None,
+  ):
     if target_key not in VALID_TARGET_KEYS:
       raise DataError(f'data.target_key: {target_key!r} is not one of {list(VALID_TARGET_KEYS)}')
     if scan not in SCANS:
       raise DataError(f'data.scan: {scan!r} is not one of {list(SCANS)}')
-    if isinstance(acquisitions, (str, bytes)):   # one name, not its characters
+    if isinstance(acquisitions, (str, bytes)):  # one name, not its characters
       acquisitions = (acquisitions,)
     self.target_key = target_key
     self.acquisitions = tuple(str(a) for a in acquisitions)
     self.scan = scan
     self.crop_to_recon_size = bool(crop_to_recon_size)
-    self._handles: dict[int, h5py.File] = {}   # per process: volume number -> open file
+    self._handles: dict[int, h5py.File] = {}  # per process: volume number -> open file
     super().__init__(files, skip_bad_files=skip_bad_files, min_shape=min_shape)
-    small = [v for v in self.volumes if v.metadata['crop_size'] is not None
-             and tuple(v.metadata['crop_size']) != tuple(v.metadata['recon_size'])]
+    small = [
+      v
+      for v in self.volumes
+      if v.metadata['crop_size'] is not None and tuple(v.metadata['crop_size']) != tuple(v.metadata['recon_size'])
+    ]
     if small:
-      logging.info('%d k-space volume(s) are smaller than their header recon size along a '
-                   'dimension, which is kept whole (first: %s: image %s, recon %s)', len(small),
-                   small[0].path, small[0].shape, small[0].metadata['recon_size'])
+      logging.info(
+        '%d k-space volume(s) are smaller than their header recon size along a '
+        'dimension, which is kept whole (first: %s: image %s, recon %s)',
+        len(small),
+        small[0].path,
+        small[0].shape,
+        small[0].metadata['recon_size'],
+      )
 
   # --- SliceSource --------------------------------------------------------------------------
   def inspect(self, path: pathlib.Path) -> VolumeInfo:
@@ -365,8 +389,7 @@ class FastMRISliceSource(SliceSource):
         raise DataError(f'{path}: cannot read the file attributes ({one_line(err)})') from err
       acquisition = attrs.get('acquisition')
       if self.acquisitions and acquisition not in self.acquisitions:
-        why = ('has no acquisition attribute' if acquisition is None else
-               f'acquisition {acquisition!r}')
+        why = 'has no acquisition attribute' if acquisition is None else f'acquisition {acquisition!r}'
         raise VolumeExcluded(f'{why}, not one of data.acquisitions {list(self.acquisitions)}')
       key = _choose_target(f, path, self.target_key)
       ds = _dataset(f, path, key)
@@ -375,8 +398,7 @@ class FastMRISliceSource(SliceSource):
       except Exception as err:
         raise DataError(f'{path}: cannot read key {key!r} ({one_line(err)})') from err
       _check_layout(path, key, shape, dtype)
-      header = {'encoding_size': None, 'recon_size': None, 'padding_left': None,
-                'padding_right': None}
+      header = {'encoding_size': None, 'recon_size': None, 'padding_left': None, 'padding_right': None}
       if HEADER_KEY in f:
         try:
           raw_header = _dataset(f, path, HEADER_KEY)[()]
@@ -396,24 +418,25 @@ class FastMRISliceSource(SliceSource):
       else:
         vmax = _attr_max(attrs)
         if vmax is None or not math.isfinite(vmax) or vmax <= 0:
-          raise DataError(f"{path}: data.scan=header needs a positive finite attrs['max'] (the "
-                          f'file has {attrs.get("max")!r}); use data.scan=full to compute the '
-                          'maximum from the data')
+          raise DataError(
+            f"{path}: data.scan=header needs a positive finite attrs['max'] (the "
+            f'file has {attrs.get("max")!r}); use data.scan=full to compute the '
+            'maximum from the data'
+          )
         max_source = 'attrs'
     metadata = {
-        'max': vmax,
-        'max_source': max_source,
-        'target': key,
-        'attrs': attrs,
-        'attrs_max': _attr_max(attrs),
-        'acquisition': None if acquisition is None else str(acquisition),
-        'patient_id': None if attrs.get('patient_id') is None else str(attrs['patient_id']),
-        **header,
-        'crop_size': crop,
-        'num_coils': shape[1] if (key == KSPACE_KEY and len(shape) == 4) else None,
+      'max': vmax,
+      'max_source': max_source,
+      'target': key,
+      'attrs': attrs,
+      'attrs_max': _attr_max(attrs),
+      'acquisition': None if acquisition is None else str(acquisition),
+      'patient_id': None if attrs.get('patient_id') is None else str(attrs['patient_id']),
+      **header,
+      'crop_size': crop,
+      'num_coils': shape[1] if (key == KSPACE_KEY and len(shape) == 4) else None,
     }
-    return VolumeInfo(path=path, name=path.stem, num_slices=shape[0], shape=tuple(out_shape),
-                      metadata=metadata)
+    return VolumeInfo(path=path, name=path.stem, num_slices=shape[0], shape=tuple(out_shape), metadata=metadata)
 
   def read_slice(self, v: int, s: int) -> np.ndarray:
     vol = self.volumes[v]
@@ -439,14 +462,17 @@ class FastMRISliceSource(SliceSource):
     return ('_handles',)
 
   def __repr__(self) -> str:
-    return (f'FastMRISliceSource({len(self.volumes)} volumes, {len(self)} slices, '
-            f'target_key={self.target_key!r}, scan={self.scan!r}, skipped={len(self.skipped)}, '
-            f'excluded={len(self.excluded)})')
+    return (
+      f'FastMRISliceSource({len(self.volumes)} volumes, {len(self)} slices, '
+      f'target_key={self.target_key!r}, scan={self.scan!r}, skipped={len(self.skipped)}, '
+      f'excluded={len(self.excluded)})'
+    )
 
   # --- helpers ------------------------------------------------------------------------------
   @staticmethod
-  def _scan_max(path: pathlib.Path, ds: h5py.Dataset, key: str, shape: tuple, dtype: np.dtype,
-                crop: tuple[int, int] | None) -> float:
+  def _scan_max(
+    path: pathlib.Path, ds: h5py.Dataset, key: str, shape: tuple, dtype: np.dtype, crop: tuple[int, int] | None
+  ) -> float:
     """Reads the whole target: finiteness, sign and its maximum (of the cropped RSS for k-space)."""
     num_slices = shape[0]
     per_slice_bytes = max(1, math.prod(shape[1:]) * dtype.itemsize)
@@ -454,13 +480,14 @@ class FastMRISliceSource(SliceSource):
     vmax, vmin = -np.inf, np.inf
     for start in range(0, num_slices, step):
       try:
-        raw = ds[start:start + step]
+        raw = ds[start : start + step]
       except Exception as err:
-        raise DataError(f'{path}: cannot read key {key!r} slices {start}..'
-                        f'{min(start + step, num_slices) - 1} ({one_line(err)})') from err
+        raise DataError(
+          f'{path}: cannot read key {key!r} slices {start}..{min(start + step, num_slices) - 1} ({one_line(err)})'
+        ) from err
       # Non-finite k-space makes its whole coil image non-finite, so the (smaller) target is
       # checked first and the raw data only looked at to name the slice.
-      if key == KSPACE_KEY:   # slice by slice: smaller FFT temporaries run faster
+      if key == KSPACE_KEY:  # slice by slice: smaller FFT temporaries run faster
         target = np.stack([_target_from_kspace(r, crop, raw.ndim == 4) for r in raw])
       else:
         target = raw
@@ -473,17 +500,15 @@ class FastMRISliceSource(SliceSource):
       vmax = max(vmax, float(np.max(target)))
       vmin = min(vmin, float(np.min(target)))
     if vmin < 0:
-      raise DataError(f'{path}: key {key!r} has negative values (min {vmin:g}); '
-                      'expected magnitudes')
+      raise DataError(f'{path}: key {key!r} has negative values (min {vmin:g}); expected magnitudes')
     if not vmax > 0:
-      raise DataError(f'{path}: key {key!r} has maximum {vmax:g}; '
-                      'expected > 0 (an all-zero volume)')
+      raise DataError(f'{path}: key {key!r} has maximum {vmax:g}; expected > 0 (an all-zero volume)')
     return vmax
 
   def _read(self, v: int, s: int) -> np.ndarray:
     vol = self.volumes[v]
     key = vol.metadata['target']
-    with self._lock:   # h5py serialises reads anyway; the FFT runs outside the lock
+    with self._lock:  # h5py serialises reads anyway; the FFT runs outside the lock
       f = self._handles.get(v)
       if f is None:
         try:

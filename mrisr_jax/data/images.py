@@ -15,6 +15,7 @@ Reading (`read_image` / `read_grey`) always yields float32 (H, W) in [0, 1]:
   'F' (32-bit float)                         -> as stored; must already lie in [0, 1]
 A 16-bit colour PNG reaches PIL as 8-bit RGB, so it is read at 8 bits.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def list_image_files(directory) -> list[pathlib.Path]:
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     raise DataError(f'{directory}: no such image directory')
-  files = sorted(p for p in directory.iterdir()
-                 if p.suffix.lower() in SUFFIXES and not p.name.startswith('.') and p.is_file())
+  files = sorted(
+    p for p in directory.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith('.') and p.is_file()
+  )
   if not files:
     raise DataError(f'{directory}: no images in the directory (looked for {" ".join(SUFFIXES)})')
   return files
@@ -59,8 +61,10 @@ def list_files(split_dir) -> list[pathlib.Path]:
   """
   hr_dir = pathlib.Path(split_dir) / HR_DIRNAME
   if not hr_dir.is_dir():
-    raise DataError(f'{hr_dir}: no HR image directory (an image-folder split holds '
-                    f'{HR_DIRNAME}/<name>.png and optionally {LR_DIRNAME}/x<s>/<name>x<s>.png)')
+    raise DataError(
+      f'{hr_dir}: no HR image directory (an image-folder split holds '
+      f'{HR_DIRNAME}/<name>.png and optionally {LR_DIRNAME}/x<s>/<name>x<s>.png)'
+    )
   return list_image_files(hr_dir)
 
 
@@ -85,9 +89,8 @@ def read_image(path) -> tuple[np.ndarray, dict]:
     with Image.open(path) as im:
       frames = getattr(im, 'n_frames', 1)
       if frames > 1:
-        raise DataError(f'{path}: holds {frames} frames; an image folder needs one 2-D image per '
-                        'file')
-      im.load()    # decode now: truncated or corrupt data fails here, not at training time
+        raise DataError(f'{path}: holds {frames} frames; an image folder needs one 2-D image per file')
+      im.load()  # decode now: truncated or corrupt data fails here, not at training time
       mode = im.mode
       info = {'mode': mode, 'size': tuple(im.size), 'colour': False}
       if mode in _MODES_16BIT:
@@ -97,8 +100,9 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         raw = np.asarray(im)
         lo, hi = int(raw.min()), int(raw.max())
         if lo < 0 or hi > 65535:
-          raise DataError(f'{path}: 32-bit integer image with values in [{lo}, {hi}]; only '
-                          '[0, 65535] (16-bit data) is supported')
+          raise DataError(
+            f'{path}: 32-bit integer image with values in [{lo}, {hi}]; only [0, 65535] (16-bit data) is supported'
+          )
         x = raw.astype(np.float64) / 65535.0
         info['bit_depth'] = 16
       elif mode == 'F':
@@ -107,19 +111,19 @@ def read_image(path) -> tuple[np.ndarray, dict]:
           raise DataError(f'{path}: float image has non-finite values')
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
-          raise DataError(f'{path}: float image has values in [{lo:.4g}, {hi:.4g}]; float images '
-                          'must already be normalised to [0, 1]')
+          raise DataError(
+            f'{path}: float image has values in [{lo:.4g}, {hi:.4g}]; float images must already be normalised to [0, 1]'
+          )
         info['bit_depth'] = 32
       else:
         if mode not in _GREY_MODES:
           rgb = np.asarray(im.convert('RGB'))
-          info['colour'] = bool(np.any(rgb[..., 0] != rgb[..., 1])
-                                or np.any(rgb[..., 1] != rgb[..., 2]))
+          info['colour'] = bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]))
         x = np.asarray(im.convert('L')).astype(np.float64) / 255.0
         info['bit_depth'] = 1 if mode == '1' else 8
   except DataError:
     raise
-  except Exception as err:   # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
+  except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
     raise DataError(f'{path}: cannot read the image ({one_line(err)})') from None
   if x.ndim != 2 or x.size == 0:
     raise DataError(f'{path}: mode {mode} gives an array of shape {x.shape}, not a 2-D image')
@@ -185,8 +189,16 @@ class ImageFolderSource(SliceSource):
 
   format_name = 'images'
 
-  def __init__(self, split_dir, *, scale: int | None = None, lr_from_files: str | bool = 'auto',
-               skip_bad_files: bool = False, files=None, min_shape: tuple | None = None):
+  def __init__(
+    self,
+    split_dir,
+    *,
+    scale: int | None = None,
+    lr_from_files: str | bool = 'auto',
+    skip_bad_files: bool = False,
+    files=None,
+    min_shape: tuple | None = None,
+  ):
     """`files`: the HR images to use (default: all of split_dir/HR), e.g. after a split by volume."""
     self.split_dir = pathlib.Path(split_dir)
     if scale is not None:
@@ -196,8 +208,7 @@ class ImageFolderSource(SliceSource):
     self.scale = scale
     if isinstance(lr_from_files, str):
       if lr_from_files != 'auto':
-        raise ValueError(f"ImageFolderSource: lr_from_files must be True, False or 'auto', "
-                         f'got {lr_from_files!r}')
+        raise ValueError(f"ImageFolderSource: lr_from_files must be True, False or 'auto', got {lr_from_files!r}")
     else:
       lr_from_files = bool(lr_from_files)
     self.lr_dir: pathlib.Path | None = None
@@ -208,15 +219,19 @@ class ImageFolderSource(SliceSource):
       if lr_dir.is_dir():
         self.lr_dir = lr_dir
       elif lr_from_files is True:
-        raise DataError(f'{lr_dir}: no paired LR directory for scale {scale} (lr_from_files=True); '
-                        'write it with tools/downsample.py or set lr_from_files to auto/False')
+        raise DataError(
+          f'{lr_dir}: no paired LR directory for scale {scale} (lr_from_files=True); '
+          'write it with tools/downsample.py or set lr_from_files to auto/False'
+        )
       elif (self.split_dir / LR_DIRNAME).is_dir():
         # Likely a mistake worth seeing: LR files exist, but not for this scale.
-        logging.warning('%s: no x%d folder; making the LR images by the degradation pipeline',
-                        self.split_dir / LR_DIRNAME, scale)
+        logging.warning(
+          '%s: no x%d folder; making the LR images by the degradation pipeline', self.split_dir / LR_DIRNAME, scale
+        )
     self.has_lr = self.lr_dir is not None
-    super().__init__(list_files(self.split_dir) if files is None else files,
-                     skip_bad_files=skip_bad_files, min_shape=min_shape)
+    super().__init__(
+      list_files(self.split_dir) if files is None else files, skip_bad_files=skip_bad_files, min_shape=min_shape
+    )
     self.lr_keepdims: bool | None = None
     if self.has_lr:
       self.lr_keepdims = self._common_keepdims()
@@ -244,11 +259,18 @@ class ImageFolderSource(SliceSource):
     elif h % s == 0 and w % s == 0 and lr.shape == (h // s, w // s):
       keepdims = False
     else:
-      raise DataError(f'{path}: mismatched HR/LR pair at scale {s}: HR {path} is {h}x{w}, LR '
-                      f'{lr_path} is {lr.shape[0]}x{lr.shape[1]}; the LR must be (H/{s})x(W/{s}) '
-                      f'with HR sides divisible by {s}, or HR-sized (downsample.py -k)')
-    return {'lr_path': lr_path, 'lr_keepdims': keepdims, 'lr_shape': lr.shape,
-            'lr_mode': info['mode'], 'lr_bit_depth': info['bit_depth']}
+      raise DataError(
+        f'{path}: mismatched HR/LR pair at scale {s}: HR {path} is {h}x{w}, LR '
+        f'{lr_path} is {lr.shape[0]}x{lr.shape[1]}; the LR must be (H/{s})x(W/{s}) '
+        f'with HR sides divisible by {s}, or HR-sized (downsample.py -k)'
+      )
+    return {
+      'lr_path': lr_path,
+      'lr_keepdims': keepdims,
+      'lr_shape': lr.shape,
+      'lr_mode': info['mode'],
+      'lr_bit_depth': info['bit_depth'],
+    }
 
   def _common_keepdims(self) -> bool:
     """All pairs must be one kind: a model takes either (H/s, W/s) or HR-sized inputs."""
@@ -256,9 +278,11 @@ class ImageFolderSource(SliceSource):
     for vol in self.volumes:
       first.setdefault(vol.metadata['lr_keepdims'], vol.metadata['lr_path'])
     if len(first) > 1:
-      raise DataError(f'{self.lr_dir}: mixes HR-sized LR images (downsample.py -k; first: '
-                      f'{first[True]}) with 1/{self.scale}-sized ones (first: {first[False]}); '
-                      'rewrite the folder with one setting')
+      raise DataError(
+        f'{self.lr_dir}: mixes HR-sized LR images (downsample.py -k; first: '
+        f'{first[True]}) with 1/{self.scale}-sized ones (first: {first[False]}); '
+        'rewrite the folder with one setting'
+      )
     return next(iter(first))
 
   def read_slice(self, v: int, s: int) -> np.ndarray:
@@ -270,10 +294,12 @@ class ImageFolderSource(SliceSource):
     meta = self.volumes[v].metadata
     lr = read_grey(meta['lr_path'])
     if lr.shape != tuple(meta['lr_shape']):
-      raise DataError(f'{meta["lr_path"]}: LR image is now {lr.shape}, was {meta["lr_shape"]} when '
-                      'the source was built (the file changed)')
+      raise DataError(
+        f'{meta["lr_path"]}: LR image is now {lr.shape}, was {meta["lr_shape"]} when '
+        'the source was built (the file changed)'
+      )
     return lr
 
   def __repr__(self) -> str:
     lr = f', lr={self.lr_dir}' + (' (HR-sized)' if self.lr_keepdims else '') if self.has_lr else ''
-    return (f'{type(self).__name__}({len(self.volumes)} images{lr}, skipped={len(self.skipped)})')
+    return f'{type(self).__name__}({len(self.volumes)} images{lr}, skipped={len(self.skipped)})'

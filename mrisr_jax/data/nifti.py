@@ -16,6 +16,7 @@ Reading: `.nii` files are memory-mapped and one slice reads only that slice's by
 no random access, so whole decompressed, normalised volumes are kept in a small per-process LRU
 cache (decompress to .nii when there are many volumes and reads are shuffled).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -51,7 +52,7 @@ def _is_gz(path: pathlib.Path) -> bool:
 def volume_name(path: pathlib.Path) -> str:
   """The file name without .nii / .nii.gz."""
   suffix = _suffix(path)
-  return path.name[:-len(suffix)] if suffix else path.stem
+  return path.name[: -len(suffix)] if suffix else path.stem
 
 
 def list_files(directory) -> list[pathlib.Path]:
@@ -62,8 +63,7 @@ def list_files(directory) -> list[pathlib.Path]:
   """
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise DataError(f'{directory}: no .nii/.nii.gz files in {directory} (the directory does not '
-                    'exist)')
+    raise DataError(f'{directory}: no .nii/.nii.gz files in {directory} (the directory does not exist)')
   files = sorted(p for p in directory.iterdir() if _suffix(p) and p.is_file())
   if not files:
     raise DataError(f'{directory}: no .nii/.nii.gz files in {directory}')
@@ -96,8 +96,9 @@ def _stored_layout(img, path: pathlib.Path) -> tuple[tuple, np.ndarray]:
   """(3-D stored shape, RAS orientation) of an image; DataError for non-3-D or bad affines."""
   shape = tuple(int(n) for n in img.shape)
   if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-    raise DataError(f'{path}: has shape {shape}; expected a 3-D volume (X, Y, Z) '
-                    '(4-D time series and 2-D images are not supported)')
+    raise DataError(
+      f'{path}: has shape {shape}; expected a 3-D volume (X, Y, Z) (4-D time series and 2-D images are not supported)'
+    )
   if min(shape[:3]) < 1:
     raise DataError(f'{path}: has an empty shape {shape}')
   dtype = img.get_data_dtype()
@@ -105,8 +106,10 @@ def _stored_layout(img, path: pathlib.Path) -> tuple[tuple, np.ndarray]:
     raise DataError(f'{path}: has data type {dtype}; expected real magnitudes')
   ornt = orientations.io_orientation(img.affine)
   if np.isnan(ornt).any():
-    raise DataError(f'{path}: has a degenerate affine (an axis with no direction); cannot '
-                    f'reorient to RAS: {np.round(img.affine, 4).tolist()}')
+    raise DataError(
+      f'{path}: has a degenerate affine (an axis with no direction); cannot '
+      f'reorient to RAS: {np.round(img.affine, 4).tolist()}'
+    )
   return shape[:3], ornt
 
 
@@ -139,20 +142,25 @@ class NiftiSliceSource(SliceSource):
 
   format_name = 'nifti'
 
-  def __init__(self, files: Iterable, *, slice_axis: int = 2,
-               percentiles: Sequence[float] = (0.0, 99.5), min_foreground: float = 0.01,
-               skip_bad_files: bool = False, cache_volumes: int = 4, min_shape: tuple | None = None):
+  def __init__(
+    self,
+    files: Iterable,
+    *,
+    slice_axis: int = 2,
+    percentiles: Sequence[float] = (0.0, 99.5),
+    min_foreground: float = 0.01,
+    skip_bad_files: bool = False,
+    cache_volumes: int = 4,
+    min_shape: tuple | None = None,
+  ):
     if slice_axis not in (0, 1, 2):
-      raise DataError(f'NiftiSliceSource: slice_axis {slice_axis!r} must be 0 (sagittal), '
-                      '1 (coronal) or 2 (axial)')
+      raise DataError(f'NiftiSliceSource: slice_axis {slice_axis!r} must be 0 (sagittal), 1 (coronal) or 2 (axial)')
     try:
       p_lo, p_hi = (float(p) for p in percentiles)
     except (TypeError, ValueError) as err:
-      raise DataError(f'NiftiSliceSource: percentiles {percentiles!r} must be two numbers '
-                      f'({one_line(err)})') from err
+      raise DataError(f'NiftiSliceSource: percentiles {percentiles!r} must be two numbers ({one_line(err)})') from err
     if not 0.0 <= p_lo < p_hi <= 100.0:
-      raise DataError(f'NiftiSliceSource: percentiles {percentiles!r} must satisfy '
-                      '0 <= low < high <= 100')
+      raise DataError(f'NiftiSliceSource: percentiles {percentiles!r} must satisfy 0 <= low < high <= 100')
     if not 0.0 <= float(min_foreground) <= 1.0:
       raise DataError(f'NiftiSliceSource: min_foreground {min_foreground!r} must be in [0, 1]')
     if int(cache_volumes) < 0:
@@ -162,16 +170,20 @@ class NiftiSliceSource(SliceSource):
     self.min_foreground = float(min_foreground)
     self.cache_volumes = int(cache_volumes)
     # Per-process state (emptied when pickled and after fork, see _handle_attrs):
-    self._images: dict = {}     # v -> (nibabel image, RAS orientation) of .nii files
-    self._cache: dict = {}      # v -> read-only normalised RAS volume (.nii.gz), in LRU order
-    self._loading: dict = {}    # v -> lock held while one thread decompresses volume v
+    self._images: dict = {}  # v -> (nibabel image, RAS orientation) of .nii files
+    self._cache: dict = {}  # v -> read-only normalised RAS volume (.nii.gz), in LRU order
+    self._loading: dict = {}  # v -> lock held while one thread decompresses volume v
     super().__init__(files, skip_bad_files=skip_bad_files, min_shape=min_shape)
     num_gz = sum(_is_gz(vol.path) for vol in self.volumes)
     if num_gz > self.cache_volumes:
-      logging.warning('%d of %d NIfTI volumes are .nii.gz but cache_volumes=%d: gzip has no random '
-                      'access, so shuffled reads decompress whole volumes again and again. '
-                      'Decompress them to .nii (e.g. `gunzip -k *.nii.gz`) for fast reads.',
-                      num_gz, len(self.volumes), self.cache_volumes)
+      logging.warning(
+        '%d of %d NIfTI volumes are .nii.gz but cache_volumes=%d: gzip has no random '
+        'access, so shuffled reads decompress whole volumes again and again. '
+        'Decompress them to .nii (e.g. `gunzip -k *.nii.gz`) for fast reads.',
+        num_gz,
+        len(self.volumes),
+        self.cache_volumes,
+      )
 
   # --- SliceSource ----------------------------------------------------------------------------
   def inspect(self, path: pathlib.Path) -> VolumeInfo:
@@ -182,16 +194,19 @@ class NiftiSliceSource(SliceSource):
     finite = np.isfinite(data)
     if not finite.all():
       first = tuple(int(i) for i in np.unravel_index(np.argmax(~finite), data.shape))
-      raise DataError(f'{path}: has {int(data.size - finite.sum())} non-finite value(s) (NaN/inf; '
-                      f'first at stored voxel {first})')
+      raise DataError(
+        f'{path}: has {int(data.size - finite.sum())} non-finite value(s) (NaN/inf; first at stored voxel {first})'
+      )
     del finite
     vmin, vmax = float(data.min()), float(data.max())
     if vmin == vmax:
       raise DataError(f'{path}: has no signal (every voxel is {vmin:g})')
     lo, hi = (float(v) for v in np.percentile(data, self.percentiles))
     if not hi > lo:
-      raise DataError(f'{path}: has no signal between the percentiles {self.percentiles} (both '
-                      f'are {lo:g}; the volume is almost constant)')
+      raise DataError(
+        f'{path}: has no signal between the percentiles {self.percentiles} (both '
+        f'are {lo:g}; the volume is almost constant)'
+      )
     # Negative values (interpolation ringing) are fine: they clip to 0 below lo.
     ras = orientations.apply_orientation(data, ornt)
     del data
@@ -200,9 +215,11 @@ class NiftiSliceSource(SliceSource):
     fraction = np.mean(normalise(ras, lo, hi) > _FOREGROUND_LEVEL, axis=other)
     keep = [int(k) for k in np.flatnonzero(fraction >= self.min_foreground)]
     if not keep:
-      raise DataError(f'{path}: no slice has signal above {_FOREGROUND_LEVEL} in at least '
-                      f'{self.min_foreground:g} of its pixels along slice_axis {a} '
-                      f'({_AXIS_NAMES[a]}; best {float(fraction.max()):.3g}); lower min_foreground')
+      raise DataError(
+        f'{path}: no slice has signal above {_FOREGROUND_LEVEL} in at least '
+        f'{self.min_foreground:g} of its pixels along slice_axis {a} '
+        f'({_AXIS_NAMES[a]}; best {float(fraction.max()):.3g}); lower min_foreground'
+      )
     ras_shape = tuple(int(n) for n in ras.shape)
     # as_closest_canonical's affine and zooms, without loading the data a second time.
     ras_affine = img.affine @ orientations.inv_ornt_aff(ornt, stored_shape)
@@ -211,24 +228,25 @@ class NiftiSliceSource(SliceSource):
     for i in range(3):
       ras_zooms[int(ornt[i, 0])] = zooms[i]
     metadata = {
-        'voxel_size': tuple(ras_zooms),
-        'slice_voxel_size': _without(ras_zooms, a),
-        'affine': np.asarray(ras_affine, dtype=np.float64).tolist(),
-        'orientation': tuple(orientations.aff2axcodes(img.affine)),
-        'shape': ras_shape,
-        'slice_axis': a,
-        'lo': lo,
-        'hi': hi,
-        'slice_index': keep,
+      'voxel_size': tuple(ras_zooms),
+      'slice_voxel_size': _without(ras_zooms, a),
+      'affine': np.asarray(ras_affine, dtype=np.float64).tolist(),
+      'orientation': tuple(orientations.aff2axcodes(img.affine)),
+      'shape': ras_shape,
+      'slice_axis': a,
+      'lo': lo,
+      'hi': hi,
+      'slice_index': keep,
     }
-    return VolumeInfo(path=path, name=volume_name(path), num_slices=len(keep),
-                      shape=_without(ras_shape, a), metadata=metadata)
+    return VolumeInfo(
+      path=path, name=volume_name(path), num_slices=len(keep), shape=_without(ras_shape, a), metadata=metadata
+    )
 
   def read_slice(self, v: int, s: int) -> np.ndarray:
     vol = self.volumes[v]
     k = vol.metadata['slice_index'][s]
     if _is_gz(vol.path):
-      return np.take(self._cached_volume(v), k, axis=self.slice_axis)   # a copy
+      return np.take(self._cached_volume(v), k, axis=self.slice_axis)  # a copy
     return self._read_nii_slice(v, k)
 
   def close(self) -> None:
@@ -263,8 +281,10 @@ class NiftiSliceSource(SliceSource):
       for i in range(3):
         ras_shape[int(ornt[i, 0])] = stored_shape[i]
       if tuple(ras_shape) != tuple(vol.metadata['shape']):
-        raise DataError(f'{vol.path}: has RAS shape {tuple(ras_shape)} now but '
-                        f'{tuple(vol.metadata["shape"])} when inspected (the file changed)')
+        raise DataError(
+          f'{vol.path}: has RAS shape {tuple(ras_shape)} now but '
+          f'{tuple(vol.metadata["shape"])} when inspected (the file changed)'
+        )
       entry = (img, ornt)
       with self._lock:
         self._images[v] = entry
@@ -275,7 +295,7 @@ class NiftiSliceSource(SliceSource):
     vol = self.volumes[v]
     img, ornt = self._open(v)
     a = self.slice_axis
-    i = int(np.flatnonzero(ornt[:, 0] == a)[0])      # the stored axis that becomes RAS axis a
+    i = int(np.flatnonzero(ornt[:, 0] == a)[0])  # the stored axis that becomes RAS axis a
     n = int(img.shape[i])
     stored_k = n - 1 - k if ornt[i, 1] < 0 else k
     slicer = [slice(None)] * 3
@@ -291,11 +311,12 @@ class NiftiSliceSource(SliceSource):
     img = _load(vol.path)
     _, ornt = _stored_layout(img, vol.path)
     data = _read_stored(img, vol.path, (slice(None),) * 3, 'volume')
-    ras = normalise(orientations.apply_orientation(data, ornt), vol.metadata['lo'],
-                    vol.metadata['hi'])
+    ras = normalise(orientations.apply_orientation(data, ornt), vol.metadata['lo'], vol.metadata['hi'])
     if ras.shape != tuple(vol.metadata['shape']):
-      raise DataError(f'{vol.path}: has RAS shape {ras.shape} now but '
-                      f'{tuple(vol.metadata["shape"])} when inspected (the file changed)')
+      raise DataError(
+        f'{vol.path}: has RAS shape {ras.shape} now but '
+        f'{tuple(vol.metadata["shape"])} when inspected (the file changed)'
+      )
     return np.ascontiguousarray(ras)
 
   def _cached_volume(self, v: int) -> np.ndarray:
@@ -303,10 +324,10 @@ class NiftiSliceSource(SliceSource):
     with self._lock:
       arr = self._cache.pop(v, None)
       if arr is not None:
-        self._cache[v] = arr          # re-insert: dicts keep order, the end is most recent
+        self._cache[v] = arr  # re-insert: dicts keep order, the end is most recent
         return arr
       gate = self._loading.setdefault(v, threading.Lock())
-    with gate:                        # one thread decompresses; the others wait for its result
+    with gate:  # one thread decompresses; the others wait for its result
       with self._lock:
         arr = self._cache.get(v)
       if arr is not None:

@@ -3,7 +3,7 @@
 Training order: one global stream of slices, the same for any number of hosts, from which each host
 takes its share:
 
-  MapDataset.source(SliceSource)                n slices of the train split (data/splits.py) 
+  MapDataset.source(SliceSource)                n slices of the train split (data/splits.py)
     .shuffle(shuffle_seed)                      global shuffle of one epoch
     .repeat(None)                               infinite; epoch e is reshuffled with shuffle_seed + e
     .random_map(MakeTrainingPair, seed=aug_seed)  aligned crop, degradation, flips
@@ -21,6 +21,7 @@ global position `start` (samples consumed so far): a checkpoint written by P pro
 P' processes at the same place in the stream, even with another global batch size.
 `shuffle_seed` and `aug_seed` both derive from `seed` (numpy SeedSequence).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,16 @@ from mrisr_jax.data import splits
 from mrisr_jax.data.errors import DataError
 from mrisr_jax.spec import data_spec
 
+
 def check_degradation_fits(steps, scale: int, upsampled_input: bool) -> tuple[int, int]:
   """The per-axis reduction of `steps`; models that upsample both axes need (scale, scale)."""
   factors = degrade.lr_factors(steps, scale)
   if not upsampled_input and factors != (scale, scale):
-    raise DataError(f'data.degradation: {tuple(steps)} reduces (rows, columns) by {factors}, but the '
-                    f'model upsamples both by {scale}; anisotropic degradations (thick slices) need a '
-                    'model that takes the upsampled input (srcnn, drrn)')
+    raise DataError(
+      f'data.degradation: {tuple(steps)} reduces (rows, columns) by {factors}, but the '
+      f'model upsamples both by {scale}; anisotropic degradations (thick slices) need a '
+      'model that takes the upsampled input (srcnn, drrn)'
+    )
   return factors
 
 
@@ -59,6 +63,7 @@ def derive_seeds(seed: int) -> tuple[int, int]:
 def _process_index_count(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   process_index, process_count = int(process_index), int(process_count)
@@ -76,8 +81,7 @@ class HostShare(grain.MapDataset):
   exactly the 1-process global batch, for any process count.
   """
 
-  def __init__(self, parent: grain.MapDataset, *, start: int, local_batch: int, process_index: int,
-               process_count: int):
+  def __init__(self, parent: grain.MapDataset, *, start: int, local_batch: int, process_index: int, process_count: int):
     super().__init__(parent)
     self._start, self._local = int(start), int(local_batch)
     self._index, self._count = int(process_index), int(process_count)
@@ -98,15 +102,22 @@ class HostShare(grain.MapDataset):
     return f'HostShare(start={self._start}, host {self._index}/{self._count}, local batch {self._local})'
 
 
-def host_slice_order(num_slices: int, *, seed: int, start: int, count: int, local_batch: int,
-                     process_index: int = 0, process_count: int = 1) -> list[int]:
+def host_slice_order(
+  num_slices: int,
+  *,
+  seed: int,
+  start: int,
+  count: int,
+  local_batch: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> list[int]:
   """The slice indices (into the train source) of one host's first `count` elements of the stream
   resumed at global position `start`. Same index arithmetic as `make_train_dataset`."""
   shuffle_seed, _ = derive_seeds(seed)
   process_index, process_count = _process_index_count(process_index, process_count)
   ds = grain.MapDataset.range(num_slices).shuffle(seed=shuffle_seed).repeat(None)
-  ds = HostShare(ds, start=start, local_batch=local_batch, process_index=process_index,
-                 process_count=process_count)
+  ds = HostShare(ds, start=start, local_batch=local_batch, process_index=process_index, process_count=process_count)
   return [int(ds[j]) for j in range(count)]
 
 
@@ -115,7 +126,7 @@ def crop_to_multiple(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
   h, w = image.shape[-2:]
   nh, nw = h - h % factors[0], w - w % factors[1]
   top, left = (h - nh) // 2, (w - nw) // 2
-  return image[..., top:top + nh, left:left + nw]
+  return image[..., top : top + nh, left : left + nw]
 
 
 class MakeTrainingPair(grain.transforms.RandomMap):
@@ -133,8 +144,15 @@ class MakeTrainingPair(grain.transforms.RandomMap):
   randomness comes from the per-element `rng` grain derives from the seed and the element position.
   """
 
-  def __init__(self, patch: tuple[int, int], scale: int, flips: bool, degradation=('area',),
-               upsampled_input: bool = False, transposes: bool = False):
+  def __init__(
+    self,
+    patch: tuple[int, int],
+    scale: int,
+    flips: bool,
+    degradation=('area',),
+    upsampled_input: bool = False,
+    transposes: bool = False,
+  ):
     self.patch = (int(patch[0]), int(patch[1]))
     self.scale = int(scale)
     self.flips = bool(flips)
@@ -145,15 +163,19 @@ class MakeTrainingPair(grain.transforms.RandomMap):
     self.whole_slice = degrade.is_global(self.degradation)
     self.upsampled_input = bool(upsampled_input)
     if self.transposes and (self.patch[0] != self.patch[1] or self.factors[0] != self.factors[1]):
-      raise DataError(f'data.transposes: needs a square patch and an isotropic degradation (patch '
-                      f'{self.patch}, reduction {self.factors})')
+      raise DataError(
+        f'data.transposes: needs a square patch and an isotropic degradation (patch '
+        f'{self.patch}, reduction {self.factors})'
+      )
 
   def _crop_origin(self, shape, grid, rng, element) -> tuple[int, int]:
     ph, pw = self.patch
     h, w = shape
     if h < ph or w < pw:
-      raise DataError(f"{element.get('volume', '?')} slice {element.get('slice', '?')}: slice shape "
-                      f'{(h, w)} is smaller than the HR crop {ph}x{pw} (data.hr_patch_size)')
+      raise DataError(
+        f'{element.get("volume", "?")} slice {element.get("slice", "?")}: slice shape '
+        f'{(h, w)} is smaller than the HR crop {ph}x{pw} (data.hr_patch_size)'
+      )
     y = int(rng.integers(0, (h - ph) // grid[0] + 1)) * grid[0]
     x = int(rng.integers(0, (w - pw) // grid[1] + 1)) * grid[1]
     return y, x
@@ -161,22 +183,22 @@ class MakeTrainingPair(grain.transforms.RandomMap):
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     ph, pw = self.patch
     image = element['image']
-    if 'lr' in element:                                  # paired LR files
+    if 'lr' in element:  # paired LR files
       lr_full = element['lr']
       grid = (1, 1) if lr_full.shape == image.shape else (self.scale, self.scale)
       y, x = self._crop_origin(image.shape, grid, rng, element)
-      hr = image[y:y + ph, x:x + pw]
-      lr = lr_full[y // grid[0]:(y + ph) // grid[0], x // grid[1]:(x + pw) // grid[1]]
+      hr = image[y : y + ph, x : x + pw]
+      lr = lr_full[y // grid[0] : (y + ph) // grid[0], x // grid[1] : (x + pw) // grid[1]]
     elif self.whole_slice:
       image = crop_to_multiple(image, self.factors)
       lr_full = degrade.make_lr(image, self.scale, self.degradation, rng=rng)
       y, x = self._crop_origin(image.shape, self.factors, rng, element)
-      hr = image[y:y + ph, x:x + pw]
+      hr = image[y : y + ph, x : x + pw]
       fy, fx = self.factors
-      lr = lr_full[y // fy:(y + ph) // fy, x // fx:(x + pw) // fx]
+      lr = lr_full[y // fy : (y + ph) // fy, x // fx : (x + pw) // fx]
     else:
       y, x = self._crop_origin(image.shape, self.factors, rng, element)
-      hr = image[y:y + ph, x:x + pw]
+      hr = image[y : y + ph, x : x + pw]
       lr = degrade.make_lr(hr, self.scale, self.degradation, rng=rng)
     if self.flips:
       flip_lr, flip_ud = rng.random(2) < 0.5
@@ -205,10 +227,18 @@ def num_train_slices(data, scale: int | None = None) -> int:
   return len(source)
 
 
-def make_train_dataset(data, *, scale: int, global_batch_size: int, seed: int,
-                       process_index: int | None = None, process_count: int | None = None,
-                       upsampled_input: bool = False, start: int = 0,
-                       split=None) -> tuple[grain.IterDataset, int]:
+def make_train_dataset(
+  data,
+  *,
+  scale: int,
+  global_batch_size: int,
+  seed: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  upsampled_input: bool = False,
+  start: int = 0,
+  split=None,
+) -> tuple[grain.IterDataset, int]:
   """(Infinite, host-sharded, deterministic training batches, number of training slices).
 
   `data`: the run's DataSpec (or a config.data section, resolved here); `split`: the train split's
@@ -226,36 +256,42 @@ def make_train_dataset(data, *, scale: int, global_batch_size: int, seed: int,
   patch, degradation = data.hr_patch_size, data.degradation
   factors = check_degradation_fits(degradation, scale, upsampled_input)
   if patch[0] % factors[0] or patch[1] % factors[1]:
-    raise DataError(f'data.hr_patch_size: {patch[0] if patch[0] == patch[1] else patch} is not divisible '
-                    f'by the scale {scale}')
+    raise DataError(
+      f'data.hr_patch_size: {patch[0] if patch[0] == patch[1] else patch} is not divisible by the scale {scale}'
+    )
   process_index, process_count = _process_index_count(process_index, process_count)
-  if (isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer))
-      or global_batch_size < 1):
+  if (
+    isinstance(global_batch_size, bool) or not isinstance(global_batch_size, (int, np.integer)) or global_batch_size < 1
+  ):
     raise DataError(f'global_batch_size: {global_batch_size!r} must be a positive integer')
   if global_batch_size % process_count:
-    raise DataError(f'global_batch_size: {global_batch_size} is not divisible by the number of '
-                    f'processes {process_count}')
+    raise DataError(
+      f'global_batch_size: {global_batch_size} is not divisible by the number of processes {process_count}'
+    )
   local_batch = int(global_batch_size) // process_count
   num_workers, prefetch_buffer = data.num_workers, data.prefetch_buffer
   flips, transposes = data.flips, data.transposes
   shuffle_seed, aug_seed = derive_seeds(seed)
 
   source, split_dir = split if split is not None else train_source(data, scale)
-  if source.has_lr and not upsampled_input and any(
-      v.metadata.get('lr_keepdims') for v in source.volumes):
-    raise DataError(f'{split_dir}: the LR files are HR-sized (downsample.py -k), which only models that '
-                    'take the upsampled input can use; set data.lr_source=degrade or use srcnn/drrn')
+  if source.has_lr and not upsampled_input and any(v.metadata.get('lr_keepdims') for v in source.volumes):
+    raise DataError(
+      f'{split_dir}: the LR files are HR-sized (downsample.py -k), which only models that '
+      'take the upsampled input can use; set data.lr_source=degrade or use srcnn/drrn'
+    )
   n = len(source)
   if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
     raise DataError(f'data position: {start!r} must be a non-negative integer')
   pair = MakeTrainingPair(patch, scale, flips, degradation, upsampled_input, transposes)
   ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat(None)
   ds = ds.random_map(pair, seed=aug_seed)
-  ds = HostShare(ds, start=int(start), local_batch=local_batch, process_index=process_index,
-                 process_count=process_count)
+  ds = HostShare(
+    ds, start=int(start), local_batch=local_batch, process_index=process_index, process_count=process_count
+  )
   if prefetch_buffer > 0:
-    read_options = grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
-                                     prefetch_buffer_size=prefetch_buffer)
+    read_options = grain.ReadOptions(
+      num_threads=max(1, min(4, os.cpu_count() or 1)), prefetch_buffer_size=prefetch_buffer
+    )
   else:
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   it_ds = ds.to_iter_dataset(read_options)
@@ -264,15 +300,30 @@ def make_train_dataset(data, *, scale: int, global_batch_size: int, seed: int,
       # grain's worker processes read absl flags; outside absl.app (tests, notebooks) they
       # are unparsed, so use their defaults rather than failing in the worker.
       flags.FLAGS.mark_as_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_buffer)))
+    it_ds = it_ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch_buffer))
+    )
   it_ds = it_ds.batch(local_batch, drop_remainder=True)
   lr_desc = 'LR files' if source.has_lr else ' -> '.join(degradation)
-  logging.info('train pipeline: %d slices in %d volumes (%s) from %s; host %d/%d from global position %d; '
-               'local batch %d; HR patch %dx%d, scale %d, LR = %s%s, flips %s, transposes %s, workers %d',
-               n, len(source.volumes), source.format_name, split_dir, process_index, process_count,
-               start, local_batch, *patch, scale, lr_desc,
-               ' -> bicubic to HR size' if upsampled_input else '', flips, transposes, num_workers)
+  logging.info(
+    'train pipeline: %d slices in %d volumes (%s) from %s; host %d/%d from global position %d; '
+    'local batch %d; HR patch %dx%d, scale %d, LR = %s%s, flips %s, transposes %s, workers %d',
+    n,
+    len(source.volumes),
+    source.format_name,
+    split_dir,
+    process_index,
+    process_count,
+    start,
+    local_batch,
+    *patch,
+    scale,
+    lr_desc,
+    ' -> bicubic to HR size' if upsampled_input else '',
+    flips,
+    transposes,
+    num_workers,
+  )
   return it_ds, n
 
 
@@ -287,9 +338,11 @@ def next_batch(iterator) -> dict:
   except RuntimeError as err:
     if 'Worker process' not in str(err):
       raise
-    raise DataError(f'the input pipeline stopped: {err} (with data.num_workers > 0 the worker logs the '
-                    'DataError naming the file and slice above; rerun with data.num_workers=0 to see it '
-                    'here)') from err
+    raise DataError(
+      f'the input pipeline stopped: {err} (with data.num_workers > 0 the worker logs the '
+      'DataError naming the file and slice above; rerun with data.num_workers=0 to see it '
+      'here)'
+    ) from err
 
 
 def _evenly_spaced(count: int, limit: int) -> list[int]:
@@ -333,11 +386,13 @@ def load_validation_volumes(data, scale: int | None = None, seed: int = 0) -> li
   return out
 
 
-def degrade_volume(hr: np.ndarray, name: str, slices, scale: int, degradation: tuple,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+def degrade_volume(
+  hr: np.ndarray, name: str, slices, scale: int, degradation: tuple, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(HR centre-cropped to multiples of the degradation's factors, its LR): each slice degraded with
   the generator fixed per (seed, volume name, slice index), as validation does."""
   hr = crop_to_multiple(np.asarray(hr, np.float32), degrade.lr_factors(degradation, scale))
-  lr = np.stack([degrade.make_lr(hr[k], scale, degradation, rng=slice_rng(seed, name, s))
-                 for k, s in enumerate(slices)])
+  lr = np.stack(
+    [degrade.make_lr(hr[k], scale, degradation, rng=slice_rng(seed, name, s)) for k, s in enumerate(slices)]
+  )
   return hr, lr

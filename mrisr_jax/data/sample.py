@@ -1,4 +1,5 @@
 """The small real-MRI sample that ships inside the package (see sample_data/README.md)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -22,8 +23,10 @@ def resolve_data_root(root: str) -> tuple[pathlib.Path, bool]:
   """
   if root is None or str(root).strip() == '':
     if not SAMPLE_DIR.is_dir():
-      raise DataError(f'{SAMPLE_DIR}: the embedded sample data directory is missing '
-                      '(regenerate it with: python tools/make_sample_data.py)')
+      raise DataError(
+        f'{SAMPLE_DIR}: the embedded sample data directory is missing '
+        '(regenerate it with: python tools/make_sample_data.py)'
+      )
     return SAMPLE_DIR, True
   path = pathlib.Path(str(root)).expanduser()
   if not path.exists():

@@ -17,6 +17,7 @@ Every slice read is checked (shape, finiteness, range), so a slice that is wrong
 file scan could not see stops with a DataError naming the file and slice instead of reaching
 training.
 """
+
 from __future__ import annotations
 
 import abc
@@ -42,18 +43,19 @@ class VolumeExcluded(Exception):
 @dataclasses.dataclass(frozen=True)
 class VolumeInfo:
   """One validated volume."""
+
   path: pathlib.Path
-  name: str                 # unique within a source: the file stem
+  name: str  # unique within a source: the file stem
   num_slices: int
-  shape: tuple              # (H, W) of one slice, as read_slice returns it
-  metadata: dict = dataclasses.field(default_factory=dict)   # format-specific (attrs, voxel sizes)
+  shape: tuple  # (H, W) of one slice, as read_slice returns it
+  metadata: dict = dataclasses.field(default_factory=dict)  # format-specific (attrs, voxel sizes)
 
 
 class SliceSource(abc.ABC):
   """Base class: validation of every file at construction, flat indexing, read checks, pickling."""
 
   format_name = 'slices'
-  has_lr = False            # True when elements carry a paired 'lr' image
+  has_lr = False  # True when elements carry a paired 'lr' image
 
   def __init__(self, files: Iterable, skip_bad_files: bool = False, min_shape: tuple | None = None):
     self.skip_bad_files = bool(skip_bad_files)
@@ -76,30 +78,43 @@ class SliceSource(abc.ABC):
           raise
         self.skipped.append((path, str(err)))
     if self.skipped:
-      logging.warning('skipped %d bad data file(s) of %d (skip_bad_files=True); first: %s',
-                      len(self.skipped), len(files), self.skipped[0][1])
+      logging.warning(
+        'skipped %d bad data file(s) of %d (skip_bad_files=True); first: %s',
+        len(self.skipped),
+        len(files),
+        self.skipped[0][1],
+      )
     if self.excluded:
-      logging.info('left out %d of %d file(s) by the data filters; first: %s: %s',
-                   len(self.excluded), len(files), *self.excluded[0])
+      logging.info(
+        'left out %d of %d file(s) by the data filters; first: %s: %s',
+        len(self.excluded),
+        len(files),
+        *self.excluded[0],
+      )
     if not self.volumes:
       if self.skipped:
-        raise DataError(f'{files[0].parent}: no usable volumes: all {len(files)} file(s) are bad '
-                        f'or filtered (first bad: {self.skipped[0][1]})')
-      raise DataError(f'{files[0].parent}: no usable volumes: the filters leave out all '
-                      f'{len(files)} file(s) (first: {self.excluded[0][0]}: {self.excluded[0][1]})')
+        raise DataError(
+          f'{files[0].parent}: no usable volumes: all {len(files)} file(s) are bad '
+          f'or filtered (first bad: {self.skipped[0][1]})'
+        )
+      raise DataError(
+        f'{files[0].parent}: no usable volumes: the filters leave out all '
+        f'{len(files)} file(s) (first: {self.excluded[0][0]}: {self.excluded[0][1]})'
+      )
     names = [v.name for v in self.volumes]
     if len(set(names)) != len(names):
       dup = sorted({n for n in names if names.count(n) > 1})[0]
-      raise DataError(f'{files[0].parent}: two files are both named {dup!r}; volume names must be '
-                      'unique')
+      raise DataError(f'{files[0].parent}: two files are both named {dup!r}; volume names must be unique')
     counts = np.array([v.num_slices for v in self.volumes], dtype=np.int64)
     self._starts = np.concatenate([[0], np.cumsum(counts)])
 
   def _fits(self, info: VolumeInfo) -> VolumeInfo:
     if self.min_shape and (info.shape[0] < self.min_shape[0] or info.shape[1] < self.min_shape[1]):
       h, w = self.min_shape
-      raise DataError(f'{info.path}: slice shape {tuple(info.shape)} is smaller than the HR crop '
-                      f'{h}x{w} (data.hr_patch_size={h if h == w else (h, w)})')
+      raise DataError(
+        f'{info.path}: slice shape {tuple(info.shape)} is smaller than the HR crop '
+        f'{h}x{w} (data.hr_patch_size={h if h == w else (h, w)})'
+      )
     return info
 
   # --- to implement -------------------------------------------------------------------------
@@ -134,8 +149,10 @@ class SliceSource(abc.ABC):
     return element
 
   def __repr__(self) -> str:
-    return (f'{type(self).__name__}({len(self.volumes)} volumes, {len(self)} slices, '
-            f'skipped={len(self.skipped)}, excluded={len(self.excluded)})')
+    return (
+      f'{type(self).__name__}({len(self.volumes)} volumes, {len(self)} slices, '
+      f'skipped={len(self.skipped)}, excluded={len(self.excluded)})'
+    )
 
   # --- helpers ------------------------------------------------------------------------------
   def locate(self, index: int) -> tuple[int, int]:
@@ -167,8 +184,10 @@ class SliceSource(abc.ABC):
       raise DataError(f'{vol.path}: {what} {s} has non-finite values')
     lo, hi = float(x.min()), float(x.max())
     if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
-      raise DataError(f'{vol.path}: {what} {s} normalises to [{lo:.4g}, {hi:.4g}], outside [0, 1] '
-                      '(is the volume maximum in the file attributes wrong? use data.scan=full)')
+      raise DataError(
+        f'{vol.path}: {what} {s} normalises to [{lo:.4g}, {hi:.4g}], outside [0, 1] '
+        '(is the volume maximum in the file attributes wrong? use data.scan=full)'
+      )
     return np.clip(x, 0.0, 1.0) if (lo < 0 or hi > 1) else x
 
   def _check_process(self) -> None:
@@ -176,7 +195,7 @@ class SliceSource(abc.ABC):
     if self._pid != os.getpid():
       with self._lock:
         if self._pid != os.getpid():
-          for key in self._handle_attrs():   # drop, never close: the parent still uses them
+          for key in self._handle_attrs():  # drop, never close: the parent still uses them
             setattr(self, key, {})
           self._pid = os.getpid()
 

@@ -15,6 +15,7 @@ Splits are by volume, so no volume feeds both training and validation:
   * data.volume_sample_rate < 1 keeps that fraction of the training volumes (at least one), ranked by
     the hash of their names: deterministic, and the same on every host.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,7 @@ def volume_name(path: pathlib.Path) -> str:
   name = path.name
   for suffix in ('.nii.gz', '.nii', '.h5', '.hdf5'):
     if name.lower().endswith(suffix):
-      return name[:-len(suffix)]
+      return name[: -len(suffix)]
   return path.stem
 
 
@@ -53,7 +54,7 @@ def file_format(path) -> str | None:
     return 'fastmri'
   if name.endswith('.npy'):
     return 'npy'
-  return 'image' if name.endswith(IMAGE_SUFFIXES) else None   # what ImageFolderSource reads
+  return 'image' if name.endswith(IMAGE_SUFFIXES) else None  # what ImageFolderSource reads
 
 
 def detect_format(directory: pathlib.Path) -> str:
@@ -66,18 +67,23 @@ def detect_format(directory: pathlib.Path) -> str:
     return 'fastmri'
   if any(n.endswith(('.nii', '.nii.gz')) for n in names):
     return 'nifti'
-  raise DataError(f'{directory}: no data found (data.format=auto looks for an HR/ folder of images, '
-                  '*.h5 fastMRI files or *.nii/*.nii.gz volumes)')
+  raise DataError(
+    f'{directory}: no data found (data.format=auto looks for an HR/ folder of images, '
+    '*.h5 fastMRI files or *.nii/*.nii.gz volumes)'
+  )
 
 
 def _list(fmt: str, directory: pathlib.Path) -> list[pathlib.Path]:
   if fmt == 'fastmri':
     from mrisr_jax.data import fastmri  # pylint: disable=g-import-not-at-top
+
     return fastmri.list_files(directory)
   if fmt == 'nifti':
     from mrisr_jax.data import nifti  # pylint: disable=g-import-not-at-top
+
     return nifti.list_files(directory)
   from mrisr_jax.data import images  # pylint: disable=g-import-not-at-top
+
   return images.list_files(directory)
 
 
@@ -96,8 +102,10 @@ def split_files(data, split: str) -> tuple[str, pathlib.Path, list[pathlib.Path]
   if val_fraction > 0:
     files = [p for p in files if (_name_hash(volume_name(p)) < val_fraction) == (split == 'val')]
     if not files:
-      raise DataError(f'{directory}: data.val_fraction={val_fraction} leaves the {split} split empty '
-                      f'({len(_list(fmt, directory))} volumes in all)')
+      raise DataError(
+        f'{directory}: data.val_fraction={val_fraction} leaves the {split} split empty '
+        f'({len(_list(fmt, directory))} volumes in all)'
+      )
   elif split == 'train' and val_dir.is_dir():
     try:
       val_names = {volume_name(p) for p in _list(fmt, val_dir)}
@@ -105,8 +113,10 @@ def split_files(data, split: str) -> tuple[str, pathlib.Path, list[pathlib.Path]
       val_names = set()
     shared = sorted(val_names & {volume_name(p) for p in files})
     if shared:
-      raise DataError(f'{val_dir}: volume {shared[0]!r} is in both {train_dir.name} and {val_dir.name} '
-                      f'({len(shared)} shared); a volume may feed only one split')
+      raise DataError(
+        f'{val_dir}: volume {shared[0]!r} is in both {train_dir.name} and {val_dir.name} '
+        f'({len(shared)} shared); a volume may feed only one split'
+      )
   if split == 'train' and sample_rate < 1:
     keep = max(1, round(sample_rate * len(files)))
     ranked = sorted(files, key=lambda p: (_name_hash('sample:' + volume_name(p)), p.name))
@@ -115,27 +125,38 @@ def split_files(data, split: str) -> tuple[str, pathlib.Path, list[pathlib.Path]
   return fmt, directory, files
 
 
-def build_source(fmt: str, directory: pathlib.Path, files, data: DataSpec, scale: int | None,
-                 min_shape) -> SliceSource:
+def build_source(fmt: str, directory: pathlib.Path, files, data: DataSpec, scale: int | None, min_shape) -> SliceSource:
   data = data_spec(data)
   common = dict(skip_bad_files=data.skip_bad_files, min_shape=min_shape)
   if fmt == 'fastmri':
     from mrisr_jax.data import fastmri  # pylint: disable=g-import-not-at-top
+
     return fastmri.FastMRISliceSource(
-        files, target_key=data.target_key, **common, acquisitions=data.acquisitions, scan=data.scan,
-        crop_to_recon_size=data.crop_to_recon_size)
+      files,
+      target_key=data.target_key,
+      **common,
+      acquisitions=data.acquisitions,
+      scan=data.scan,
+      crop_to_recon_size=data.crop_to_recon_size,
+    )
   if fmt == 'nifti':
     from mrisr_jax.data import nifti  # pylint: disable=g-import-not-at-top
+
     return nifti.NiftiSliceSource(
-        files, slice_axis=data.slice_axis, percentiles=data.intensity_percentiles,
-        min_foreground=data.min_slice_foreground, **common)
+      files,
+      slice_axis=data.slice_axis,
+      percentiles=data.intensity_percentiles,
+      min_foreground=data.min_slice_foreground,
+      **common,
+    )
   from mrisr_jax.data import images  # pylint: disable=g-import-not-at-top
-  return images.ImageFolderSource(directory, files=files, scale=scale, lr_from_files=data.lr_from_files,
-                                  **common)
+
+  return images.ImageFolderSource(directory, files=files, scale=scale, lr_from_files=data.lr_from_files, **common)
 
 
-def make_source(data, split: str, scale: int | None = None,
-                min_shape: tuple | None = None) -> tuple[SliceSource, pathlib.Path]:
+def make_source(
+  data, split: str, scale: int | None = None, min_shape: tuple | None = None
+) -> tuple[SliceSource, pathlib.Path]:
   """(source, split directory) of `split`, its files validated now; the caller keeps it for the run.
 
   `scale` selects the paired LR folder of image sources (None: no pairing); volumes whose slices are

@@ -35,6 +35,7 @@ u . W v is |W^T u|, flax's eval sigma once u has converged (the state training l
 u = weight_u, sigma = weight_u . W weight_v (the sigma the torch model last divided by; flax only
 records it, every call recomputes it); weight_v itself has no flax variable.
 """
+
 from __future__ import annotations
 
 import math
@@ -111,36 +112,51 @@ def srcnn_key_map(params: Mapping[str, Any]) -> KeyMap:
 
 
 def drrn_key_map(params: Mapping[str, Any]) -> KeyMap:
-  return _rules_key_map('drrn', [
+  return _rules_key_map(
+    'drrn',
+    [
       (r'block_(\d+)/entry', r'rbs.\1.conv1.1'),
-      (r'block_(\d+)/residual_unit/conv_(\d+)',
-       lambda m: f'rbs.{m[1]}.residule_unit.conv.{2 * int(m[2]) + 1}'),
-      (r'recon', 'recon.1')], params)
+      (r'block_(\d+)/residual_unit/conv_(\d+)', lambda m: f'rbs.{m[1]}.residule_unit.conv.{2 * int(m[2]) + 1}'),
+      (r'recon', 'recon.1'),
+    ],
+    params,
+  )
 
 
 def edsr_key_map(params: Mapping[str, Any]) -> KeyMap:
   n_resblocks = _count(params, r'body_\d+')
-  return _rules_key_map('edsr', [
+  return _rules_key_map(
+    'edsr',
+    [
       (r'head', 'model_1.0'),
       (r'body_(\d+)/conv_(\d+)', lambda m: f'model_2.{m[1]}.model.{2 * int(m[2])}'),
       (r'body_conv', f'model_2.{n_resblocks}'),
       (r'upsampler/conv_(\d+)', lambda m: f'model_3.0.model.{2 * int(m[1])}'),
-      (r'tail', 'model_3.1')], params)
+      (r'tail', 'model_3.1'),
+    ],
+    params,
+  )
 
 
 def rdn_key_map(params: Mapping[str, Any]) -> KeyMap:
-  return _rules_key_map('rdn', [
+  return _rules_key_map(
+    'rdn',
+    [
       (r'sfe(\d)', r'SFE\1'),
       (r'rdb_(\d+)/conv_(\d+)', r'RDBs.\1.convs.\2.conv.0'),
       (r'rdb_(\d+)/lff', r'RDBs.\1.LFF'),
       (r'gff_(\d)', r'GFF.\1'),
-      (r'upscale_(\d)', r'upscale.\1')], params)
+      (r'upscale_(\d)', r'upscale.\1'),
+    ],
+    params,
+  )
 
 
 def casrgan_d_key_map(params: Mapping[str, Any]) -> KeyMap:
   """The reference discriminator's table, `models.discriminator.torch_key_map` (imports jax)."""
   del params  # fixed: the reference discriminator has one shape
   from mrisr_jax.models.discriminator import torch_key_map  # pylint: disable=import-outside-toplevel
+
   return {k: (spec.path, spec.transform) for k, spec in torch_key_map().items()}
 
 
@@ -150,11 +166,13 @@ def _casr_meta(params: Mapping[str, Any]) -> dict[str, int]:
   ups = sorted(k for k in params['upsampler'] if re.fullmatch(r'conv_\d+', k))
   r2 = params['upsampler']['conv_0']['kernel'].shape[-1] // g0
   return dict(
-      g0=g0, depth=params['afebs']['ahpf']['hp_factor'].shape[0],
-      rdb_depth=sum(1 for k in params['afebs']['rdb'] if re.fullmatch(r'conv_\d+', k)),
-      n_stb=sum(1 for k in params['sab'] if re.fullmatch(r'stb_\d+', k)),
-      window=math.isqrt(params['sab']['stb_0']['attn']['relative_position_bias_table'].shape[0]) // 2 + 1,
-      scale=3 if r2 == 9 else 2 ** len(ups))
+    g0=g0,
+    depth=params['afebs']['ahpf']['hp_factor'].shape[0],
+    rdb_depth=sum(1 for k in params['afebs']['rdb'] if re.fullmatch(r'conv_\d+', k)),
+    n_stb=sum(1 for k in params['sab'] if re.fullmatch(r'stb_\d+', k)),
+    window=math.isqrt(params['sab']['stb_0']['attn']['relative_position_bias_table'].shape[0]) // 2 + 1,
+    scale=3 if r2 == 9 else 2 ** len(ups),
+  )
 
 
 def casr_key_map(params: Mapping[str, Any]) -> KeyMap:
@@ -192,8 +210,7 @@ def casr_key_map(params: Mapping[str, Any]) -> KeyMap:
     if j % 2 and m['window'] // 2:  # shifted block
       out[f'{t}.attn_mask'] = (None, 'buffer')
     norm(f'{t}.norm_1', f + ('norm_1',))
-    out[f'{t}.attn.relative_position_bias_table'] = (
-        ('params',) + f + ('attn', 'relative_position_bias_table'), 'copy')
+    out[f'{t}.attn.relative_position_bias_table'] = (('params',) + f + ('attn', 'relative_position_bias_table'), 'copy')
     out[f'{t}.attn.relative_position_index'] = (None, 'buffer')
     add(f'{t}.attn.qkv', f + ('attn', 'qkv'), 'linear')
     add(f'{t}.attn.proj', f + ('attn', 'proj'), 'linear')
@@ -401,15 +418,19 @@ def _torch_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
   return tuple(shape[::-1]) if transform == 'linear' else tuple(shape)
 
 
-def state_dict_shapes(model_name: str,
-                      like_variables: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+def state_dict_shapes(model_name: str, like_variables: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
   """{torch key: (shape, dtype name)} that `flax_to_state_dict` gives for variables shaped like
   `like_variables` (arrays or `jax.ShapeDtypeStruct`s, e.g. from `jax.eval_shape`)."""
   table = key_map(model_name, like_variables)
   meta = _casr_meta(like_variables['params']) if _canonical(model_name) == 'casr' else None
-  return {k: (_casr_buffer_spec(k, meta) if t == 'buffer' else
-              (_torch_shape(_like_shape(like_variables, path), t), 'int64' if t == 'count' else 'float32'))
-          for k, (path, t) in table.items()}
+  return {
+    k: (
+      _casr_buffer_spec(k, meta)
+      if t == 'buffer'
+      else (_torch_shape(_like_shape(like_variables, path), t), 'int64' if t == 'count' else 'float32')
+    )
+    for k, (path, t) in table.items()
+  }
 
 
 def flax_to_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -451,8 +472,7 @@ def _names(items: list[str]) -> str:
   return ', '.join(items[:_SHOWN]) + (', ...' if len(items) > _SHOWN else '')
 
 
-def state_dict_to_flax(model_name: str, state_dict: Mapping[str, Any],
-                       like_variables: Mapping[str, Any]) -> dict:
+def state_dict_to_flax(model_name: str, state_dict: Mapping[str, Any], like_variables: Mapping[str, Any]) -> dict:
   """Reference state_dict (numpy or torch) -> flax variables {'params': ..., ['batch_stats': ...]}
   of numpy arrays, with the structure and dtypes of `like_variables` (arrays or ShapeDtypeStructs).
 

@@ -14,6 +14,7 @@ Decisions:
 - safetensors sorts tensors in the file, so the insertion order is kept in the metadata under
   KEY_ORDER_METADATA; `load_safetensors_metadata` returns the user's metadata without it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -49,16 +50,16 @@ def _one_line(text: str) -> str:
 def _suffix(path: pathlib.Path, supported: tuple[str, ...]) -> str:
   suffix = path.suffix.lower()
   if suffix not in supported:
-    raise ValueError(f'{path}: unsupported file suffix {path.suffix!r}; '
-                     f'supported: {", ".join(supported)}')
+    raise ValueError(f'{path}: unsupported file suffix {path.suffix!r}; supported: {", ".join(supported)}')
   return suffix
 
 
 # ------------------------------------------------------------------------------------------- save
 
 
-def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike,
-                    metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(
+  state_dict: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
   """Writes `state_dict` atomically (mrisr_jax.fileio: temp file in the same directory, then os.replace)."""
   path = pathlib.Path(path)
   suffix = _suffix(path, SAFETENSORS_SUFFIXES + TORCH_SAVE_SUFFIXES)
@@ -79,8 +80,9 @@ def _import_safetensors_numpy(path: pathlib.Path):
   try:
     import safetensors.numpy
   except ImportError:
-    raise ImportError(f'{path}: .safetensors files need the safetensors package, which is not '
-                      'installed (pip install safetensors)') from None
+    raise ImportError(
+      f'{path}: .safetensors files need the safetensors package, which is not installed (pip install safetensors)'
+    ) from None
   return safetensors.numpy
 
 
@@ -93,10 +95,10 @@ def _write_torch(arrays: dict[str, np.ndarray], tmp: str, path: pathlib.Path) ->
   try:
     import torch
   except ImportError:
-    raise ImportError(f'{path}: writing {path.suffix} files needs torch, which is not installed; '
-                      'save as .safetensors instead') from None
-  torch.save(collections.OrderedDict((k, torch.from_numpy(v.copy())) for k, v in arrays.items()),
-             tmp)
+    raise ImportError(
+      f'{path}: writing {path.suffix} files needs torch, which is not installed; save as .safetensors instead'
+    ) from None
+  torch.save(collections.OrderedDict((k, torch.from_numpy(v.copy())) for k, v in arrays.items()), tmp)
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -133,8 +135,7 @@ def _safetensors_header(path: pathlib.Path) -> dict[str, Any]:
       raise ValueError('header is not a JSON object')
     return header
   except (OSError, ValueError, UnicodeDecodeError) as e:
-    raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt?): '
-                     f'{_one_line(e)}') from None
+    raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt?): {_one_line(e)}') from None
 
 
 def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -146,8 +147,7 @@ def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
   try:
     loaded = load_file(str(path))
   except Exception as e:  # safetensors raises its own SafetensorError for corrupt files.
-    raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt?): '
-                     f'{_one_line(e)}') from None
+    raise ValueError(f'{path}: not a readable .safetensors file (truncated or corrupt?): {_one_line(e)}') from None
   order = list(loaded)
   saved = _safetensors_header(path).get('__metadata__') or {}
   if KEY_ORDER_METADATA in saved:
@@ -173,16 +173,18 @@ def _load_with_torch(path: pathlib.Path, torch) -> dict[str, np.ndarray]:
     text = str(e)
     if 'weights only' in text.lower() or 'weights_only' in text:
       # torch's message is many lines of advice; keep the offending global or the unpickler's reason.
-      match = (re.search(r'(GLOBAL [\w.]+)', text) or
-               re.search(r'WeightsUnpickler error: ([^\n]*)', text))
+      match = re.search(r'(GLOBAL [\w.]+)', text) or re.search(r'WeightsUnpickler error: ([^\n]*)', text)
       what = _one_line(match.group(1) if match else text)[:200]
-      raise UnsafeCheckpointError(f'{path}: refused to load a checkpoint that builds arbitrary '
-                                  f'objects ({what})') from None
-    raise ValueError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): '
-                     f'{_one_line(text)[:300]}') from None
+      raise UnsafeCheckpointError(
+        f'{path}: refused to load a checkpoint that builds arbitrary objects ({what})'
+      ) from None
+    raise ValueError(
+      f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_one_line(text)[:300]}'
+    ) from None
   except Exception as e:  # torch reports bad zips as RuntimeError, short files as EOFError, ...
-    raise ValueError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): '
-                     f'{_one_line(e)[:300]}') from None
+    raise ValueError(
+      f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_one_line(e)[:300]}'
+    ) from None
   return _extract_state_dict(_tensors_to_numpy(obj, torch), path)
 
 
@@ -204,9 +206,13 @@ def _is_plain_number(v: Any) -> bool:
 
 
 def _flat_state_dict(obj: Any) -> bool:
-  return (isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) for k in obj) and
-          all(isinstance(v, np.ndarray) or _is_plain_number(v) for v in obj.values()) and
-          any(isinstance(v, np.ndarray) for v in obj.values()))
+  return (
+    isinstance(obj, dict)
+    and len(obj) > 0
+    and all(isinstance(k, str) for k in obj)
+    and all(isinstance(v, np.ndarray) or _is_plain_number(v) for v in obj.values())
+    and any(isinstance(v, np.ndarray) for v in obj.values())
+  )
 
 
 def _extract_state_dict(obj: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -218,8 +224,10 @@ def _extract_state_dict(obj: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
     candidate = next((obj[k] for k in WRAPPER_KEYS if _flat_state_dict(obj.get(k))), None)
     if candidate is None:
       keys = ', '.join(repr(k) for k in list(obj)[:20]) + (', ...' if len(obj) > 20 else '')
-      raise ValueError(f'{path}: not a flat state_dict of tensors and no wrapper key '
-                       f'({", ".join(WRAPPER_KEYS)}) holds one; top-level keys: {keys}')
+      raise ValueError(
+        f'{path}: not a flat state_dict of tensors and no wrapper key '
+        f'({", ".join(WRAPPER_KEYS)}) holds one; top-level keys: {keys}'
+      )
   return {k: (v if isinstance(v, np.ndarray) else np.asarray(v)) for k, v in candidate.items()}
 
 
@@ -227,14 +235,14 @@ def _extract_state_dict(obj: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
 
 # torch storage type name -> (numpy dtype of the raw bytes, numpy dtype returned)
 _STORAGE_DTYPES = {
-    'FloatStorage': (np.float32, np.float32),
-    'HalfStorage': (np.float16, np.float16),
-    'BFloat16Storage': (np.uint16, np.float32),
-    'DoubleStorage': (np.float64, np.float64),
-    'LongStorage': (np.int64, np.int64),
-    'IntStorage': (np.int32, np.int32),
-    'ByteStorage': (np.uint8, np.uint8),
-    'BoolStorage': (np.bool_, np.bool_),
+  'FloatStorage': (np.float32, np.float32),
+  'HalfStorage': (np.float16, np.float16),
+  'BFloat16Storage': (np.uint16, np.float32),
+  'DoubleStorage': (np.float64, np.float64),
+  'LongStorage': (np.int64, np.int64),
+  'IntStorage': (np.int32, np.int32),
+  'ByteStorage': (np.uint8, np.uint8),
+  'BoolStorage': (np.bool_, np.bool_),
 }
 
 
@@ -246,30 +254,34 @@ class _StorageType:
 
 
 class _Storage:
-
   def __init__(self, array: np.ndarray):
     self.array = array  # 1-D, already in the returned dtype
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None) -> np.ndarray:
+def _rebuild_tensor_v2(
+  storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+) -> np.ndarray:
   del requires_grad, backward_hooks, metadata  # irrelevant for weights
   if not isinstance(storage, _Storage):
     raise ValueError(f'tensor without a storage ({type(storage).__name__})')
   size, stride = tuple(size), tuple(stride)
-  if (not isinstance(storage_offset, int) or len(size) != len(stride) or
-      not all(isinstance(x, int) and x >= 0 for x in size + stride + (storage_offset,))):
+  if (
+    not isinstance(storage_offset, int)
+    or len(size) != len(stride)
+    or not all(isinstance(x, int) and x >= 0 for x in size + stride + (storage_offset,))
+  ):
     raise ValueError(f'bad tensor geometry: offset {storage_offset}, size {size}, stride {stride}')
   base = storage.array
   if 0 in size:
     return np.empty(size, base.dtype)
   last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= base.size:
-    raise ValueError(f'tensor (offset {storage_offset}, size {size}, stride {stride}) '
-                     f'overruns its storage of {base.size} elements')
-  view = np.lib.stride_tricks.as_strided(base[storage_offset:], shape=size,
-                                         strides=tuple(s * base.itemsize for s in stride),
-                                         writeable=False)
+    raise ValueError(
+      f'tensor (offset {storage_offset}, size {size}, stride {stride}) overruns its storage of {base.size} elements'
+    )
+  view = np.lib.stride_tricks.as_strided(
+    base[storage_offset:], shape=size, strides=tuple(s * base.itemsize for s in stride), writeable=False
+  )
   return np.array(view, copy=True)
 
 
@@ -281,8 +293,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> np.nda
 class _RestrictedUnpickler(pickle.Unpickler):
   """Builds only OrderedDicts and tensors; every other global is refused."""
 
-  def __init__(self, file, path: pathlib.Path, archive: zipfile.ZipFile, prefix: str,
-               byteorder: str):
+  def __init__(self, file, path: pathlib.Path, archive: zipfile.ZipFile, prefix: str, byteorder: str):
     super().__init__(file)
     self._path, self._archive, self._prefix, self._byteorder = path, archive, prefix, byteorder
     self._storages: dict[str, _Storage] = {}
@@ -296,12 +307,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _rebuild_parameter
     if module == 'torch' and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise UnsafeCheckpointError(f'{self._path}: refused to load a checkpoint that builds arbitrary '
-                                f'objects (GLOBAL {module}.{name})')
+    raise UnsafeCheckpointError(
+      f'{self._path}: refused to load a checkpoint that builds arbitrary objects (GLOBAL {module}.{name})'
+    )
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage' and
-            isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) == 5
+      and pid[0] == 'storage'
+      and isinstance(pid[1], _StorageType)
+      and isinstance(pid[2], str)
+    ):
       raise UnsafeCheckpointError(f'{self._path}: refused an unknown persistent id in the pickle')
     _, storage_type, key, _, numel = pid
     if key not in self._storages:
@@ -325,13 +342,15 @@ def load_state_dict_without_torch(path: str | os.PathLike) -> dict[str, np.ndarr
   try:
     archive = zipfile.ZipFile(path)
   except (OSError, zipfile.BadZipFile) as e:
-    raise ValueError(f'{path}: not a readable PyTorch zip checkpoint (truncated, corrupt or the '
-                     f'legacy pre-1.6 format, which needs torch): {_one_line(e)}') from None
+    raise ValueError(
+      f'{path}: not a readable PyTorch zip checkpoint (truncated, corrupt or the '
+      f'legacy pre-1.6 format, which needs torch): {_one_line(e)}'
+    ) from None
   with archive:
     pkls = [n for n in archive.namelist() if n.endswith('data.pkl') and n.count('/') == 1]
     if len(pkls) != 1:
       raise ValueError(f'{path}: not a PyTorch zip checkpoint (expected one <archive>/data.pkl)')
-    prefix = pkls[0][:-len('data.pkl')]
+    prefix = pkls[0][: -len('data.pkl')]
     try:
       byteorder = archive.read(prefix + 'byteorder').decode().strip()
     except KeyError:
@@ -342,6 +361,7 @@ def load_state_dict_without_torch(path: str | os.PathLike) -> dict[str, np.ndarr
     except UnsafeCheckpointError:
       raise
     except Exception as e:  # bad pickle, missing storage entry, CRC error, bad tensor geometry
-      raise ValueError(f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): '
-                       f'{_one_line(e)[:300]}') from None
+      raise ValueError(
+        f'{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_one_line(e)[:300]}'
+      ) from None
   return _extract_state_dict(obj, path)

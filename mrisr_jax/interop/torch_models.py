@@ -9,6 +9,7 @@ FA-GAN (generator, spectrally normalised discriminator), SR-DCGAN (generator, di
 PerceptualSRNet have no reference checkpoint: their mirrors are plain torch.nn ports whose
 `state_dict()` is the layout `convert` documents for them (keys named after these modules).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,7 +45,6 @@ class TorchSRCNN(nn.Module):
 
 
 class _DRRNResidualUnit(nn.Module):
-
   def __init__(self, ngf: int, k: int):
     super().__init__()
     self.conv = nn.Sequential(nn.ReLU(), _conv(ngf, ngf, k), nn.ReLU(), _conv(ngf, ngf, k))
@@ -54,7 +54,6 @@ class _DRRNResidualUnit(nn.Module):
 
 
 class _DRRNRecursiveBlock(nn.Module):
-
   def __init__(self, cin: int, ngf: int, units: int, k: int):
     super().__init__()
     self.units = units
@@ -72,14 +71,22 @@ class _DRRNRecursiveBlock(nn.Module):
 class TorchDRRN(nn.Module):
   """DRRN B{num_recursive_blocks}U{num_units}; output = input + recon."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1,
-               num_recursive_blocks: int = 1, num_units: int = 25, features: int = 128,
-               kernel_size: int = 3):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    num_recursive_blocks: int = 1,
+    num_units: int = 25,
+    features: int = 128,
+    kernel_size: int = 3,
+  ):
     super().__init__()
     self.scale = scale
     f, k = features, kernel_size
-    self.rbs = nn.Sequential(*[_DRRNRecursiveBlock(in_channels if b == 0 else f, f, num_units, k)
-                               for b in range(num_recursive_blocks)])
+    self.rbs = nn.Sequential(
+      *[_DRRNRecursiveBlock(in_channels if b == 0 else f, f, num_units, k) for b in range(num_recursive_blocks)]
+    )
     self.recon = nn.Sequential(nn.ReLU(), _conv(f, out_channels, k))
 
   def forward(self, x):
@@ -87,7 +94,6 @@ class TorchDRRN(nn.Module):
 
 
 class _EDSRResBlock(nn.Module):
-
   def __init__(self, f: int, k: int, res_scale: float):
     super().__init__()
     self.res_scale = res_scale
@@ -119,15 +125,21 @@ class _Upsampler(nn.Module):
 class TorchEDSR(nn.Module):
   """EDSR without mean shift: model_1 head, model_2 body (+ head), model_3 upsampler + tail."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1,
-               n_resblocks: int = 32, n_feats: int = 256, res_scale: float = 0.1,
-               kernel_size: int = 3):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    n_resblocks: int = 32,
+    n_feats: int = 256,
+    res_scale: float = 0.1,
+    kernel_size: int = 3,
+  ):
     super().__init__()
     self.scale = scale
     f, k = n_feats, kernel_size
     self.model_1 = nn.Sequential(_conv(in_channels, f, k))
-    self.model_2 = nn.Sequential(*[_EDSRResBlock(f, k, res_scale) for _ in range(n_resblocks)],
-                                 _conv(f, f, k))
+    self.model_2 = nn.Sequential(*[_EDSRResBlock(f, k, res_scale) for _ in range(n_resblocks)], _conv(f, f, k))
     self.model_3 = nn.Sequential(_Upsampler(scale, f), _conv(f, out_channels, k))
 
   def forward(self, x):
@@ -136,7 +148,6 @@ class TorchEDSR(nn.Module):
 
 
 class _RDBConv(nn.Module):
-
   def __init__(self, cin: int, g: int):
     super().__init__()
     self.conv = nn.Sequential(nn.Conv2d(cin, g, 3, padding=1), nn.ReLU())
@@ -146,7 +157,6 @@ class _RDBConv(nn.Module):
 
 
 class _RDB(nn.Module):
-
   def __init__(self, g0: int, g: int, c: int):
     super().__init__()
     self.convs = nn.Sequential(*[_RDBConv(g0 + i * g, g) for i in range(c)])
@@ -159,9 +169,17 @@ class _RDB(nn.Module):
 class TorchRDN(nn.Module):
   """RDN: SFE1, SFE2, D RDBs, GFF, upscale."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1,
-               growth_rate0: int = 64, growth_rate: int = 32, num_layers: int = 6,
-               num_blocks: int = 20, kernel_size: int = 3):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    growth_rate0: int = 64,
+    growth_rate: int = 32,
+    num_layers: int = 6,
+    num_blocks: int = 20,
+    kernel_size: int = 3,
+  ):
     super().__init__()
     self.scale = scale
     g0, g, c, d, k = growth_rate0, growth_rate, num_layers, num_blocks, kernel_size
@@ -171,12 +189,19 @@ class TorchRDN(nn.Module):
     self.RDBs = nn.ModuleList([_RDB(g0, g, c) for _ in range(d)])
     self.GFF = nn.Sequential(nn.Conv2d(d * g0, g0, 1), nn.Conv2d(g0, g0, k, padding=pad))
     if scale == 4:
-      self.upscale = nn.Sequential(nn.Conv2d(g0, g * 4, k, padding=pad), nn.PixelShuffle(2),
-                                   nn.Conv2d(g, g * 4, k, padding=pad), nn.PixelShuffle(2),
-                                   nn.Conv2d(g, out_channels, k, padding=pad))
+      self.upscale = nn.Sequential(
+        nn.Conv2d(g0, g * 4, k, padding=pad),
+        nn.PixelShuffle(2),
+        nn.Conv2d(g, g * 4, k, padding=pad),
+        nn.PixelShuffle(2),
+        nn.Conv2d(g, out_channels, k, padding=pad),
+      )
     elif scale in (2, 3):
-      self.upscale = nn.Sequential(nn.Conv2d(g0, g * scale * scale, k, padding=pad),
-                                   nn.PixelShuffle(scale), nn.Conv2d(g, out_channels, k, padding=pad))
+      self.upscale = nn.Sequential(
+        nn.Conv2d(g0, g * scale * scale, k, padding=pad),
+        nn.PixelShuffle(scale),
+        nn.Conv2d(g, out_channels, k, padding=pad),
+      )
     else:
       raise ValueError(f'RDN: scale {scale!r} is not supported; supported scales: 2, 3, 4')
 
@@ -191,11 +216,9 @@ class TorchRDN(nn.Module):
 
 
 class _TorchDown(nn.Module):
-
   def __init__(self, cin: int, cout: int, stride: int, negative_slope: float):
     super().__init__()
-    self.layer = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout),
-                               nn.LeakyReLU(negative_slope))
+    self.layer = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(negative_slope))
 
   def forward(self, x):
     return self.layer(x)
@@ -207,16 +230,20 @@ class TorchGANDiscriminator(nn.Module):
   def __init__(self, in_channels: int | None = None, negative_slope: float = 0.01):
     super().__init__()
     from mrisr_jax.models.discriminator import DOWN_BLOCKS, HEAD_FEATURES, STEM_FEATURES
-    self.conv1 = nn.Sequential(nn.Conv2d(in_channels or 1, STEM_FEATURES, 3, 1, 1),
-                               nn.LeakyReLU(negative_slope))
+
+    self.conv1 = nn.Sequential(nn.Conv2d(in_channels or 1, STEM_FEATURES, 3, 1, 1), nn.LeakyReLU(negative_slope))
     blocks, cin = [], STEM_FEATURES
     for cout, s in DOWN_BLOCKS:
       blocks.append(_TorchDown(cin, cout, s, negative_slope))
       cin = cout
     self.down = nn.Sequential(*blocks)
-    self.dense = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, HEAD_FEATURES, 1),
-                               nn.LeakyReLU(negative_slope), nn.Conv2d(HEAD_FEATURES, 1, 1),
-                               nn.Sigmoid())
+    self.dense = nn.Sequential(
+      nn.AdaptiveAvgPool2d(1),
+      nn.Conv2d(cin, HEAD_FEATURES, 1),
+      nn.LeakyReLU(negative_slope),
+      nn.Conv2d(HEAD_FEATURES, 1, 1),
+      nn.Sigmoid(),
+    )
 
   def logits(self, x):
     """(B,) pre-sigmoid outputs, as the flax module's `__call__`."""
@@ -243,18 +270,17 @@ class _AHPF(nn.Module):
 
 
 class _SE(nn.Module):
-
   def __init__(self, c: int, reduction: int = 4):
     super().__init__()
-    self.se_excitation = nn.Sequential(nn.Conv2d(c, c // reduction, 1), nn.ReLU(),
-                                       nn.Conv2d(c // reduction, c, 1), nn.Sigmoid())
+    self.se_excitation = nn.Sequential(
+      nn.Conv2d(c, c // reduction, 1), nn.ReLU(), nn.Conv2d(c // reduction, c, 1), nn.Sigmoid()
+    )
 
   def forward(self, x):
     return x * self.se_excitation(F.adaptive_avg_pool2d(x, 1))
 
 
 class _AFEB(nn.Module):
-
   def __init__(self, g0: int, g: int, c: int):
     super().__init__()
     self.adaptive_high_pass = _AHPF(g0)
@@ -266,7 +292,6 @@ class _AFEB(nn.Module):
 
 
 class _WindowAttention(nn.Module):
-
   def __init__(self, dim: int, heads: int, w: int, reference_compat: bool, dropout: float):
     super().__init__()
     self.heads, self.w, self.reference_compat = heads, w, reference_compat
@@ -283,7 +308,7 @@ class _WindowAttention(nn.Module):
     hd = c // self.heads
     q, k, v = self.qkv(x).reshape(b_, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
     # the reference multiplies by head_dim ** +0.5; Swin divides by sqrt(head_dim)
-    q = q * (hd ** 0.5 if self.reference_compat else hd ** -0.5)
+    q = q * (hd**0.5 if self.reference_compat else hd**-0.5)
     attn = q @ k.transpose(-2, -1)
     bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
     attn = attn + bias.view(n, n, -1).permute(2, 0, 1)[None]
@@ -295,7 +320,6 @@ class _WindowAttention(nn.Module):
 
 
 class _MLP(nn.Module):
-
   def __init__(self, dim: int, hidden: int, dropout: float):
     super().__init__()
     self.fc_1 = nn.Linear(dim, hidden)
@@ -314,13 +338,24 @@ class _STB(nn.Module):
   reference for any other size, forward recomputes the mask for the token grid it is given.
   """
 
-  def __init__(self, dim: int, heads: int, w: int, shift: int, mlp_ratio: float, alpha: float,
-               beta: float | None, norm_before: bool, reference_compat: bool, dropout: float, scale: int):
+  def __init__(
+    self,
+    dim: int,
+    heads: int,
+    w: int,
+    shift: int,
+    mlp_ratio: float,
+    alpha: float,
+    beta: float | None,
+    norm_before: bool,
+    reference_compat: bool,
+    dropout: float,
+    scale: int,
+  ):
     super().__init__()
     self.w, self.shift, self.alpha = w, shift, alpha
     self.norm_before, self.reference_compat = norm_before, reference_compat
-    self.register_buffer('attn_mask', torch.from_numpy(convert.reference_attn_mask(w, scale))
-                         if shift else None)
+    self.register_buffer('attn_mask', torch.from_numpy(convert.reference_attn_mask(w, scale)) if shift else None)
     self.norm_1 = nn.LayerNorm(dim)
     self.attn = _WindowAttention(dim, heads, w, reference_compat, dropout)
     self.norm_2 = nn.LayerNorm(dim)
@@ -357,7 +392,6 @@ class _STB(nn.Module):
 
 
 class _Proj(nn.Module):
-
   def __init__(self, conv: nn.Conv2d):
     super().__init__()
     self.proj = conv
@@ -367,26 +401,55 @@ class _Proj(nn.Module):
 
 
 class _SAB(nn.Module):
-
-  def __init__(self, g0: int, embed_dim: int, patch_size: int, num_heads: int, window_size: int,
-               n_stb: int, mlp_ratio: float, alpha: float, beta: float | None, norm_before: bool,
-               reference_compat: bool, dropout: float, scale: int):
+  def __init__(
+    self,
+    g0: int,
+    embed_dim: int,
+    patch_size: int,
+    num_heads: int,
+    window_size: int,
+    n_stb: int,
+    mlp_ratio: float,
+    alpha: float,
+    beta: float | None,
+    norm_before: bool,
+    reference_compat: bool,
+    dropout: float,
+    scale: int,
+  ):
     super().__init__()
     p, w = patch_size, window_size
     self.p, self.w = p, w
     self.patch_embed = _Proj(nn.Conv2d(g0, embed_dim, p, stride=p))
     self.patch_unembed = _Proj(nn.Conv2d(embed_dim, g0 * p * p, 1))
-    self.transformers = nn.ModuleList([
-        _STB(embed_dim, num_heads, w, 0 if i % 2 == 0 else w // 2, mlp_ratio, alpha, beta,
-             norm_before, reference_compat, dropout, scale) for i in range(n_stb)])
+    self.transformers = nn.ModuleList(
+      [
+        _STB(
+          embed_dim,
+          num_heads,
+          w,
+          0 if i % 2 == 0 else w // 2,
+          mlp_ratio,
+          alpha,
+          beta,
+          norm_before,
+          reference_compat,
+          dropout,
+          scale,
+        )
+        for i in range(n_stb)
+      ]
+    )
     self.conv1 = nn.Sequential(_conv(g0, g0, 3), nn.ReLU())
     self.conv2 = nn.Sequential(_conv(g0, g0, 3), nn.ReLU())
 
   def forward(self, y):
     t = self.patch_embed(y).permute(0, 2, 3, 1)  # (B, h, w, E) token grid
     if t.shape[1] % self.w or t.shape[2] % self.w:
-      raise ValueError(f'token grid {t.shape[1]}x{t.shape[2]} is not divisible by window_size {self.w}: '
-                       f'the LR input side must be a multiple of patch_size * window_size')
+      raise ValueError(
+        f'token grid {t.shape[1]}x{t.shape[2]} is not divisible by window_size {self.w}: '
+        f'the LR input side must be a multiple of patch_size * window_size'
+      )
     for block in self.transformers:
       t = block(t)
     t = F.pixel_shuffle(self.patch_unembed(t.permute(0, 3, 1, 2)), self.p)
@@ -394,7 +457,6 @@ class _SAB(nn.Module):
 
 
 class _CASRUpscale(nn.Module):
-
   def __init__(self, scale: int, g0: int, out_channels: int):
     super().__init__()
     self.upscale = nn.Sequential(_Upsampler(scale, g0), _conv(g0, out_channels, 3))
@@ -406,12 +468,27 @@ class _CASRUpscale(nn.Module):
 class TorchCASR(nn.Module):
   """The reference CASR: sfe, D AFEBs, GFF, SAB, upscale; `reference_compat` as the flax CASR."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1,
-               growth_rate0: int = 128, depth: int = 20, growth_rate: int = 32, rdb_depth: int = 6,
-               n_stb: int = 2, embed_dim: int = 96, patch_size: int = 6, num_heads: int = 6,
-               window_size: int = 4, mlp_ratio: float = 4.0, deepnorm: bool = True,
-               deepnorm_alpha: float | None = None, norm_before: bool = False,
-               reference_compat: bool = False, dropout: float = 0.0):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    growth_rate0: int = 128,
+    depth: int = 20,
+    growth_rate: int = 32,
+    rdb_depth: int = 6,
+    n_stb: int = 2,
+    embed_dim: int = 96,
+    patch_size: int = 6,
+    num_heads: int = 6,
+    window_size: int = 4,
+    mlp_ratio: float = 4.0,
+    deepnorm: bool = True,
+    deepnorm_alpha: float | None = None,
+    norm_before: bool = False,
+    reference_compat: bool = False,
+    dropout: float = 0.0,
+  ):
     super().__init__()
     if scale not in (2, 3, 4):
       raise ValueError(f'model.scale={scale!r}: CASR supports 2, 3 or 4')
@@ -424,8 +501,21 @@ class TorchCASR(nn.Module):
     self.sfe = nn.Sequential(_conv(in_channels, g0, 3), nn.ReLU())
     self.AFEs = nn.ModuleList([_AFEB(g0, growth_rate, rdb_depth) for _ in range(depth)])
     self.GFF = nn.Sequential(_conv(depth * g0, g0, 1), _conv(g0, g0, 3))
-    self.SAB = _SAB(g0, embed_dim, patch_size, num_heads, window_size, n_stb, mlp_ratio, alpha, beta,
-                    norm_before, reference_compat, dropout, scale)
+    self.SAB = _SAB(
+      g0,
+      embed_dim,
+      patch_size,
+      num_heads,
+      window_size,
+      n_stb,
+      mlp_ratio,
+      alpha,
+      beta,
+      norm_before,
+      reference_compat,
+      dropout,
+      scale,
+    )
     self.upscale = _CASRUpscale(scale, g0, out_channels)
 
   def forward(self, x):
@@ -440,6 +530,7 @@ class TorchCASR(nn.Module):
 
 # --- FA-GAN, SR-DCGAN, PerceptualSRNet: the layouts of `convert` (keys named after these modules) ---
 
+
 class _FAGANPath(nn.Sequential):
   """conv_s-ReLU-conv_s-ReLU-conv_s: convs at indices 0, 2, 4."""
 
@@ -448,7 +539,6 @@ class _FAGANPath(nn.Sequential):
 
 
 class _FAGANLFFB(nn.Module):
-
   def __init__(self, f: int, kernel_sizes: tuple[int, ...]):
     super().__init__()
     self.paths = nn.ModuleList([_FAGANPath(f, k) for k in kernel_sizes])
@@ -459,7 +549,6 @@ class _FAGANLFFB(nn.Module):
 
 
 class _FAGANChannelAttention(nn.Module):
-
   def __init__(self, c: int, reduction: int):
     super().__init__()
     self.fc_reduce = nn.Linear(c, max(1, c // reduction))
@@ -489,7 +578,6 @@ class _FAGANSelfAttention(nn.Module):
 
 
 class _FAGANGFFB(nn.Module):
-
   def __init__(self, c: int, reduction: int, connection: str, alpha: float, beta: float):
     super().__init__()
     self.connection, self.alpha, self.beta = connection, alpha, beta
@@ -507,22 +595,34 @@ class _FAGANGFFB(nn.Module):
 class TorchFAGANGenerator(nn.Module):
   """FA-GAN generator (`models.fagan`): head, lffbs, body_conv, upsample, gffb, tail."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1, n_feats: int = 64,
-               n_lffb: int = 8, kernel_sizes: tuple[int, ...] = (3, 5, 7), reduction: int = 16,
-               attention_at: str = 'lr', connection: str = 'weighted', alpha: float = 0.5,
-               beta: float = 0.5):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    n_feats: int = 64,
+    n_lffb: int = 8,
+    kernel_sizes: tuple[int, ...] = (3, 5, 7),
+    reduction: int = 16,
+    attention_at: str = 'lr',
+    connection: str = 'weighted',
+    alpha: float = 0.5,
+    beta: float = 0.5,
+  ):
     super().__init__()
     if scale not in (2, 4, 8) or attention_at not in ('lr', 'hr') or connection not in ('weighted', 'direct'):
-      raise ValueError(f'FAGANGenerator: unsupported scale={scale!r}, attention_at={attention_at!r} '
-                       f'or connection={connection!r}')
+      raise ValueError(
+        f'FAGANGenerator: unsupported scale={scale!r}, attention_at={attention_at!r} or connection={connection!r}'
+      )
     f = n_feats
     self.attention_at = attention_at
     self.head = nn.Conv2d(in_channels, f, 9, padding=4)
     self.head_act = nn.PReLU()
     self.lffbs = nn.ModuleList([_FAGANLFFB(f, tuple(kernel_sizes)) for _ in range(n_lffb)])
     self.body_conv = _conv(f, f, 3)
-    self.upsample = nn.ModuleList([nn.Sequential(_conv(f, 4 * f, 3), nn.PixelShuffle(2), nn.PReLU())
-                                   for _ in range(int(math.log2(scale)))])
+    self.upsample = nn.ModuleList(
+      [nn.Sequential(_conv(f, 4 * f, 3), nn.PixelShuffle(2), nn.PReLU()) for _ in range(int(math.log2(scale)))]
+    )
     self.gffb = _FAGANGFFB(f, reduction, connection, alpha, beta)
     self.tail = nn.Conv2d(f, out_channels, 9, padding=4)
 
@@ -562,8 +662,7 @@ class TorchFAGANDiscriminator(nn.Module):
       convs.append(sn(nn.Conv2d(cin, mult * f, 3, stride, 1)))
       cin = mult * f
     self.convs = nn.ModuleList(convs)
-    self.dense = nn.ModuleList([sn(nn.Linear(cin, D_HEAD_MULTIPLIER * f)),
-                                sn(nn.Linear(D_HEAD_MULTIPLIER * f, 1))])
+    self.dense = nn.ModuleList([sn(nn.Linear(cin, D_HEAD_MULTIPLIER * f)), sn(nn.Linear(D_HEAD_MULTIPLIER * f, 1))])
     self.negative_slope = D_NEGATIVE_SLOPE
 
   def forward(self, x):
@@ -576,18 +675,29 @@ class TorchFAGANDiscriminator(nn.Module):
 class TorchSRDCGANGenerator(nn.Module):
   """SR-DCGAN generator (`models.srdcgan`): conv{i} + bn{i} (i = 1..7), conv3/conv6 transposed, conv8."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1, features: int = 64,
-               input_mean: float = 0.5, input_std: float = 0.5):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    features: int = 64,
+    input_mean: float = 0.5,
+    input_std: float = 0.5,
+  ):
     super().__init__()
     from mrisr_jax.models.srdcgan import TRANSPOSED_LAYERS
+
     if scale != 4:
       raise ValueError(f'model.scale={scale!r}: SRDCGANGenerator supports scales (4,)')
     self.input_mean, self.input_std = input_mean, input_std
     f = features
     for i in range(1, 8):
       cin = in_channels if i == 1 else f
-      conv = (nn.ConvTranspose2d(cin, f, 4, 2, 1, bias=False) if i in TRANSPOSED_LAYERS
-              else nn.Conv2d(cin, f, 3, 1, 1, bias=False))
+      conv = (
+        nn.ConvTranspose2d(cin, f, 4, 2, 1, bias=False)
+        if i in TRANSPOSED_LAYERS
+        else nn.Conv2d(cin, f, 3, 1, 1, bias=False)
+      )
       setattr(self, f'conv{i}', conv)
       setattr(self, f'bn{i}', nn.BatchNorm2d(f))
     self.conv8 = nn.Conv2d(f, out_channels, 3, 1, 1)
@@ -607,14 +717,22 @@ class TorchSRDCGANDiscriminator(nn.Module):
   seed's 240x256 (build the class directly for another size).
   """
 
-  def __init__(self, features: tuple[int, ...] = (64, 64, 128, 128, 256, 256),
-               negative_slope: float = 0.2, input_mean: float = 0.5, input_std: float = 0.5,
-               in_channels: int = 1, image_size: tuple[int, int] = (240, 256)):
+  def __init__(
+    self,
+    features: tuple[int, ...] = (64, 64, 128, 128, 256, 256),
+    negative_slope: float = 0.2,
+    input_mean: float = 0.5,
+    input_std: float = 0.5,
+    in_channels: int = 1,
+    image_size: tuple[int, int] = (240, 256),
+  ):
     super().__init__()
     from mrisr_jax.models.srdcgan import DISCRIMINATOR_STRIDES
+
     if len(features) != len(DISCRIMINATOR_STRIDES):
-      raise ValueError(f'SRDCGANDiscriminator needs {len(DISCRIMINATOR_STRIDES)} conv widths, '
-                       f'got features={tuple(features)}')
+      raise ValueError(
+        f'SRDCGANDiscriminator needs {len(DISCRIMINATOR_STRIDES)} conv widths, got features={tuple(features)}'
+      )
     self.negative_slope, self.input_mean, self.input_std = negative_slope, input_mean, input_std
     cin, (h, w) = in_channels, image_size
     for i, (cout, s) in enumerate(zip(features, DISCRIMINATOR_STRIDES), start=1):
@@ -635,7 +753,6 @@ class TorchSRDCGANDiscriminator(nn.Module):
 
 
 class _PerceptualRes(nn.Module):
-
   def __init__(self, f: int):
     super().__init__()
     self.conv1, self.bn1 = nn.Conv2d(f, f, 3, 1, 1, bias=False), nn.BatchNorm2d(f)
@@ -646,7 +763,6 @@ class _PerceptualRes(nn.Module):
 
 
 class _PerceptualUp(nn.Module):
-
   def __init__(self, f: int, mode: str):
     super().__init__()
     self.mode = mode
@@ -667,8 +783,15 @@ class _PerceptualUp(nn.Module):
 class TorchPerceptualSRNet(nn.Module):
   """Johnson et al.'s SR network (`models.perceptual_sr`): conv_in, bn_in, res_{i}, up_{i}, conv_out."""
 
-  def __init__(self, scale: int = 4, in_channels: int = 1, out_channels: int = 1, features: int = 64,
-               num_resblocks: int = 4, upsample: str = 'transposed'):
+  def __init__(
+    self,
+    scale: int = 4,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    features: int = 64,
+    num_resblocks: int = 4,
+    upsample: str = 'transposed',
+  ):
     super().__init__()
     if scale not in (2, 4) or upsample not in ('transposed', 'nearest'):
       raise ValueError(f'PerceptualSRNet: unsupported scale={scale!r} or upsample={upsample!r}')
@@ -697,18 +820,17 @@ def _mirror(name: str, kind: str, known: dict, build) -> nn.Module:
   if name not in known:
     raise ValueError(f'no torch mirror of {kind} {name!r}; supported: {", ".join(sorted(known))}')
   cls, flax_module = registry.torch_mirror_class(name), build()
-  names = [p for p in inspect.signature(cls.__init__).parameters
-           if p != 'self' and hasattr(flax_module, p)]
+  names = [p for p in inspect.signature(cls.__init__).parameters if p != 'self' and hasattr(flax_module, p)]
   return cls(**{n: getattr(flax_module, n) for n in names})
 
 
 def build_torch_generator(model_cfg: ml_collections.ConfigDict) -> nn.Module:
   """The torch mirror of `registry.build_generator(model_cfg)` (same fields, same checks)."""
-  return _mirror(model_cfg.name, 'generator', registry.GENERATORS,
-                 lambda: registry.build_generator(model_cfg))
+  return _mirror(model_cfg.name, 'generator', registry.GENERATORS, lambda: registry.build_generator(model_cfg))
 
 
 def build_torch_discriminator(config: ml_collections.ConfigDict) -> nn.Module:
   """The torch mirror of `registry.build_discriminator(config)`."""
-  return _mirror(config.discriminator.name, 'discriminator', registry.DISCRIMINATORS,
-                 lambda: registry.build_discriminator(config))
+  return _mirror(
+    config.discriminator.name, 'discriminator', registry.DISCRIMINATORS, lambda: registry.build_discriminator(config)
+  )

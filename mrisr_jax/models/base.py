@@ -4,6 +4,7 @@
 fields (all with defaults: these come first in the dataclass) and sets the ClassVars it differs in;
 the field checks are declared (`choices`, `odd_fields`) and run by `check_fields`.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ class SRGenerator(nn.Module):
     in_channels, out_channels: image channels in and out.
     dtype: computation dtype; params stay float32, the output is float32.
   """
+
   scale: int = 4
   in_channels: int = 1
   out_channels: int = 1
@@ -47,10 +49,14 @@ class SRGenerator(nn.Module):
     `choices` or an even value of an `odd_fields` field; every generator calls it first."""
     name = type(self).__name__
     errors = [self.scale_error(self.scale)]
-    errors += [f'model.{f}={getattr(self, f)!r}: {name} supports {", ".join(allowed)}'
-               for f, allowed in self.choices.items() if getattr(self, f) not in allowed]
-    errors += [f'model.{f}={getattr(self, f)!r}: {name} needs an odd value'
-               for f in self.odd_fields if getattr(self, f) % 2 == 0]
+    errors += [
+      f'model.{f}={getattr(self, f)!r}: {name} supports {", ".join(allowed)}'
+      for f, allowed in self.choices.items()
+      if getattr(self, f) not in allowed
+    ]
+    errors += [
+      f'model.{f}={getattr(self, f)!r}: {name} needs an odd value' for f in self.odd_fields if getattr(self, f) % 2 == 0
+    ]
     errors = [e for e in errors if e]
     if errors:
       raise ValueError(errors[0])

@@ -4,6 +4,7 @@ Layout and defaults follow ../shared/reference/casrgan_reference.md. The D AFEBs
 so they run under `nn.scan` (parameters stacked on a leading axis of length D): compile time stays
 flat in D. Input and output are NHWC images in [0, 1] (no normalisation, no output clamp).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,7 @@ Dtype = Any
 def box_sum_3x3(x: jax.Array) -> jax.Array:
   """3x3 box sum with zero padding of a one-channel NHWC map (the all-ones convolution)."""
   ones = jnp.ones((3, 3, 1, 1), x.dtype)
-  return jax.lax.conv_general_dilated(x, ones, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.lax.conv_general_dilated(x, ones, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 class AdaptiveHighPass(nn.Module):
@@ -57,6 +57,7 @@ class SqueezeExcitation(nn.Module):
 
 class ResidualDenseBlock(nn.Module):
   """RDB(G0, G, C): C densely connected conv3x3+ReLU layers, 1x1 local fusion, plus the input."""
+
   growth_rate: int
   num_layers: int
   dtype: Dtype | None = None
@@ -73,6 +74,7 @@ class ResidualDenseBlock(nn.Module):
 
 class AFEB(nn.Module):
   """Adaptive feature extraction block: out = RDB(SE(AHPF(x) + x)) + x. Scan-shaped (carry, _)."""
+
   growth_rate: int
   rdb_depth: int
   dtype: Dtype | None = None
@@ -87,6 +89,7 @@ class AFEB(nn.Module):
 
 class SelfAttentionBlock(nn.Module):
   """SAB: patch embed (conv k=s=p) -> STBs -> 1x1 conv + PixelShuffle(p) -> two conv3x3+ReLU, x0.1 + input."""
+
   embed_dim: int
   patch_size: int
   num_heads: int
@@ -106,11 +109,20 @@ class SelfAttentionBlock(nn.Module):
     p = self.patch_size
     t = Conv2d(self.embed_dim, p, stride=p, padding=0, dtype=self.dtype, name='patch_embed')(y)
     for i in range(self.n_stb):
-      t = SwinBlock(self.embed_dim, self.num_heads, self.window_size,
-                    shift=0 if i % 2 == 0 else self.window_size // 2, mlp_ratio=self.mlp_ratio,
-                    alpha=self.alpha, beta=self.beta, norm_before=self.norm_before,
-                    reference_compat=self.reference_compat, dropout=self.dropout, dtype=self.dtype,
-                    name=f'stb_{i}')(t, train)
+      t = SwinBlock(
+        self.embed_dim,
+        self.num_heads,
+        self.window_size,
+        shift=0 if i % 2 == 0 else self.window_size // 2,
+        mlp_ratio=self.mlp_ratio,
+        alpha=self.alpha,
+        beta=self.beta,
+        norm_before=self.norm_before,
+        reference_compat=self.reference_compat,
+        dropout=self.dropout,
+        dtype=self.dtype,
+        name=f'stb_{i}',
+      )(t, train)
     t = pixel_shuffle(Conv2d(g0 * p * p, 1, dtype=self.dtype, name='patch_unembed')(t), p)
     t = nn.relu(Conv2d(g0, 3, dtype=self.dtype, name='conv1')(t))
     t = nn.relu(Conv2d(g0, 3, dtype=self.dtype, name='conv2')(t))
@@ -154,17 +166,30 @@ class CASR(SRGenerator):
     x = nn.relu(Conv2d(self.growth_rate0, 3, dtype=self.dtype, name='sfe')(x))
     shortcut = x
     block = nn.remat(AFEB, prevent_cse=False) if self.remat else AFEB
-    blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                     length=self.depth, unroll=self.scan_unroll)(self.growth_rate, self.rdb_depth, self.dtype, name='afebs')
+    blocks = nn.scan(
+      block, variable_axes={'params': 0}, split_rngs={'params': True}, length=self.depth, unroll=self.scan_unroll
+    )(self.growth_rate, self.rdb_depth, self.dtype, name='afebs')
     _, outs = blocks(x, None)  # outs: (D, B, H, W, G0)
     d, b, h, w, c = outs.shape
     # torch.cat(outs, dim=1): channel d*G0 + c
     feats = outs.transpose(1, 2, 3, 0, 4).reshape(b, h, w, d * c)
     y = Conv2d(self.growth_rate0, 1, dtype=self.dtype, name='gff_0')(feats)
     y = Conv2d(self.growth_rate0, 3, dtype=self.dtype, name='gff_1')(y)
-    y = SelfAttentionBlock(self.embed_dim, self.patch_size, self.num_heads, self.window_size, n,
-                           self.mlp_ratio, alpha, beta, self.norm_before, self.reference_compat,
-                           self.dropout, self.dtype, name='sab')(y, train)
+    y = SelfAttentionBlock(
+      self.embed_dim,
+      self.patch_size,
+      self.num_heads,
+      self.window_size,
+      n,
+      self.mlp_ratio,
+      alpha,
+      beta,
+      self.norm_before,
+      self.reference_compat,
+      self.dropout,
+      self.dtype,
+      name='sab',
+    )(y, train)
     y = Upsampler(self.scale, self.growth_rate0, dtype=self.dtype, name='upsampler')(y + shortcut)
     y = Conv2d(self.out_channels, 3, dtype=self.dtype, name='tail')(y)
     return y.astype(jnp.float32)

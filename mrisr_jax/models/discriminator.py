@@ -23,6 +23,7 @@ running statistics). Training mode uses batch statistics and needs `mutable=['ba
 `torch_key_map()` maps every key of the reference state_dict to its flax variable, and
 `from_torch_state_dict` / `to_torch_state_dict` convert whole state_dicts with it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple
@@ -38,8 +39,7 @@ from mrisr_jax.models.norm import TorchBatchNorm
 Dtype = Any
 
 # (out_channels, stride) of the seven down blocks.
-DOWN_BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2))
+DOWN_BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2))
 STEM_FEATURES = 64
 HEAD_FEATURES = 1024
 NUM_PARAMS = 5_214_273  # reference count for a 1-channel input
@@ -67,6 +67,7 @@ class CASRGANDiscriminator(nn.Module):
     dtype: computation dtype (e.g. jnp.bfloat16); params and BN statistics stay float32 and the
       logits are returned in float32.
   """
+
   in_channels: int | None = None
   negative_slope: float = 0.01
   dtype: Dtype | None = None
@@ -96,6 +97,7 @@ class CASRGANDiscriminator(nn.Module):
 # PyTorch state_dict interop
 # ---------------------------------------------------------------------------------------------
 
+
 class TorchKey(NamedTuple):
   """Where a reference state_dict entry lives in the flax variables, and how it is transformed.
 
@@ -107,6 +109,7 @@ class TorchKey(NamedTuple):
               running_var->var);
     'count' - num_batches_tracked: torch int64 scalar <-> flax int32 scalar.
   """
+
   path: tuple[str, ...]
   transform: str
 
@@ -124,8 +127,7 @@ def torch_key_map() -> dict[str, TorchKey]:
     m[f'{t}.1.bias'] = TorchKey(('params', f, 'bn', 'bias'), 'copy')
     m[f'{t}.1.running_mean'] = TorchKey(('batch_stats', f, 'bn', 'mean'), 'copy')
     m[f'{t}.1.running_var'] = TorchKey(('batch_stats', f, 'bn', 'var'), 'copy')
-    m[f'{t}.1.num_batches_tracked'] = TorchKey(
-        ('batch_stats', f, 'bn', 'num_batches_tracked'), 'count')
+    m[f'{t}.1.num_batches_tracked'] = TorchKey(('batch_stats', f, 'bn', 'num_batches_tracked'), 'count')
   m['dense.1.weight'] = TorchKey(('params', 'head_conv1', 'kernel'), 'conv')
   m['dense.1.bias'] = TorchKey(('params', 'head_conv1', 'bias'), 'copy')
   m['dense.3.weight'] = TorchKey(('params', 'head_conv2', 'kernel'), 'conv')
@@ -160,8 +162,7 @@ def _flax_to_torch(v: np.ndarray, transform: str) -> np.ndarray:
   raise ValueError(f'unknown transform {transform!r}')
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any],
-                          template: Mapping[str, Any] | None = None) -> dict:
+def from_torch_state_dict(state_dict: Mapping[str, Any], template: Mapping[str, Any] | None = None) -> dict:
   """Reference state_dict (torch tensors or numpy) -> {'params': ..., 'batch_stats': ...}.
 
   Strict: missing or unexpected keys raise ValueError. If `template` (flax variables, e.g. from
@@ -171,9 +172,11 @@ def from_torch_state_dict(state_dict: Mapping[str, Any],
   missing = [k for k in key_map if k not in state_dict]
   unexpected = [k for k in state_dict if k not in key_map]
   if missing or unexpected:
-    raise ValueError(f'discriminator state_dict mismatch: missing {missing[:5]}'
-                     f'{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}'
-                     f'{"..." if len(unexpected) > 5 else ""}')
+    raise ValueError(
+      f'discriminator state_dict mismatch: missing {missing[:5]}'
+      f'{"..." if len(missing) > 5 else ""}, unexpected {unexpected[:5]}'
+      f'{"..." if len(unexpected) > 5 else ""}'
+    )
   out: dict = {}
   bad = []
   for k, (path, transform) in key_map.items():

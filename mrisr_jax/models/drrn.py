@@ -10,6 +10,7 @@ Parameter mapping (flax -> reference state_dict; conv kernel HWIO = torch weight
   block_{b}/residual_unit/conv_1    rbs.{b}.residule_unit.conv.3     ReLU -> conv F -> F
   recon                             recon.1                          ReLU -> conv F -> out
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ Dtype = Any
 
 class ResidualUnit(nn.Module):
   """ReLU -> conv -> ReLU -> conv (the residual branch; the caller adds h0)."""
+
   features: int
   kernel_size: int
   dtype: Dtype | None = None
@@ -60,6 +62,7 @@ class DRRN(SRGenerator):
     features: F, the reference's ngf.
     kernel_size: of every conv (odd, so that padding k//2 keeps the size).
   """
+
   num_recursive_blocks: int = 1
   num_units: int = 25
   features: int = 128
@@ -71,11 +74,11 @@ class DRRN(SRGenerator):
   def __call__(self, x, train: bool = False):
     self.check_fields()
     if self.out_channels != x.shape[-1]:
-      raise ValueError(f'DRRN: output = input + recon needs out_channels == input channels, got '
-                       f'{self.out_channels} and {x.shape[-1]}')
+      raise ValueError(
+        f'DRRN: output = input + recon needs out_channels == input channels, got {self.out_channels} and {x.shape[-1]}'
+      )
     h = x
     for b in range(self.num_recursive_blocks):
-      h = RecursiveBlock(self.num_units, self.features, self.kernel_size, self.dtype,
-                         name=f'block_{b}')(h)
+      h = RecursiveBlock(self.num_units, self.features, self.kernel_size, self.dtype, name=f'block_{b}')(h)
     recon = Conv2d(self.out_channels, self.kernel_size, dtype=self.dtype, name='recon')(nn.relu(h))
     return x.astype(jnp.float32) + recon.astype(jnp.float32)

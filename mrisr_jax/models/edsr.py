@@ -9,6 +9,7 @@ n = n_resblocks; the upsampler has no bias):
   upsampler/conv_{j}            model_3.0.model.{2j}                         (weight only)
   tail                          model_3.1
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ Dtype = Any
 
 class ResBlock(nn.Module):
   """x + res_scale * conv(ReLU(conv(x)))."""
+
   features: int
   kernel_size: int
   res_scale: float
@@ -45,6 +47,7 @@ class EDSR(SRGenerator):
     res_scale: multiplier of each residual branch (0.1 for the 32x256 model).
     kernel_size: of the head, body and tail convs (odd); the upsampler convs are always 3x3.
   """
+
   n_resblocks: int = 32
   n_feats: int = 256
   res_scale: float = 0.1

@@ -42,6 +42,7 @@ Discriminator, torch port with `torch.nn.utils.spectral_norm` on every conv/Line
   batch_stats sn_{m}/'{m}/kernel/sigma' ()  none (torch recomputes it)
   none (flax recomputes v)                  *.weight_v = normalize(weight_orig.reshape(O, -1).T @ u)
 """
+
 from __future__ import annotations
 
 import math
@@ -76,8 +77,9 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, a * x)
 
 
-def connect_branches(r: jax.Array, y: jax.Array, connection: str = 'weighted', alpha: float = 0.5,
-                     beta: float = 0.5) -> jax.Array:
+def connect_branches(
+  r: jax.Array, y: jax.Array, connection: str = 'weighted', alpha: float = 0.5, beta: float = 0.5
+) -> jax.Array:
   """GFFB fusion of the channel-attention output R and the self-attention output Y.
 
   'direct':   alpha * R + beta * Y (the paper's direct connection).
@@ -101,6 +103,7 @@ class ConvPath(nn.Module):
   layer" is read as a ReLU between consecutive convolutions: with a single ReLU, two of the three
   convolutions would compose into one linear map.
   """
+
   kernel_size: int
   dtype: Dtype | None = None
 
@@ -124,19 +127,20 @@ class LFFB(nn.Module):
   The paths are independent: the paper's remark that information "can be shared" between them
   (as MSRN's crossing paths) comes with an elided equation, so no cross connections are guessed.
   """
+
   kernel_sizes: tuple[int, ...] = (3, 5, 7)
   dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x):
     f = x.shape[-1]
-    paths = [ConvPath(k, self.dtype, name=f'path_{p}')(x)
-             for p, k in enumerate(self.kernel_sizes)]
+    paths = [ConvPath(k, self.dtype, name=f'path_{p}')(x) for p, k in enumerate(self.kernel_sizes)]
     return Conv2d(f, 1, dtype=self.dtype, name='fuse')(jnp.concatenate(paths, axis=-1)) + x
 
 
 class ChannelAttention(nn.Module):
   """x * sigmoid(fc_expand(ReLU(fc_reduce(mean_hw(x))))); hidden width max(1, C // r)."""
+
   reduction: int = 16
   dtype: Dtype | None = None
 
@@ -156,6 +160,7 @@ class SelfAttention(nn.Module):
   f, g: 1x1 convs to max(1, C//8) channels, h and v: 1x1 convs keeping C. The softmax runs in
   float32; the (H*W)^2 map is materialised.
   """
+
   dtype: Dtype | None = None
 
   @nn.compact
@@ -175,6 +180,7 @@ class SelfAttention(nn.Module):
 
 class GFFB(nn.Module):
   """Global feature fusion block: connect(channel_attention(x), self_attention(x))."""
+
   reduction: int = 16
   connection: str = 'weighted'
   alpha: float = 0.5
@@ -190,6 +196,7 @@ class GFFB(nn.Module):
 
 class UpsampleStage(nn.Module):
   """x2 stage as SRGAN: conv3x3 F -> 4F, PixelShuffle(2), PReLU."""
+
   dtype: Dtype | None = None
 
   @nn.compact
@@ -211,6 +218,7 @@ class FAGANGenerator(SRGenerator):
     alpha, beta: the connection's coefficients on R and Y (0.5 each in the paper).
     dtype: computation dtype; params stay float32, the output is float32.
   """
+
   n_feats: int = 64
   n_lffb: int = 8
   kernel_sizes: tuple[int, ...] = (3, 5, 7)
@@ -262,6 +270,7 @@ class FAGANDiscriminator(nn.Module):
     power_iterations: power-iteration steps per call (1, as torch's spectral_norm default).
     dtype: computation dtype; params and SN state stay float32, logits are float32.
   """
+
   base_features: int = 64
   power_iterations: int = 1
   dtype: Any = jnp.float32
@@ -281,8 +290,7 @@ class FAGANDiscriminator(nn.Module):
       conv = Conv2d(mult * f, 3, stride=stride, dtype=self.dtype, name=f'conv_{i}')
       x = nn.leaky_relu(sn(conv, f'sn_conv_{i}')(x, update_stats=train), D_NEGATIVE_SLOPE)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # (B, 8F), averaged in float32
-    x = sn(Linear(D_HEAD_MULTIPLIER * f, dtype=self.dtype, name='dense_0'), 'sn_dense_0')(
-        x, update_stats=train)
+    x = sn(Linear(D_HEAD_MULTIPLIER * f, dtype=self.dtype, name='dense_0'), 'sn_dense_0')(x, update_stats=train)
     x = nn.leaky_relu(x, D_NEGATIVE_SLOPE)
     x = sn(Linear(1, dtype=self.dtype, name='dense_1'), 'sn_dense_1')(x, update_stats=train)
     return x.reshape(x.shape[0]).astype(jnp.float32)

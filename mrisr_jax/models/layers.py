@@ -3,6 +3,7 @@
 Everything here mirrors a PyTorch layer exactly (padding, initialisation, channel order), so that
 weights move between the frameworks by a transpose and nothing else. Arrays are NHWC.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,6 +32,7 @@ class Conv2d(nn.Module):
   Params: `kernel` (kh, kw, in, out) = torch weight (out, in, kh, kw) transposed (2, 3, 1, 0);
   `bias` (out,).
   """
+
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -44,13 +46,18 @@ class Conv2d(nn.Module):
     k = self.kernel_size
     in_ch = x.shape[-1]
     fan_in = in_ch * k * k
-    kernel = self.param('kernel', self.kernel_init or torch_uniform_init(fan_in),
-                        (k, k, in_ch, self.features), jnp.float32)
+    kernel = self.param(
+      'kernel', self.kernel_init or torch_uniform_init(fan_in), (k, k, in_ch, self.features), jnp.float32
+    )
     pad = k // 2 if self.padding is None else self.padding
     dtype = self.dtype or x.dtype
     y = jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype), window_strides=(self.stride, self.stride),
-        padding=((pad, pad), (pad, pad)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x.astype(dtype),
+      kernel.astype(dtype),
+      window_strides=(self.stride, self.stride),
+      padding=((pad, pad), (pad, pad)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
     if self.use_bias:
       bias = self.param('bias', torch_uniform_init(fan_in), (self.features,), jnp.float32)
       y = y + bias.astype(dtype)
@@ -59,6 +66,7 @@ class Conv2d(nn.Module):
 
 class Linear(nn.Module):
   """`torch.nn.Linear`: params `kernel` (in, out) = torch weight (out, in) transposed; `bias`."""
+
   features: int
   use_bias: bool = True
   dtype: Dtype | None = None
@@ -67,8 +75,7 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     in_f = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init or torch_uniform_init(in_f),
-                        (in_f, self.features), jnp.float32)
+    kernel = self.param('kernel', self.kernel_init or torch_uniform_init(in_f), (in_f, self.features), jnp.float32)
     dtype = self.dtype or x.dtype
     y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
     if self.use_bias:
@@ -109,6 +116,7 @@ def upsampler_stages(scale: int) -> Sequence[int]:
 
 class Upsampler(nn.Module):
   """Reference `Upsampler(scale, ngf)`: [conv3x3 ngf -> r*r*ngf (no bias), PixelShuffle(r)]*."""
+
   scale: int
   features: int
   dtype: Dtype | None = None

@@ -21,6 +21,7 @@ that mean is the mean over the whole global batch (XLA inserts the cross-device 
 is what a single-device PyTorch run computes. Running statistics are not updated while the module
 is being initialised (`Module.init`), so a fresh model has `num_batches_tracked == 0` as in PyTorch.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,6 +44,7 @@ class TorchBatchNorm(nn.Module):
     epsilon: 1e-5, PyTorch's default.
     dtype: computation dtype of the output (statistics are always computed in float32).
   """
+
   use_running_average: bool | None = None
   momentum: float = 0.1
   epsilon: float = 1e-5
@@ -50,8 +52,7 @@ class TorchBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    use_ra = nn.merge_param('use_running_average', self.use_running_average,
-                            use_running_average)
+    use_ra = nn.merge_param('use_running_average', self.use_running_average, use_running_average)
     c = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
@@ -69,8 +70,9 @@ class TorchBatchNorm(nn.Module):
         n *= x.shape[a]
       if n < 2:
         raise ValueError(
-            f'TorchBatchNorm: expected more than 1 value per channel when training, got input '
-            f'shape {tuple(x.shape)} (as torch.nn.BatchNorm2d)')
+          f'TorchBatchNorm: expected more than 1 value per channel when training, got input '
+          f'shape {tuple(x.shape)} (as torch.nn.BatchNorm2d)'
+        )
       mean = jnp.mean(xf, axis=reduce_axes)
       var = jnp.mean(jnp.square(xf - mean), axis=reduce_axes)  # biased, used to normalise
       if not self.is_initializing():

@@ -24,6 +24,7 @@ params/.../{bn}/scale, bias                ....{bn}.weight, .bias            cop
 batch_stats/.../{bn}/mean, var             ....{bn}.running_mean, .running_var  copy
 batch_stats/.../{bn}/num_batches_tracked   ....{bn}.num_batches_tracked      int32 <-> int64
 """
+
 from __future__ import annotations
 
 import math
@@ -49,6 +50,7 @@ def upsample_nearest_2x(x):
 
 class ResidualBlock(nn.Module):
   """Johnson's residual block: conv3x3-BN-ReLU-conv3x3-BN plus the input (no ReLU after the sum)."""
+
   features: int
   dtype: Dtype | None = None
 
@@ -63,6 +65,7 @@ class ResidualBlock(nn.Module):
 
 class UpscaleBlock(nn.Module):
   """x2: ConvTranspose2d(3, 2, 1, output_padding 1) or nearest x2 + conv3x3; then BN and ReLU."""
+
   features: int
   mode: str
   dtype: Dtype | None = None
@@ -70,11 +73,11 @@ class UpscaleBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     if self.mode == 'transposed':
-      x = ConvTranspose2d(self.features, 3, stride=2, padding=1, output_padding=1, use_bias=False,
-                          dtype=self.dtype, name='deconv')(x)
+      x = ConvTranspose2d(
+        self.features, 3, stride=2, padding=1, output_padding=1, use_bias=False, dtype=self.dtype, name='deconv'
+      )(x)
     else:
-      x = Conv2d(self.features, 3, use_bias=False, dtype=self.dtype, name='conv')(
-          upsample_nearest_2x(x))
+      x = Conv2d(self.features, 3, use_bias=False, dtype=self.dtype, name='conv')(upsample_nearest_2x(x))
     return nn.relu(TorchBatchNorm(use_running_average=not train, dtype=self.dtype, name='bn')(x))
 
 

@@ -12,6 +12,7 @@ Parameter mapping (flax -> reference state_dict; conv kernel HWIO = torch weight
   gff_0, gff_1               GFF.0 (1x1, D*G0 -> G0), GFF.1 (k x k)
   upscale_{i}                upscale.{i}   x2/x3: i = 0, 2;  x4: i = 0, 2, 4
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -35,6 +36,7 @@ class RDN(SRGenerator):
     kernel_size: of SFE1, SFE2, GFF.1 and the upscale convs (odd); the dense layers are 3x3 and
       the fusions 1x1 whatever it is, as in the reference.
   """
+
   growth_rate0: int = 64
   growth_rate: int = 32
   num_layers: int = 6

@@ -6,6 +6,7 @@ Parameter mapping (flax -> reference state_dict; conv kernel HWIO = torch weight
   non_linear_mapping/{kernel,bias}  non_linear_mapping.{weight,bias}   conv1x1 64 -> 32
   reconstruction/{kernel,bias}      reconstruction.{weight,bias}       conv5x5 32 -> out, pad 2
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -23,6 +24,7 @@ LR_MULTIPLIERS = {'reconstruction': 0.1}
 
 class SRCNN(SRGenerator):
   """SRCNN; `scale` only selects the data (the input is already at HR size)."""
+
   upsampled_input: ClassVar[bool] = True
 
   @nn.compact

@@ -11,6 +11,7 @@ networks normalise on entry and the generator maps its tanh output back: [0, 1] 
 
 `ConvTranspose2d` here is `torch.nn.ConvTranspose2d` (stride, padding, output_padding) in NHWC.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -29,8 +30,9 @@ TRANSPOSED_LAYERS = (3, 6)  # the generator's stride-2 upsampling layers (1-base
 DISCRIMINATOR_STRIDES = (1, 2, 2, 2, 2, 1)  # 240x256 -> 15x16
 
 
-def conv_transpose_torch(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                         output_padding: int = 0) -> jax.Array:
+def conv_transpose_torch(
+  x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int = 0
+) -> jax.Array:
   """`torch.nn.functional.conv_transpose2d` (no bias) on NHWC input.
 
   kernel: (kh, kw, in, out) = torch weight (in, out, kh, kw) transposed (2, 3, 0, 1), NOT flipped.
@@ -41,11 +43,15 @@ def conv_transpose_torch(x: jax.Array, kernel: jax.Array, stride: int, padding: 
   if not 0 <= output_padding < stride:
     raise ValueError(f'output_padding must be in [0, stride), got {output_padding} for stride {stride}')
   kh, kw = kernel.shape[:2]
-  pad = ((kh - 1 - padding, kh - 1 - padding + output_padding),
-         (kw - 1 - padding, kw - 1 - padding + output_padding))
+  pad = ((kh - 1 - padding, kh - 1 - padding + output_padding), (kw - 1 - padding, kw - 1 - padding + output_padding))
   return jax.lax.conv_general_dilated(
-      x, kernel[::-1, ::-1], window_strides=(1, 1), padding=pad, lhs_dilation=(stride, stride),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x,
+    kernel[::-1, ::-1],
+    window_strides=(1, 1),
+    padding=pad,
+    lhs_dilation=(stride, stride),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
 
 
 class ConvTranspose2d(nn.Module):
@@ -55,6 +61,7 @@ class ConvTranspose2d(nn.Module):
   `bias` (out,). PyTorch's fan-in for a transposed conv weight is out * kh * kw (its dim 1), so the
   init bound is 1/sqrt(out * k * k) for both.
   """
+
   features: int
   kernel_size: int
   stride: int = 1
@@ -69,8 +76,7 @@ class ConvTranspose2d(nn.Module):
     init = torch_uniform_init(self.features * k * k)
     kernel = self.param('kernel', init, (k, k, x.shape[-1], self.features), jnp.float32)
     dtype = self.dtype or x.dtype
-    y = conv_transpose_torch(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding,
-                             self.output_padding)
+    y = conv_transpose_torch(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding, self.output_padding)
     if self.use_bias:
       y = y + self.param('bias', init, (self.features,), jnp.float32).astype(dtype)
     return y
@@ -91,6 +97,7 @@ class SRDCGANGenerator(SRGenerator):
   batch_stats/bn{i}/mean, var                  bn{i}.running_mean, running_var  copy
   batch_stats/bn{i}/num_batches_tracked        bn{i}.num_batches_tracked    int32 <-> int64
   """
+
   features: int = 64  # width of conv1..conv7
   input_mean: float = 0.5  # the seed's Normalize(mean, std), applied on entry and undone on exit
   input_std: float = 0.5
@@ -102,8 +109,7 @@ class SRDCGANGenerator(SRGenerator):
     x = (x.astype(jnp.float32) - self.input_mean) / self.input_std
     for i in range(1, 8):
       if i in TRANSPOSED_LAYERS:
-        x = ConvTranspose2d(self.features, 4, stride=2, padding=1, use_bias=False, dtype=self.dtype,
-                            name=f'conv{i}')(x)
+        x = ConvTranspose2d(self.features, 4, stride=2, padding=1, use_bias=False, dtype=self.dtype, name=f'conv{i}')(x)
       else:
         x = Conv2d(self.features, 3, use_bias=False, dtype=self.dtype, name=f'conv{i}')(x)
       x = TorchBatchNorm(use_running_average=not train, dtype=self.dtype, name=f'bn{i}')(x)
@@ -128,6 +134,7 @@ class SRDCGANDiscriminator(nn.Module):
   params/dense/kernel (C*H*W, 1)               dense.weight (1, C*H*W)      transpose
   params/dense/bias                            dense.bias                   copy
   """
+
   features: tuple[int, ...] = (64, 64, 128, 128, 256, 256)  # widths of conv1..conv6
   negative_slope: float = 0.2
   input_mean: float = 0.5  # the seed's Normalize(mean, std), so D sees what the seed's D sees
@@ -137,12 +144,12 @@ class SRDCGANDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if len(self.features) != len(DISCRIMINATOR_STRIDES):
-      raise ValueError(f'SRDCGANDiscriminator needs {len(DISCRIMINATOR_STRIDES)} conv widths, '
-                       f'got features={tuple(self.features)}')
+      raise ValueError(
+        f'SRDCGANDiscriminator needs {len(DISCRIMINATOR_STRIDES)} conv widths, got features={tuple(self.features)}'
+      )
     x = (x.astype(jnp.float32) - self.input_mean) / self.input_std
     for i, (features, stride) in enumerate(zip(self.features, DISCRIMINATOR_STRIDES), start=1):
-      x = Conv2d(features, 3, stride=stride, padding=1, use_bias=i == 1, dtype=self.dtype,
-                 name=f'conv{i}')(x)
+      x = Conv2d(features, 3, stride=stride, padding=1, use_bias=i == 1, dtype=self.dtype, name=f'conv{i}')(x)
       if i > 1:
         x = TorchBatchNorm(use_running_average=not train, dtype=self.dtype, name=f'bn{i}')(x)
       x = nn.leaky_relu(x, self.negative_slope)

@@ -7,6 +7,7 @@ Two behaviours (see ../shared/reference/casrgan_reference.md, "STB"):
   reverse without the transpose, alpha on the branch `LN(x + alpha * f(x))`), so that checkpoints
   trained with the reference reproduce its outputs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -83,12 +84,16 @@ class WindowAttention(nn.Module):
     qkv = qkv.reshape(b_, n, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     # The reference multiplies by head_dim ** +0.5 (a sign slip); Swin divides by sqrt(head_dim).
-    q = q * (hd ** 0.5 if self.reference_compat else hd ** -0.5)
+    q = q * (hd**0.5 if self.reference_compat else hd**-0.5)
     attn = jnp.einsum('bhnd,bhmd->bhnm', q, k).astype(jnp.float32)
 
     w = self.window_size
-    table = self.param('relative_position_bias_table', nn.initializers.truncated_normal(0.02),
-                       ((2 * w - 1) ** 2, self.num_heads), jnp.float32)
+    table = self.param(
+      'relative_position_bias_table',
+      nn.initializers.truncated_normal(0.02),
+      ((2 * w - 1) ** 2, self.num_heads),
+      jnp.float32,
+    )
     index = relative_position_index(w)
     bias = table[index.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)
     attn = attn + bias[None]
@@ -120,6 +125,7 @@ class MLP(nn.Module):
 
 class SwinBlock(nn.Module):
   """The reference's STB on a (B, H, W, C) token grid."""
+
   dim: int
   num_heads: int
   window_size: int
@@ -137,13 +143,14 @@ class SwinBlock(nn.Module):
     b, h, wd, c = x.shape
     w = self.window_size
     if h % w or wd % w:
-      raise ValueError(f'token grid {h}x{wd} is not divisible by window_size {w}: the LR input side '
-                       f'must be a multiple of patch_size * window_size')
+      raise ValueError(
+        f'token grid {h}x{wd} is not divisible by window_size {w}: the LR input side '
+        f'must be a multiple of patch_size * window_size'
+      )
     init = xavier_normal(self.beta) if self.beta is not None else None
     norm_1 = nn.LayerNorm(epsilon=LN_EPS, name='norm_1')
     norm_2 = nn.LayerNorm(epsilon=LN_EPS, name='norm_2')
-    attn = WindowAttention(c, self.num_heads, w, self.reference_compat, self.dropout, init,
-                           self.dtype, name='attn')
+    attn = WindowAttention(c, self.num_heads, w, self.reference_compat, self.dropout, init, self.dtype, name='attn')
     mlp = MLP(c, int(c * self.mlp_ratio), self.dropout, init, self.dtype, name='mlp')
     s = self.shift
     mask = jnp.asarray(shifted_window_mask(h, wd, w, s)) if s > 0 else None

@@ -26,6 +26,7 @@ Weights:
 Both return the inner params dict {'features_{idx}': {'kernel': HWIO, 'bias': (out,)}}; apply with
 `VGGFeatures(...).apply({'params': params}, x)`.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,16 +44,16 @@ Dtype = Any
 
 # torchvision `cfgs`: 'D' = vgg16, 'E' = vgg19 ('M' = MaxPool2d(2, 2)).
 VGG_CFGS: dict[str, tuple] = {
-    'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-              512, 512, 512, 'M'),
-    'vgg19': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
-              512, 512, 512, 512, 'M'),
+  'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
+  'vgg19': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'),
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHTS_HINT = ("download torchvision's ImageNet weights (e.g. "
-                "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth) and set "
-                "config.loss.vgg_weights=PATH (a .pth, or a .npz made by tools/convert_vgg.py)")
+WEIGHTS_HINT = (
+  "download torchvision's ImageNet weights (e.g. "
+  'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth) and set '
+  'config.loss.vgg_weights=PATH (a .pth, or a .npz made by tools/convert_vgg.py)'
+)
 
 
 class VGGWeightsError(UserError, ValueError):
@@ -93,15 +94,15 @@ def vgg_layer_names(arch: str) -> dict[str, int]:
 def vgg_layer_index(arch: str, name: str) -> int:
   """torchvision `features` index of a named layer: vgg19 'conv3_4' -> 16, vgg16 'relu2_2' -> 8."""
   from mrisr_jax import registry  # pylint: disable=import-outside-toplevel
+
   return registry.lookup(vgg_layer_names(arch), f'{arch} layer', name)
 
 
 def _check_last_layer(arch: str, last_layer: int) -> list[tuple]:
   layers = vgg_layers(arch)
   if not 0 <= last_layer < len(layers):
-    raise ValueError(f'last_layer={last_layer} is out of range for {arch} features '
-                     f'(0..{len(layers) - 1})')
-  return layers[:last_layer + 1]
+    raise ValueError(f'last_layer={last_layer} is out of range for {arch} features (0..{len(layers) - 1})')
+  return layers[: last_layer + 1]
 
 
 def vgg_torch_shapes(arch: str, last_layer: int) -> dict[str, tuple[int, ...]]:
@@ -129,6 +130,7 @@ class VGGFeatures(nn.Module):
       first conv. CASRGAN does not.
     dtype: computation dtype (params stay float32).
   """
+
   arch: str = 'vgg19'
   last_layer: int = 16
   taps: tuple[int, ...] = ()
@@ -143,16 +145,17 @@ class VGGFeatures(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, ...]:
     if x.ndim != 4 or x.shape[-1] != 3:
-      raise ValueError(f'VGGFeatures expects NHWC input with 3 channels (repeat a grey image to '
-                       f'3 channels first), got shape {tuple(x.shape)}')
+      raise ValueError(
+        f'VGGFeatures expects NHWC input with 3 channels (repeat a grey image to '
+        f'3 channels first), got shape {tuple(x.shape)}'
+      )
     if self.normalize_input:
       mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
       std = jnp.asarray(IMAGENET_STD, jnp.float32)
       x = (x.astype(jnp.float32) - mean) / std
     n_layers = len(vgg_layers(self.arch))
     if any(not 0 <= t < n_layers for t in self.taps):
-      raise ValueError(f'taps={self.taps} is out of range for {self.arch} features '
-                       f'(0..{n_layers - 1})')
+      raise ValueError(f'taps={self.taps} is out of range for {self.arch} features (0..{n_layers - 1})')
     outputs = {}
     for i, layer in enumerate(_check_last_layer(self.arch, self.depth)):
       if layer[0] == 'conv':
@@ -183,8 +186,10 @@ def init_vgg_params(rng: jax.Array, arch: str = 'vgg19', last_layer: int = 16) -
       rng, key = jax.random.split(rng)
       in_ch, out_ch = layer[1], layer[2]
       std = (2.0 / (out_ch * 9)) ** 0.5
-      params[f'features_{i}'] = {'kernel': std * jax.random.normal(key, (3, 3, in_ch, out_ch), jnp.float32),
-                                 'bias': jnp.zeros((out_ch,), jnp.float32)}
+      params[f'features_{i}'] = {
+        'kernel': std * jax.random.normal(key, (3, 3, in_ch, out_ch), jnp.float32),
+        'bias': jnp.zeros((out_ch,), jnp.float32),
+      }
   return params
 
 
@@ -194,19 +199,22 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
       with np.load(path, allow_pickle=False) as data:
         return {k: np.asarray(data[k]) for k in data.files}
     except Exception as e:  # not a zip, pickled objects, truncated
-      raise ValueError(f'could not read {path} as a .npz of arrays: {type(e).__name__}: '
-                       f'{str(e).splitlines()[0] if str(e) else ""}') from e
+      raise ValueError(
+        f'could not read {path} as a .npz of arrays: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+      ) from e
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
-        f'reading {path} needs PyTorch: install the torch extra (pip install "mrisr_jax[torch]") '
-        f'or convert it to .npz with tools/convert_vgg.py on a machine with torch') from e
+      f'reading {path} needs PyTorch: install the torch extra (pip install "mrisr_jax[torch]") '
+      f'or convert it to .npz with tools/convert_vgg.py on a machine with torch'
+    ) from e
   try:
     sd = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pickle errors, truncated files, non-tensor contents
-    raise ValueError(f'could not read {path} as a PyTorch state_dict: '
-                     f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from e
+    raise ValueError(
+      f'could not read {path} as a PyTorch state_dict: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+    ) from e
   if isinstance(sd, Mapping) and 'state_dict' in sd and isinstance(sd['state_dict'], Mapping):
     sd = sd['state_dict']
   if not isinstance(sd, Mapping):
@@ -224,7 +232,7 @@ def _normalise_keys(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   out = {}
   for k, v in sd.items():
     if k.startswith('module.'):
-      k = k[len('module.'):]
+      k = k[len('module.') :]
     if k.startswith('features.'):
       out[k] = v
     elif k.split('.', 1)[0].isdigit():
@@ -248,24 +256,23 @@ def load_vgg_params(path: str | os.PathLike, arch: str = 'vgg19', last_layer: in
     raise FileNotFoundError(f'VGG weights not found at {path!r}: {WEIGHTS_HINT}')
   sd = _normalise_keys(_read_state_dict(path))
   if any(k.endswith('running_mean') for k in sd):
-    raise ValueError(f'{path} holds a batch-norm VGG (vgg*_bn); only plain torchvision '
-                     f'{arch} weights are supported')
+    raise ValueError(f'{path} holds a batch-norm VGG (vgg*_bn); only plain torchvision {arch} weights are supported')
   missing = [k for k in expected if k not in sd]
   if missing:
-    raise ValueError(f'{path} lacks {len(missing)} key(s) needed by {arch} features[:'
-                     f'{last_layer + 1}]: {missing[:4]}{"..." if len(missing) > 4 else ""}')
-  bad = [f'{k} {tuple(sd[k].shape)} != {shape}' for k, shape in expected.items()
-         if tuple(sd[k].shape) != shape]
+    raise ValueError(
+      f'{path} lacks {len(missing)} key(s) needed by {arch} features[:'
+      f'{last_layer + 1}]: {missing[:4]}{"..." if len(missing) > 4 else ""}'
+    )
+  bad = [f'{k} {tuple(sd[k].shape)} != {shape}' for k, shape in expected.items() if tuple(sd[k].shape) != shape]
   if bad:
-    raise ValueError(f'{path} does not match {arch} (wrong shapes): {bad[:4]}'
-                     f'{"..." if len(bad) > 4 else ""}')
+    raise ValueError(f'{path} does not match {arch} (wrong shapes): {bad[:4]}{"..." if len(bad) > 4 else ""}')
   params = {}
   for k in expected:
     if k.endswith('.weight'):
       i = int(k.split('.')[1])
       w = np.asarray(sd[k], np.float32)
       params[f'features_{i}'] = {
-          'kernel': jnp.asarray(np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))),
-          'bias': jnp.asarray(np.asarray(sd[f'features.{i}.bias'], np.float32)),
+        'kernel': jnp.asarray(np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))),
+        'bias': jnp.asarray(np.asarray(sd[f'features.{i}.bias'], np.float32)),
       }
   return params

@@ -4,6 +4,7 @@
 GAN stage's exact resume is tests/test_train.py's). Every step's losses are logged
 (log_every_steps=1) so tests can compare runs step by step from the event files.
 """
+
 import pathlib
 import sys
 

@@ -8,6 +8,7 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8.
   the real and fake terms of D's gradient nearly cancel, and Adam's first steps (update ~ lr *
   sign(g)) turn float32 summation-order differences in those near-zero entries into +-lr moves.
 """
+
 import json
 import sys
 

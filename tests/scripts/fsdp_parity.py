@@ -4,6 +4,7 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8. Prints one JSON lin
 losses of both runs, and for the 8-device state every sharded leaf's global and per-device shapes
 (parameters, and Adam mu/nu after the steps) and the fraction of parameter bytes that is sharded.
 """
+
 import json
 import sys
 
@@ -55,12 +56,24 @@ for (path, x), s in zip(flat, jax.tree.leaves(state_sh)):
   if s.is_fully_replicated:
     continue
   shard = x.addressable_shards[0].data
-  leaves.append({'path': sharding.path_str(path), 'global': list(x.shape), 'shard': list(shard.shape),
-                 'spec': [a if a is None or isinstance(a, str) else list(a) for a in s.spec],
-                 'actual_spec': [a if a is None or isinstance(a, str) else list(a) for a in x.sharding.spec],
-                 'n_shards': len({tuple((i.start, i.stop) for i in sh.index) for sh in x.addressable_shards})})
-out = {'devices': jax.device_count(), 'mesh': dict(mesh.shape), 'one': losses_one, 'all': losses_all,
-       'sharded': leaves, 'sharded_fraction': sharding.sharded_fraction(abstract, state_sh),
-       'batch_shards': sharding.data_parallel_size(mesh),
-       'param_paths': [sharding.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract.g_params)[0]]}
+  leaves.append(
+    {
+      'path': sharding.path_str(path),
+      'global': list(x.shape),
+      'shard': list(shard.shape),
+      'spec': [a if a is None or isinstance(a, str) else list(a) for a in s.spec],
+      'actual_spec': [a if a is None or isinstance(a, str) else list(a) for a in x.sharding.spec],
+      'n_shards': len({tuple((i.start, i.stop) for i in sh.index) for sh in x.addressable_shards}),
+    }
+  )
+out = {
+  'devices': jax.device_count(),
+  'mesh': dict(mesh.shape),
+  'one': losses_one,
+  'all': losses_all,
+  'sharded': leaves,
+  'sharded_fraction': sharding.sharded_fraction(abstract, state_sh),
+  'batch_shards': sharding.data_parallel_size(mesh),
+  'param_paths': [sharding.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract.g_params)[0]],
+}
 print(json.dumps(out))
