@@ -30,7 +30,7 @@ import numpy as np
 from mrisr_jax import cli
 from mrisr_jax.data.errors import OneLineError
 from mrisr_jax.data.splits import IMAGE_SUFFIXES, file_format
-from mrisr_jax.spec import data_spec
+from mrisr_jax.spec import resolve
 
 
 def define_flags() -> None:
@@ -202,7 +202,7 @@ def _baseline(spec: str, config, index: int, tile, overlap, batch) -> Method:
   from mrisr_jax import config_base
 
   weights, _, config_spec = spec.partition('@')
-  base_config = config_base.load_config(config_spec) if config_spec else config
+  base_config = resolve(config_base.load_config(config_spec)) if config_spec else config
   if base_config.model.scale != config.model.scale:
     raise EvaluateError(
       f'--baselines {spec}: scale {base_config.model.scale} does not match the '
@@ -219,7 +219,8 @@ def evaluate_volume(truth: dict, methods: list[Method], config) -> dict:
   from mrisr_jax import metrics
   from mrisr_jax.data import degrade, pipeline
 
-  steps = data_spec(config.data).degradation
+  config = resolve(config)
+  steps = config.data.degradation
   scale = config.model.scale
   factors = degrade.lr_factors(steps, scale)
   hr0 = truth['hr']
@@ -355,7 +356,8 @@ def evaluate(
 ) -> dict:
   """Scores `weights` (and bicubic, and `baselines`) on `inputs`; returns the JSON summary."""
   from tqdm import tqdm
-  from mrisr_jax.data import degrade
+
+  config = resolve(config)  # checked once; below only the RunSpec
 
   if scale is not None and int(scale) != int(config.model.scale):
     raise EvaluateError(
@@ -366,8 +368,7 @@ def evaluate(
   json_path = pathlib.Path(json_path) if json_path else None
   report_dir = pathlib.Path(report_dir) if report_dir else None
   _check_outputs(files, json_path, report_dir, overwrite)
-  steps = data_spec(config.data).degradation
-  degrade.parse_degradation(steps)
+  steps = config.data.degradation
   methods = [Method('model', config, weights, tile, overlap, batch)]
   methods += [_baseline(spec, config, i, tile, overlap, batch) for i, spec in enumerate(baselines)]
   labels = ['model', 'bicubic'] + [m.label for m in methods[1:]]

@@ -53,9 +53,10 @@ def export(
   config, out, *, workdir=None, step: int | None = None, what: str = 'generator', overwrite: bool = False
 ) -> dict:
   """Writes `out` (+ its .json) and returns the JSON record."""
-  from mrisr_jax import fileio, network_variables
+  from mrisr_jax import fileio, network_variables, spec
   from mrisr_jax.interop import convert, state_dict_io
 
+  config = spec.resolve(config)  # checked once; below only the RunSpec
   out = pathlib.Path(out)
   if what not in WHAT:
     raise ExportError(f'--what {what!r}: use one of {", ".join(WHAT)}')
@@ -84,9 +85,7 @@ def export(
     'what': what,
     'source': source,
     'step': step,
-    'config': json.loads(
-      config.discriminator.to_json_best_effort() if what == 'discriminator' else config.model.to_json_best_effort()
-    ),
+    'config': (config.discriminator if what == 'discriminator' else config.model).to_dict(),
     'keys': len(state_dict),
   }
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,6 @@ from absl import flags
 
 from mrisr_jax import cli
 from mrisr_jax.data.errors import OneLineError
-from mrisr_jax.spec import data_spec
 
 
 def define_flags() -> None:
@@ -92,7 +91,9 @@ def infer(
   progress: bool = False,
 ) -> dict:
   """Reads `input`, super-resolves every slice, writes `output`; returns a summary record."""
-  from mrisr_jax import fileio, network_variables, nifti_volume, registry
+  from mrisr_jax import fileio, network_variables, nifti_volume, registry, spec
+
+  config = spec.resolve(config)  # checked once; below only the RunSpec
   from mrisr_jax.data import degrade
   from mrisr_jax.predictor import Predictor
 
@@ -115,7 +116,7 @@ def infer(
   model = registry.build_generator(config.model)
   variables = network_variables.load_generator_variables(config, weights, model)
   scale = config.model.scale
-  factors = degrade.lr_factors(data_spec(config.data).degradation, scale)
+  factors = degrade.lr_factors(config.data.degradation, scale)
   predictor = Predictor(model, variables, tile=tile, overlap=overlap, batch=batch)
 
   def sr_stack(lr, bar=None):

@@ -14,6 +14,7 @@ invert).
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Iterator, Mapping
 
 import ml_collections
@@ -242,6 +243,10 @@ class ModelSpec(Mapping):
 
   def __hash__(self):
     return hash((self.name, self.fields))
+
+  def to_dict(self) -> dict:
+    """The section as plain JSON-ready data: name first, then the fields (tuples as lists)."""
+    return json.loads(json.dumps({'name': self.name, **dict(self.fields)}))
 
   @property
   def scale(self) -> int:
