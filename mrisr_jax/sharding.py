@@ -50,8 +50,8 @@ def rules_for(run) -> tuple:
 
 
 def _error(message: str) -> ValueError:
-  # config_check.ConfigError (a ValueError): one line to the user; imported here to keep imports light
-  from mrisr_jax.config_check import ConfigError
+  # errors.ConfigError: one line to the user; imported here to keep imports light
+  from mrisr_jax.errors import ConfigError
 
   return ConfigError(message)
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 import ml_collections
 import numpy as np
 
-from mrisr_jax.config_check import ConfigError
+from mrisr_jax.errors import ConfigError
 from mrisr_jax.data.errors import DataError
 
 STAGE_KINDS = ('generator', 'gan')

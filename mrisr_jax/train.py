@@ -29,7 +29,7 @@ from mrisr_jax import recipe, registry, report, sharding, spec, steps
 from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like, workdir_path
 from mrisr_jax.data import pipeline
 from mrisr_jax.data.sample import resolve_data_root
-from mrisr_jax.config_check import ConfigError
+from mrisr_jax.errors import ConfigError
 from mrisr_jax.errors import NonFiniteLossError  # noqa: F401  (also raised as train.NonFiniteLossError)
 from mrisr_jax.validation import Validator, log_line
 from mrisr_jax.preemption import Preempted, PreemptionGuard
