@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging as pylogging
+import os
 import pathlib
 import re
 import sys
 from typing import Any, Callable, Sequence
 
 from mrisr_jax.errors import ConfigError, UserError, exit_with
+
+# TensorFlow only writes event files here (clu's writers); keep its C++ start-up notes off the console.
+# Its oneDNN note ignores TF_CPP_MIN_LOG_LEVEL; TF_ENABLE_ONEDNN_OPTS touches TensorFlow's own kernels
+# only, never JAX's.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 Overrides = Sequence[tuple[str, 'str | None']]
 
@@ -197,6 +205,33 @@ def parse_flags(argv: Sequence[str], overrides: list, flag_values=None) -> list[
     raise UserError(str(e)) from None
 
 
+class QuietLibraries(pylogging.Filter):
+  """Keeps libraries' INFO chatter (orbax's saves and closes, grain, tensorstore, jax probing for a
+  TPU) off the console; their warnings still show, and `--verbosity=1` shows everything."""
+
+  NOISY = ('/orbax/', '/grain/', '/tensorstore/', 'xla_bridge.py')
+
+  # orbax warns at every save without a validation PSNR (saves between evaluations): expected here
+  HARMLESS_WARNINGS = ('did not provide metrics',)
+
+  def filter(self, record):
+    from absl import flags
+
+    if flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].value >= 1:
+      return True
+    if record.levelno >= pylogging.WARNING:
+      return not any(w in str(record.msg) for w in self.HARMLESS_WARNINGS)
+    return not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_libraries() -> None:
+  from absl import logging
+
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+    handler.addFilter(QuietLibraries())
+
+
 def run(
   main: Callable,
   *,
@@ -219,6 +254,7 @@ def run(
       exit_with(e)
 
   def body(args):
+    quiet_libraries()
     if len(args) > 1:
       raise UserError(f'unexpected arguments: {" ".join(args[1:])}')
     if not config:

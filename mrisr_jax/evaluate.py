@@ -44,7 +44,14 @@ def define_flags() -> None:
   flags.DEFINE_string(
     'weights',
     None,
-    'Training workdir (latest checkpoint; its EMA when the config keeps one) or a .pth/.safetensors state_dict.',
+    'Training workdir (its best checkpoint, see --step; its EMA when the config keeps one) '
+    'or a .pth/.safetensors state_dict.',
+  )
+  flags.DEFINE_string(
+    'step',
+    None,
+    'With a workdir --weights: best (the step with the best validation PSNR; the latest when no step '
+    'was validated), latest, or a saved step number (default: best). Baselines take their best step.',
   )
   flags.DEFINE_multi_string(
     'input',
@@ -185,20 +192,21 @@ def _zoom_region(err: np.ndarray) -> tuple[int, int, int, int]:
 class Method:
   """A generator to score: weights under a config, run by a mrisr_jax.predictor.Predictor."""
 
-  def __init__(self, label: str, config, weights, tile: int, overlap: int, batch: int):
+  def __init__(self, label: str, config, weights, tile: int, overlap: int, batch: int, *, step=None, log=None):
     from mrisr_jax import network_variables, registry
     from mrisr_jax.predictor import Predictor
 
     self.label, self.config, self.weights = label, config, str(weights)
     self.model = registry.build_generator(config.model)
-    variables = network_variables.load_generator_variables(config, weights, self.model)
+    variables, chosen = network_variables.load_generator(config, weights, self.model, step=step, log=log)
+    self.step, self.step_reason = (chosen['step'], chosen['reason']) if chosen else (None, None)
     self.predictor = Predictor(self.model, variables, tile=tile, overlap=overlap, batch=batch)
 
   def super_resolve(self, lr: np.ndarray, bicubic: np.ndarray, factors) -> np.ndarray:
     return self.predictor(lr, factors=factors, bicubic=bicubic)
 
 
-def _baseline(spec: str, config, index: int, tile, overlap, batch) -> Method:
+def _baseline(spec: str, config, index: int, tile, overlap, batch, log=None) -> Method:
   from mrisr_jax import config_base
 
   weights, _, config_spec = spec.partition('@')
@@ -211,12 +219,12 @@ def _baseline(spec: str, config, index: int, tile, overlap, batch) -> Method:
   label = pathlib.Path(weights.rstrip('/')).name or f'baseline{index}'
   if config_spec:
     label = f'{base_config.name}:{label}'
-  return Method(label, base_config, weights, tile, overlap, batch)
+  return Method(label, base_config, weights, tile, overlap, batch, log=log)
 
 
 def evaluate_volume(truth: dict, methods: list[Method], config) -> dict:
   """Scores of one volume for bicubic and every method, with the arrays a figure needs."""
-  from mrisr_jax import metrics
+  from mrisr_jax import metrics, report
   from mrisr_jax.data import degrade, pipeline
 
   config = resolve(config)
@@ -252,6 +260,7 @@ def evaluate_volume(truth: dict, methods: list[Method], config) -> dict:
   ]
   k = hr.shape[0] // 2
   arrays = {'lr': lr[k], 'bicubic': bicubic[k], 'sr': preds['model'][k], 'hr': hr[k], 'slice': truth['slices'][k]}
+  arrays['orientation'] = report.slice_orientation(file_format(truth['path']))  # NIfTI: RAS slices
   return {'row': row, 'arrays': arrays}
 
 
@@ -323,7 +332,9 @@ def write_report(report_dir: pathlib.Path, result: dict, figures: list[dict], ti
   images = []
   for i, (row, a) in enumerate(zip(result['volumes'], figures)):
     zoom = _zoom_region(np.abs(a['bicubic'] - a['hr']))
-    grid = report.image_grid(a['lr'], a['bicubic'], a['sr'], a['hr'], zoom=zoom)
+    grid = report.image_grid(
+      a['lr'], a['bicubic'], a['sr'], a['hr'], zoom=zoom, orientation=a.get('orientation', 'stored')
+    )
     name = f'{i:03d}_{"".join(c if c.isalnum() or c in "-_." else "_" for c in row["volume"])}.png'
     report.save_png(report_dir / name, grid)
     images.append(name)
@@ -343,6 +354,7 @@ def evaluate(
   weights,
   inputs,
   *,
+  step=None,
   scale: int | None = None,
   json_path=None,
   report_dir=None,
@@ -354,7 +366,11 @@ def evaluate(
   progress: bool = False,
   log=print,
 ) -> dict:
-  """Scores `weights` (and bicubic, and `baselines`) on `inputs`; returns the JSON summary."""
+  """Scores `weights` (and bicubic, and `baselines`) on `inputs`; returns the JSON summary.
+
+  step: a workdir's checkpoint (network_variables.resolve_step; default: the best by validation
+  PSNR, else the latest); the summary records the step used (`step`, `step_reason`).
+  """
   from tqdm import tqdm
 
   config = resolve(config)  # checked once; below only the RunSpec
@@ -369,8 +385,8 @@ def evaluate(
   report_dir = pathlib.Path(report_dir) if report_dir else None
   _check_outputs(files, json_path, report_dir, overwrite)
   steps = config.data.degradation
-  methods = [Method('model', config, weights, tile, overlap, batch)]
-  methods += [_baseline(spec, config, i, tile, overlap, batch) for i, spec in enumerate(baselines)]
+  methods = [Method('model', config, weights, tile, overlap, batch, step=step, log=log)]
+  methods += [_baseline(spec, config, i, tile, overlap, batch, log) for i, spec in enumerate(baselines)]
   labels = ['model', 'bicubic'] + [m.label for m in methods[1:]]
   if len(set(labels)) != len(labels):
     raise EvaluateError(
@@ -394,11 +410,14 @@ def evaluate(
     'config': config.name,
     'model': config.model.name,
     'weights': str(weights),
+    'step': methods[0].step,
+    'step_reason': methods[0].step_reason,
     'scale': int(config.model.scale),
     'degradation': list(steps),
     'seed': int(config.seed),
     'methods': labels,
     'baselines': {m.label: m.weights for m in methods[1:]},
+    'baseline_steps': {m.label: m.step for m in methods[1:]},
     'volumes': rows,
     'mean': summarise(rows, labels),
     'seconds': time.perf_counter() - start,
@@ -411,7 +430,8 @@ def evaluate(
   if report_dir is not None:
     title = f'{config.name}: {config.model.name} x{config.model.scale} against bicubic on {len(rows)} volume(s)'
     report_notes = [
-      f'weights: {weights}',
+      f'weights: {weights}'
+      + (f' step {result["step"]} ({result["step_reason"]})' if result['step'] is not None else ''),
       f'degradation: {", ".join(steps)} (seed {config.seed})',
       'PSNR/SSIM/NMSE per volume, data range = the volume maximum (fastMRI); '
       'figures show the middle slice with the region where bicubic errs most enlarged',
@@ -434,6 +454,7 @@ def main(config):
     config,
     f.weights,
     f.input,
+    step=f.step,
     scale=f.scale,
     json_path=f.json,
     report_dir=f.report,
@@ -447,8 +468,11 @@ def main(config):
 
 
 def run():  # python -m mrisr_jax.evaluate, mrisr-evaluate; a missing optional package (torch) is a user error too
+  from mrisr_jax import fileio
+
   define_flags()
-  cli.run(main, user_errors=(ImportError,))
+  with fileio.exit_on_signals():  # Ctrl-C / SIGTERM: temporaries removed, one line, exit 130 / 143
+    cli.run(main, user_errors=(ImportError,))
 
 
 if __name__ == '__main__':

@@ -1,13 +1,15 @@
 """Export weights in the CASRGAN PyTorch reference's state_dict layout.
 
-  python -m mrisr_jax.export --config configs/casrgan_x4.py [--workdir DIR] [--step N] \
+  python -m mrisr_jax.export --config configs/casrgan_x4.py [--workdir DIR] [--step best|latest|N] \
       [--what generator|discriminator|ema] --out FILE.safetensors|FILE.pth
 
-With --workdir: the run's checkpoint (the latest, or --step N). Without: the freshly initialised
-model of the config, seeded by --config.seed exactly as training initialises it (for parity checks).
-The file's suffix picks the format: .safetensors (recommended) or .pth (torch.save of a state_dict;
-needs torch). A JSON beside it (FILE with the suffix .json) records the model config, the source and
-the step. An existing output is kept unless --overwrite.
+With --workdir: the run's checkpoint (by default the step with the best validation PSNR, else the
+latest; --step latest or --step N pick another: mrisr_jax.network_variables.resolve_step). Without:
+the freshly initialised model of the config, seeded by --config.seed exactly as training initialises
+it (for parity checks). The file's suffix picks the format: .safetensors (recommended) or .pth
+(torch.save of a state_dict; needs torch). A JSON beside it (FILE with the suffix .json) records the
+model config, the source, the step and why that step. Neither the weights file nor the JSON replaces
+an existing file unless --overwrite: if either exists, nothing is written.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from absl import flags
 
 from mrisr_jax import cli
 from mrisr_jax.errors import UserError
+from mrisr_jax.network_variables import STEP_HELP
 
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so the module imports anywhere."""
   flags.DEFINE_string('config', None, cli.CONFIG_HELP)
   flags.DEFINE_string('workdir', None, 'Training run to export from (default: a fresh init).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_string('step', None, 'With --workdir: ' + STEP_HELP)
   flags.DEFINE_enum(
     'what',
     'generator',
@@ -50,9 +53,13 @@ def model_name(config, what: str) -> str:
 
 
 def export(
-  config, out, *, workdir=None, step: int | None = None, what: str = 'generator', overwrite: bool = False
+  config, out, *, workdir=None, step: int | str | None = None, what: str = 'generator', overwrite: bool = False
 ) -> dict:
-  """Writes `out` (+ its .json) and returns the JSON record."""
+  """Writes `out` (+ its .json) and returns the JSON record.
+
+  step: with `workdir`, which checkpoint (network_variables.resolve_step: None or 'best', 'latest',
+  a step number); the record holds the step used and `step_reason`, why.
+  """
   from mrisr_jax import fileio, network_variables, spec
   from mrisr_jax.interop import convert, state_dict_io
 
@@ -62,14 +69,21 @@ def export(
     raise ExportError(f'--what {what!r}: use one of {", ".join(WHAT)}')
   if out.suffix not in SUFFIXES:
     raise ExportError(f'{out}: unknown suffix {out.suffix!r}; use one of {", ".join(SUFFIXES)}')
-  if out.exists() and not overwrite:
-    raise ExportError(f'{out}: exists; pass --overwrite to replace it')
+  record_path = out.with_suffix('.json')
+  if not overwrite:  # both files are checked before either is written
+    if out.exists():
+      raise ExportError(f'{out}: exists; pass --overwrite to replace it')
+    if record_path.exists():
+      raise ExportError(
+        f'{record_path}: exists (export writes its record beside {out.name}); pass --overwrite to replace it'
+      )
   name = model_name(config, what)
   if name not in convert.SUPPORTED:
     raise ExportError(f'{what} {name!r} has no PyTorch layout yet; exportable: {", ".join(sorted(convert.SUPPORTED))}')
+  reason = None
   if workdir:
     try:
-      variables, step = network_variables.from_workdir(workdir, step, what)
+      variables, step, reason = network_variables.from_workdir(workdir, step, what, with_reason=True)
     except network_variables.WeightsError as e:
       raise ExportError(str(e)) from None
     source = str(pathlib.Path(workdir).absolute())
@@ -85,19 +99,24 @@ def export(
     'what': what,
     'source': source,
     'step': step,
+    'step_reason': reason,
     'config': (config.discriminator if what == 'discriminator' else config.model).to_dict(),
     'keys': len(state_dict),
   }
   out.parent.mkdir(parents=True, exist_ok=True)
   metadata = {'mrisr_jax': json.dumps({k: v for k, v in record.items() if k != 'config'})}
   state_dict_io.save_state_dict(state_dict, out, metadata if out.suffix == '.safetensors' else None)
-  fileio.write_json(out.with_suffix('.json'), record)
+  fileio.write_json(record_path, record)
   return record
 
 
 def main(config):
   f = flags.FLAGS
   record = export(config, f.out, workdir=f.workdir, step=f.step, what=f.what, overwrite=f.overwrite)
+  if record['step_reason'] is not None:
+    from mrisr_jax.network_variables import step_line
+
+    print(step_line(f.workdir, record['step'], record['step_reason']))
   print(
     f'wrote {f.out}: {record["what"]} {record["model"]}, {record["keys"]} tensors, '
     f'from {record["source"]}' + (f' step {record["step"]}' if record['step'] is not None else '')

@@ -39,9 +39,11 @@ class TorchImportError(UserError, ValueError):
 
 def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None, what: str = 'generator') -> dict:
   """Writes the orbax checkpoint; returns {'step', 'stage', 'keys'}."""
+  import json
+
   import jax
   import numpy as np
-  from mrisr_jax import fileio, network_variables, recipe, registry, spec
+  from mrisr_jax import fileio, network_variables, recipe, registry, resume_guard, spec
   from mrisr_jax.checkpoint import Checkpointer
   from mrisr_jax.data import pipeline
   from mrisr_jax.interop import convert
@@ -87,7 +89,14 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None, 
     ckpt.save(
       target.start,
       state,
-      {'stage': target.name, 'step': target.start, 'imported_from': str(checkpoint.absolute()), 'what': what},
+      {
+        'stage': target.name,
+        'step': target.start,
+        'imported_from': str(checkpoint.absolute()),
+        'what': what,
+        'config': json.loads(config.config.to_json_best_effort()),
+        'plan': resume_guard.plan_meta(plan),
+      },
     )
   finally:
     ckpt.close()

@@ -7,7 +7,6 @@ below or, on TPU pods and SLURM, from the environment (see launch/).
 
 from __future__ import annotations
 
-import logging as pylogging
 import os
 import sys
 
@@ -38,6 +37,12 @@ _PREEMPTION_EXIT_CODE = flags.DEFINE_integer(
   0,
   'Exit status after a SIGTERM/SIGINT made the run save and stop (e.g. 75 '
   'for launch/slurm_gpu.sbatch, which requeues the job on it); 0 = a clean exit.',
+)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+  'allow_config_change',
+  False,
+  "Resume a workdir although the config differs from its checkpoint's in what the saved state means "
+  '(model, scale, stages, optimizer); the differences are logged (mrisr_jax.resume_guard).',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -86,17 +91,8 @@ def _init_distributed() -> None:
   jax.distributed.initialize(**kwargs)
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Keep orbax's and grain's per-save INFO chatter out of the console; warnings still show."""
-
-  def filter(self, record):
-    noisy = ('/orbax/', '/grain/', '/tensorstore/')
-    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
-
-
 def main(config):
   """Trains `config` (loaded by cli.run, with its overrides) in --workdir."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   _init_distributed()
   import jax
   from mrisr_jax import train
@@ -112,7 +108,7 @@ def main(config):
   from mrisr_jax.preemption import Preempted
 
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except Preempted:  # saved and logged; the scheduler may requeue on this status
     logging.flush()
     sys.exit(_PREEMPTION_EXIT_CODE.value)

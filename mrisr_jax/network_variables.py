@@ -7,6 +7,12 @@ checked against the network the config builds: a file strictly through
 `convert.state_dict_to_flax` (missing, unexpected and mis-shaped keys all named), a checkpoint by
 comparing its tree and shapes, so weights for another model or scale fail here with one line, not
 inside XLA.
+
+Which checkpoint of a workdir: `resolve_step` (the one place `infer`, `evaluate` and `export` choose
+it). By default the run's best step by validation PSNR (the metric `mrisr_jax.checkpoint` keeps with
+every validated step), else the latest when no step has a validation result; `--step latest` or
+`--step N` pick another. The choice and its reason are logged as
+`using step 120 of WORKDIR (best validation PSNR 31.20 dB; latest is 150)`.
 """
 
 from __future__ import annotations
@@ -58,27 +64,111 @@ def from_state(state, what: str = 'generator') -> dict:
   return out
 
 
-def from_workdir(workdir, step: int | None = None, what: str = 'generator') -> tuple[dict, int]:
-  """(variables, step) of a training workdir's checkpoint: the latest, or `step`."""
+STEP_CHOICES = ('best', 'latest')
+STEP_HELP = (
+  'Checkpoint of a training workdir: best (the step with the best validation PSNR; the latest when no '
+  'step was validated), latest, or a saved step number (default: best).'
+)
+
+
+def parse_step(step) -> str | int:
+  """`--step` as given (None, 'best', 'latest', a step number or its digits) as 'best', 'latest' or
+  an int; anything else raises WeightsError (without the saved steps: `resolve_step` lists them)."""
+  if step is None:
+    return 'best'
+  if isinstance(step, bool):
+    raise WeightsError(f'--step {step!r}: use best, latest or a saved step number')
+  if isinstance(step, (int, np.integer)):
+    return int(step)
+  text = str(step).strip().lower()
+  if text in STEP_CHOICES:
+    return text
+  if text.isdigit():
+    return int(text)
+  raise WeightsError(f'--step {step}: use best, latest or a saved step number')
+
+
+def _psnr(ckpt, step: int) -> float | None:
+  """The validation PSNR saved with `step`, or None (not validated, or saved before metrics were kept)."""
+  from mrisr_jax.checkpoint import BEST_METRIC
+
+  try:
+    metrics = ckpt.manager.metrics(step)
+  except (OSError, ValueError, KeyError):
+    return None
+  value = metrics.get(BEST_METRIC) if isinstance(metrics, dict) else None
+  return float(value) if value is not None else None
+
+
+def _choose(ckpt, workdir: pathlib.Path, step) -> tuple[int, str]:
+  steps = sorted(ckpt.manager.all_steps())
+  if not steps:
+    raise WeightsError(f'{workdir / "checkpoints"}: no checkpoint saved yet')
+  saved = ', '.join(map(str, steps))
+  try:
+    want = parse_step(step)
+  except WeightsError as e:
+    raise WeightsError(f'{workdir}: {e} (saved: {saved})') from None
+  latest = steps[-1]
+  best = ckpt.best_step()
+  best_psnr = _psnr(ckpt, best) if best is not None else None
+  if best_psnr is None:
+    best = None
+  best_text = f'best validation PSNR {best_psnr:.2f} dB' if best is not None else ''
+  if want == 'best':
+    if best is None:
+      return latest, 'the latest; no checkpoint has a validation PSNR saved with it, so there is no best step'
+    if best == latest:
+      return best, f'the latest, also the {best_text}'
+    return best, f'{best_text}; latest is {latest}'
+  if want == 'latest':
+    return latest, 'the latest, as asked' + (f'; {best_text} is step {best}' if best not in (None, latest) else '')
+  if want not in steps:
+    raise WeightsError(f'{workdir / "checkpoints"}: no checkpoint at step {want} (saved: {saved})')
+  notes = ['as asked'] + ([f'{best_text} is step {best}'] if best not in (None, want) else [])
+  notes += [f'latest is {latest}'] if want != latest else []
+  return want, '; '.join(notes)
+
+
+def _open(workdir):
   from mrisr_jax.checkpoint import Checkpointer
 
   workdir = pathlib.Path(workdir)
   if not (workdir / 'checkpoints').is_dir():
     raise WeightsError(f'{workdir}: no checkpoints directory (is this a training workdir?)')
-  ckpt = Checkpointer(workdir, async_save=False)
+  return workdir, Checkpointer(workdir, async_save=False)
+
+
+def resolve_step(workdir, step=None) -> tuple[int, str]:
+  """(step, reason): the checkpoint of training workdir `workdir` that `step` names.
+
+  step: None or 'best' (the step with the best validation PSNR; the latest when no step has one),
+  'latest', or a saved step number (an int or its digits). reason says why, in words, e.g.
+  'best validation PSNR 31.20 dB; latest is 150'. A bad value or a step not saved raises WeightsError
+  listing the saved steps.
+  """
+  workdir, ckpt = _open(workdir)
   try:
-    steps = list(ckpt.manager.all_steps())
-    if not steps:
-      raise WeightsError(f'{workdir / "checkpoints"}: no checkpoint saved yet')
-    if step is None:
-      step = max(steps)
-    elif step not in steps:
-      raise WeightsError(
-        f'{workdir / "checkpoints"}: no checkpoint at step {step} (saved: {", ".join(map(str, sorted(steps)))})'
-      )
-    return from_state(ckpt.restore_unsharded(step), what), step
+    return _choose(ckpt, workdir, step)
   finally:
     ckpt.close()
+
+
+def step_line(workdir, step: int, reason: str) -> str:
+  """'using step 120 of WORKDIR (best validation PSNR 31.20 dB; latest is 150)'."""
+  return f'using step {step} of {workdir} ({reason})'
+
+
+def from_workdir(workdir, step=None, what: str = 'generator', *, with_reason: bool = False):
+  """(variables, step) of a training workdir's checkpoint: `step` as `resolve_step` takes it (default:
+  the best by validation PSNR, else the latest); with_reason: (variables, step, reason)."""
+  workdir, ckpt = _open(workdir)
+  try:
+    step, reason = _choose(ckpt, workdir, step)
+    variables = from_state(ckpt.restore_unsharded(step), what)
+  finally:
+    ckpt.close()
+  return (variables, step, reason) if with_reason else (variables, step)
 
 
 def from_state_dict_file(path, name: str, like: dict) -> dict:
@@ -130,12 +220,16 @@ def check_shapes(variables: dict, like: dict, source, name: str) -> None:
     raise WeightsError(f'{source}: checkpoint does not fit {name}: {"; ".join(parts)}')
 
 
-def load_generator_variables(config, weights, model=None, *, step: int | None = None, ema: bool | None = None) -> dict:
-  """{'params': ..., ['batch_stats': ...]} of numpy arrays for `registry.build_generator(config.model)`.
+def load_generator(
+  config, weights, model=None, *, step=None, ema: bool | None = None, log=None
+) -> tuple[dict, dict | None]:
+  """(variables, chosen): {'params': ..., ['batch_stats': ...]} of numpy arrays for
+  `registry.build_generator(config.model)`, and for a workdir {'step', 'reason'} (None for a file).
 
-  weights: a training workdir (its latest checkpoint, or `step`) or a .pth/.pt/.bin/.safetensors
-  state_dict. ema: take a workdir's generator EMA (default: when config.ema_decay > 0, the network
-  validation scored).
+  weights: a training workdir (the checkpoint `resolve_step(weights, step)` picks: by default the
+  best by validation PSNR) or a .pth/.pt/.bin/.safetensors state_dict (step must then be None).
+  ema: take a workdir's generator EMA (default: when config.ema_decay > 0, the network validation
+  scored). log: called with the `step_line` of a workdir's choice (default: absl logging.info).
   """
   import jax
 
@@ -146,10 +240,20 @@ def load_generator_variables(config, weights, model=None, *, step: int | None = 
   if path.is_dir():
     if ema is None:
       ema = config.get('ema_decay', 0.0) > 0
-    variables, _ = from_workdir(path, step, 'ema' if ema else 'generator')
+    variables, step, reason = from_workdir(path, step, 'ema' if ema else 'generator', with_reason=True)
+    if log is None:
+      from absl import logging
+
+      log = logging.info
+    log(step_line(path, step, reason))
     variables = jax.tree.map(np.asarray, jax.device_get(variables))
     check_shapes(variables, like_variables(config, model), path, name)
-    return variables
+    return variables, {'step': step, 'reason': reason}
   if step is not None:
-    raise WeightsError(f'{path}: a step applies to a training workdir, not a state_dict file')
-  return from_state_dict_file(path, name, like_variables(config, model))
+    raise WeightsError(f'{path}: --step applies to a training workdir, not a state_dict file')
+  return from_state_dict_file(path, name, like_variables(config, model)), None
+
+
+def load_generator_variables(config, weights, model=None, *, step=None, ema: bool | None = None, log=None) -> dict:
+  """The variables of `load_generator` (which see), without the step it chose."""
+  return load_generator(config, weights, model, step=step, ema=ema, log=log)[0]

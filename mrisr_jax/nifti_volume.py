@@ -12,15 +12,29 @@ A refined axis i gets n_i * f_i voxels of size zoom_i / f_i; new voxel j along i
 index (j + 0.5) / f_i - 0.5, so the affine's column i shrinks by f_i and the origin moves by
 (-0.5 + 0.5 / f_i) old voxels: voxel centres stay consistent with the input's.
 
-Intensities. The volume is scaled by its 99.5th percentile (`hi`, computed from at most
-`PERCENTILE_SAMPLES` evenly strided voxels, exact for volumes up to that size), clipped to [0, 1]
-for the model and multiplied back by `hi` on output (float32).
+Intensities (intensity-faithful: the output is in the input's units, nothing clipped). With p the
+volume's 99.5th percentile (`hi`, computed from at most `PERCENTILE_SAMPLES` evenly strided
+voxels, exact for volumes up to that size, after the file's scl_slope/scl_inter), each plane x
+(float32) is split into the part the model can take and the rest:
+    u = x / p,   c = clip(u, 0, 1),   SR = p * (model(c) + bicubic(u - c))
+(`tiling.faithful_super_resolve`; bicubic = `degrade.bicubic_resize`, a = -0.75, the upsampling
+evaluate's baseline uses). Voxels above p (the brightest 0.5 %) and negative voxels keep their
+excess over [0, p], upsampled bicubically: they are neither flattened at p nor set to 0, and the
+output differs from the bicubic upsampling of the input by p * (model(c) - bicubic(c)), at most
+about p anywhere (for a bright region at 10 p, at most ~10 % and ~0 for a model that reproduces a
+saturated region). Planes inside [0, p] are exactly p * model(x / p). Written as float32 with
+scl_slope 1, scl_inter 0 (the input's scaling applied); cal_min/cal_max are kept from the input.
+
+Affines. A singular (or non-finite) affine (the sform in use, or the qform when that is coded)
+cannot place the refined grid: it is a one-line VolumeError naming the file.
 
 Memory. Input `.nii` is read through nibabel's memory-mapped proxy a chunk of planes at a time;
 `.nii.gz` is first decompressed, streamed, into a temporary `.nii` beside the output. The output
 is written into a memory map of a temporary `.nii` whose pages are flushed and dropped after every
 chunk, then (for `.nii.gz`) gzipped, streamed, and moved into place, so the resident memory is a
-few chunks of planes, whatever the volume size (`tools/benchmark_infer.py` measures it).
+few chunks of planes, whatever the volume size (`tools/benchmark_infer.py` measures it). The
+temporaries are tracked (`fileio.track_temporary`): an interrupted `infer` removes them
+(`fileio.exit_on_signals`); the output gets mode 0o666 & ~umask.
 """
 
 from __future__ import annotations
@@ -31,8 +45,8 @@ import gzip
 import mmap
 import os
 import pathlib
+import secrets
 import shutil
-import tempfile
 from typing import Callable
 
 import numpy as np
@@ -131,8 +145,7 @@ def open_uncompressed(path, workdir):
   tmp = None
   try:
     if path.name.lower().endswith('.gz'):
-      fd, name = tempfile.mkstemp(suffix='.nii', prefix='.decompressed.', dir=workdir)
-      tmp = pathlib.Path(name)
+      fd, tmp = _create_temporary(pathlib.Path(workdir), '.decompressed.')
       try:
         with os.fdopen(fd, 'wb') as out, gzip.open(path, 'rb') as src:
           shutil.copyfileobj(src, out, 1 << 22)
@@ -152,10 +165,45 @@ def open_uncompressed(path, workdir):
       raise VolumeError(f'{path}: has shape {shape}; expected a 3-D volume')
     if img.get_data_dtype().kind not in 'biuf':
       raise VolumeError(f'{path}: has data type {img.get_data_dtype()}; expected real magnitudes')
+    check_affine(img, path)
     yield img
   finally:
-    if tmp is not None and tmp.exists():
-      tmp.unlink()
+    if tmp is not None:
+      if tmp.exists():
+        tmp.unlink()
+      fileio.forget_temporary(tmp)
+
+
+def _create_temporary(folder: pathlib.Path, prefix: str) -> tuple[int, pathlib.Path]:
+  """(fd, path) of a new hidden `prefix`<random>.nii in `folder`, opened for writing, mode
+  0o666 & ~umask (mkstemp's 0600 would stick to an output moved into place), and tracked."""
+  for _ in range(100):
+    tmp = folder / f'{prefix}{secrets.token_hex(6)}.nii'
+    fileio.track_temporary(tmp)
+    try:
+      return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), tmp
+    except FileExistsError:
+      fileio.forget_temporary(tmp)
+  raise VolumeError(f'{folder}: cannot create a temporary file')
+
+
+def check_affine(img, path) -> None:
+  """VolumeError naming the file when an affine the output needs is singular or non-finite."""
+  affines = []
+  sform, s_code = img.get_sform(coded=True)
+  qform, q_code = img.get_qform(coded=True)
+  if s_code:
+    affines.append((f'sform (sform_code {int(s_code)})', sform))
+  if q_code:
+    affines.append((f'qform (qform_code {int(q_code)})', qform))
+  for name, a in affines + [('affine', img.affine)]:
+    m = np.asarray(a, dtype=np.float64)[:3, :3]
+    if not np.all(np.isfinite(a)) or np.linalg.matrix_rank(m) < 3:
+      raise VolumeError(
+        f'{path}: has a singular {name} {np.round(np.asarray(a, np.float64), 4).tolist()} (its voxel axes do not '
+        'span 3-D space), so the super-resolved grid cannot be placed; fix the header (e.g. nibabel set_sform/'
+        'set_qform with the scanner geometry)'
+      )
 
 
 def read_planes(img, path, axis: int, start: int, stop: int) -> np.ndarray:
@@ -201,8 +249,7 @@ class StreamWriter:
     header.set_data_shape(self.shape)
     header.set_slope_inter(1.0, 0.0)
     header.set_data_offset(0)  # write_to sets the smallest legal offset
-    fd, name = tempfile.mkstemp(suffix='.nii', prefix=f'.{self.path.name}.', dir=self.path.parent)
-    self.tmp = pathlib.Path(name)
+    fd, self.tmp = _create_temporary(self.path.parent, f'.{self.path.name}.')
     self._file = os.fdopen(fd, 'w+b')
     header.write_to(self._file)
     offset = int(header.get_data_offset())
@@ -248,15 +295,16 @@ class StreamWriter:
 
         fileio.atomic_write(self.path, compress)
       else:  # the finished memory-mapped temp file is the output: one rename puts it in place
+        os.chmod(self.tmp, fileio.new_file_mode())
         os.replace(self.tmp, self.path)
     finally:
-      if self.tmp.exists():
-        self.tmp.unlink()
+      self.abort()
 
   def abort(self) -> None:
     self._release()
     if self.tmp.exists():
       self.tmp.unlink()
+    fileio.forget_temporary(self.tmp)
 
   def __enter__(self):
     return self
@@ -268,7 +316,7 @@ class StreamWriter:
       self.abort()
 
 
-def sr_header(img, plan: Plan, shape):
+def sr_header(img, plan: Plan, shape, path='the volume'):
   """The input's header for the refined grid: zooms / factors, sform/qform (with codes) moved."""
   header = img.header.copy()
   zooms = list(header.get_zooms())
@@ -278,8 +326,11 @@ def sr_header(img, plan: Plan, shape):
   header.set_zooms(zooms[: len(header.get_zooms())])
   sform, s_code = img.get_sform(coded=True)
   qform, q_code = img.get_qform(coded=True)
-  header.set_sform(sr_affine(img.affine if sform is None else sform, plan.factors), code=int(s_code or 0))
-  header.set_qform(sr_affine(img.affine if qform is None else qform, plan.factors), code=int(q_code or 0))
+  try:
+    header.set_sform(sr_affine(img.affine if sform is None else sform, plan.factors), code=int(s_code or 0))
+    header.set_qform(sr_affine(img.affine if qform is None else qform, plan.factors), code=int(q_code or 0))
+  except Exception as e:  # nibabel's HeaderDataError (an affine it cannot decompose), LinAlgError
+    raise VolumeError(f'{path}: cannot write the refined affine ({e})') from None
   return header
 
 
@@ -296,9 +347,13 @@ def super_resolve_volume(
 ) -> dict:
   """Super-resolves the NIfTI `src` into `dst` (.nii or .nii.gz) plane chunk by plane chunk.
 
-  sr_stack: (n, a, b) float32 in [0, 1] -> (n, a * f_rows, b * f_cols) in [0, 1].
-  Returns {'mode', 'axis', 'factors', 'shape', 'zooms', 'hi'}.
+  sr_stack: (n, a, b) float32 in [0, 1] -> (n, a * f_rows, b * f_cols) in [0, 1] (the model);
+  it sees clip(planes / hi, 0, 1) and the rest is added back bicubically (module docstring).
+  Returns {'mode', 'axis', 'factors', 'shape', 'zooms', 'hi', 'below', 'above'} (below/above: the
+  fraction of voxels under 0 / over hi, whose excess took the bicubic path).
   """
+  from mrisr_jax.tiling import faithful_super_resolve
+
   from tqdm import tqdm
 
   src, dst = pathlib.Path(src), pathlib.Path(dst)
@@ -307,10 +362,20 @@ def super_resolve_volume(
     plan = plan_volume(src, shape, img.header.get_zooms()[:3], lr_factors, slice_axis, thick_axis)
     hi = intensity_scale(img, src)
     out_shape = tuple(n * f for n, f in zip(shape, plan.factors))
-    header = sr_header(img, plan, out_shape)
+    header = sr_header(img, plan, out_shape, src)
     order = (plan.axis, plan.rows, plan.cols)  # stored axes -> (plane, row, col)
     back = tuple(np.argsort(order))
     n = shape[plan.axis]
+    plane_factors = (plan.factors[plan.rows], plan.factors[plan.cols])
+    below = above = 0
+
+    def model(c):
+      sr = sr_stack(c)
+      want = (c.shape[0], c.shape[1] * plane_factors[0], c.shape[2] * plane_factors[1])
+      if np.shape(sr) != want:  # a wrong shape would leave silent zeros in the output
+        raise VolumeError(f'{src}: the model returned planes of shape {np.shape(sr)}, expected {want}')
+      return sr
+
     with (
       StreamWriter(dst, header, out_shape) as writer,
       tqdm(total=n, desc=f'{src.name} ({plan.mode})', unit='plane', disable=not progress, leave=False) as bar,
@@ -318,11 +383,20 @@ def super_resolve_volume(
       for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         stack = np.transpose(read_planes(img, src, plan.axis, start, stop), order)
-        sr = sr_stack(np.clip(stack / np.float32(hi), 0.0, 1.0))
-        want = (stop - start, stack.shape[1] * plan.factors[plan.rows], stack.shape[2] * plan.factors[plan.cols])
-        if np.shape(sr) != want:  # a wrong shape would leave silent zeros in the output
-          raise VolumeError(f'{src}: the model returned planes of shape {np.shape(sr)}, expected {want}')
-        writer.write(plan.axis, start, np.transpose(sr * np.float32(hi), back))
+        below += int(np.count_nonzero(stack < 0))
+        above += int(np.count_nonzero(stack > np.float32(hi)))
+        sr = faithful_super_resolve(model, stack, hi, plane_factors)
+        writer.write(plan.axis, start, np.transpose(sr, back))
         bar.update(stop - start)
     zooms = tuple(float(z) for z in header.get_zooms()[:3])
-  return {'mode': plan.mode, 'axis': plan.axis, 'factors': plan.factors, 'shape': out_shape, 'zooms': zooms, 'hi': hi}
+  size = float(np.prod(shape))
+  return {
+    'mode': plan.mode,
+    'axis': plan.axis,
+    'factors': plan.factors,
+    'shape': out_shape,
+    'zooms': zooms,
+    'hi': hi,
+    'below': below / size,
+    'above': above / size,
+  }

@@ -2,7 +2,9 @@
 
 * :func:`to_uint8` / :func:`apply_colormap` — display conversions.
 * :func:`image_grid` — one row ``LR | bicubic | SR | HR | |SR-HR|`` with captions, and
-  optionally a second row with an enlarged region of every panel.
+  optionally a second row with an enlarged region of every panel; panels enlarged for display
+  to at least :data:`MIN_PANEL` pixels, captions wrapped to fit, slices of RAS volumes shown
+  in radiological orientation (:func:`orient_for_display`, the one orientation helper).
 * :func:`grid_layout` — where :func:`image_grid` puts things (shape, panel origins).
 * :func:`save_png` — write an image array as PNG.
 * :func:`write_report` — ``report.md``, ``report.html`` and ``metrics.json`` for an
@@ -23,17 +25,24 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mrisr_jax import fileio
 
 __all__ = [
-  'CAPTION_H',
   'GAP',
+  'MIN_PANEL',
+  'ORIENTATIONS',
   'GridLayout',
   'apply_colormap',
+  'box_width',
+  'caption_font',
+  'display_factor',
   'grid_layout',
   'image_grid',
+  'orient_for_display',
+  'slice_orientation',
+  'wrap_caption',
   'save_png',
   'to_uint8',
   'link_report',
@@ -42,13 +51,21 @@ __all__ = [
   'write_report',
 ]
 
-#: Height in pixels of the caption strip above every row of panels.
-CAPTION_H = 14
 #: Pixels of background between neighbouring panels and between the two rows.
 GAP = 2
+#: Panels are enlarged for display (nearest neighbour, an integer factor) until their short side
+#: is at least this many pixels, so a small volume's figure stays readable.
+MIN_PANEL = 256
+#: Caption font size (PIL's default font, scalable where Pillow has FreeType) and its margin.
+FONT_SIZE = 14
+CAPTION_PAD = 3
 BACKGROUND = (0, 0, 0)
 CAPTION_COLOR = (255, 255, 255)
 BOX_COLOR = (0, 255, 128)
+#: 'stored': a slice shown as its array is laid out (fastMRI, images, .npy: already in display
+#: orientation); 'ras': a slice of a volume reoriented to RAS (NIfTI, as the data layer reads it),
+#: shown in radiological orientation by :func:`orient_for_display`.
+ORIENTATIONS = ('stored', 'ras')
 DEFAULT_LABELS = ('LR (nearest)', 'Bicubic', 'SR', 'HR')
 
 # Anchor colours of a magma-like ramp (black -> purple -> orange -> pale yellow).
@@ -115,6 +132,99 @@ def _upsample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# display orientation
+# ---------------------------------------------------------------------------------------
+
+
+def slice_orientation(data_format: str | None) -> str:
+  """The :data:`ORIENTATIONS` entry of slices read from ``data_format`` (``'nifti'``,
+  ``'fastmri'``, ``'npy'``, ``'image'``/``'images'``, as ``mrisr_jax.data.splits`` names them):
+  NIfTI slices come from a volume reoriented to RAS (``'ras'``); the others are stored as shown."""
+  return 'ras' if data_format == 'nifti' else 'stored'
+
+
+def orient_for_display(img, orientation: str = 'stored') -> np.ndarray:
+  """A slice ``(H, W[, C])`` as it is to be shown: the one orientation helper of every figure.
+
+  ``'stored'``: unchanged. ``'ras'``: a slice of a RAS volume (array axes toward the subject's
+  Right, Anterior, Superior; the slice keeps two of them in that order) in radiological
+  orientation: transposed and flipped both ways, ``img.T[::-1, ::-1]``, so the top of the image
+  is anterior (axial slices) or superior (coronal, sagittal), the subject's right is on the
+  viewer's left (axial, coronal) and anterior is on the left (sagittal). The result is ``(W, H[, C])``.
+  """
+  if orientation not in ORIENTATIONS:
+    raise ValueError(f'orientation {orientation!r}: use one of {", ".join(ORIENTATIONS)}')
+  a = np.asarray(img)
+  if orientation == 'stored':
+    return a
+  return np.swapaxes(a, 0, 1)[::-1, ::-1]
+
+
+def _orient_region(region, shape, orientation: str) -> tuple[int, int, int, int]:
+  """(y, x, h, w) of a stored ``shape`` slice's region in :func:`orient_for_display` coordinates."""
+  y, x, h, w = region
+  if orientation == 'stored':
+    return y, x, h, w
+  H, W = shape
+  return W - x - w, H - y - h, w, h
+
+
+def display_factor(shape) -> int:
+  """The integer enlargement that brings a panel's short side to at least :data:`MIN_PANEL`."""
+  return max(1, math.ceil(MIN_PANEL / max(1, min(int(shape[0]), int(shape[1])))))
+
+
+# ---------------------------------------------------------------------------------------
+# captions
+# ---------------------------------------------------------------------------------------
+
+_FONT = None
+
+
+def caption_font():
+  """The captions' font: PIL's default at :data:`FONT_SIZE` px (its bitmap font without FreeType)."""
+  global _FONT
+  if _FONT is None:
+    try:
+      _FONT = ImageFont.load_default(size=FONT_SIZE)
+    except (ImportError, OSError, TypeError):  # Pillow without FreeType: the fixed bitmap font
+      _FONT = ImageFont.load_default()
+  return _FONT
+
+
+def _line_height(font) -> int:
+  try:
+    ascent, descent = font.getmetrics()
+    return int(ascent + descent) + 2
+  except AttributeError:
+    return int(font.getbbox('Hgjy|[]')[3]) + 2
+
+
+def _text_width(text: str, font) -> int:
+  return int(math.ceil(font.getbbox(text)[2])) if text else 0
+
+
+def wrap_caption(text: str, width: int, font=None) -> list[str]:
+  """``text`` as lines no wider than ``width`` pixels in ``font``: broken between words, a word
+  wider than a line between characters (so a caption is never cut, only wrapped)."""
+  font = font or caption_font()
+  lines: list[str] = []
+  for word in str(text).split() or ['']:
+    line = f'{lines[-1]} {word}' if lines else word
+    if lines and _text_width(line, font) <= width:
+      lines[-1] = line
+      continue
+    piece = ''
+    for ch in word:  # a word alone on a line, broken where it does not fit
+      if piece and _text_width(piece + ch, font) > width:
+        lines.append(piece)
+        piece = ''
+      piece += ch
+    lines.append(piece)
+  return lines
+
+
+# ---------------------------------------------------------------------------------------
 # comparison grid
 # ---------------------------------------------------------------------------------------
 
@@ -123,10 +233,15 @@ def _upsample_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class GridLayout:
   """Geometry of :func:`image_grid`.
 
-  ``panel_origins[i]`` is the ``(row, col)`` of the top-left image pixel of panel ``i``
-  (0 LR, 1 bicubic, 2 SR, 3 HR, 4 error) in the first row; each panel is ``H x W``.
-  ``zoom_origins[i]`` is the top-left pixel of the enlarged region of panel ``i``
-  (``h*zoom_factor x w*zoom_factor``) in the second row, empty without ``zoom``.
+  Every panel is the HR slice in display orientation enlarged by ``display_factor`` (nearest):
+  ``panel_shape``. ``panel_origins[i]`` is the ``(row, col)`` of the top-left image pixel of panel
+  ``i`` (0 LR, 1 bicubic, 2 SR, 3 HR, 4 error) in the first row. ``zoom_origins[i]`` is the
+  top-left pixel of the enlarged region of panel ``i`` in the second row (empty without ``zoom``);
+  ``zoom_factor`` is that region's enlargement over HR pixels (including ``display_factor``).
+  ``caption_h`` is the height of the caption strip above each row; ``caption_lines[i]`` the
+  wrapped lines of caption ``i`` (first row, then the zoom row), drawn from
+  ``caption_origins[i]``; ``caption_boxes[i]`` is the ``(top, left, bottom, right)`` box of its
+  text in the grid.
   """
 
   shape: tuple[int, int, int]
@@ -134,66 +249,140 @@ class GridLayout:
   panel_origins: list = field(default_factory=list)
   zoom_origins: list = field(default_factory=list)
   zoom_factor: int = 0
+  display_factor: int = 1
+  orientation: str = 'stored'
+  caption_h: int = 0
+  caption_lines: list = field(default_factory=list)
+  caption_origins: list = field(default_factory=list)
+  caption_boxes: list = field(default_factory=list)
 
 
 N_PANELS = 5
 
 
-def grid_layout(hr_shape, zoom=None) -> GridLayout:
-  """Layout of :func:`image_grid` for an HR slice of shape ``(H, W)``.
+def _zoom_caption(factor: int) -> str:
+  return f'zoom x{factor}'
 
-  Without zoom the grid is ``(CAPTION_H + H, 5*W + 4*GAP, 3)``: a caption strip of
-  ``CAPTION_H`` rows above five ``H x W`` panels separated by ``GAP`` columns.
 
-  With ``zoom=(y, x, h, w)`` the enlargement factor is
-  ``z = max(1, min(H // h, W // w))`` and a second row of height ``CAPTION_H + h*z``
-  follows after ``GAP`` rows, so the grid is
-  ``(2*CAPTION_H + H + GAP + h*z, 5*W + 4*GAP, 3)``; each enlarged region is centred
-  horizontally in its ``W``-wide column.
+def _caption_block(captions, width: int, font) -> tuple[list[list[str]], int]:
+  lines = [wrap_caption(c, width - 2 * CAPTION_PAD, font) for c in captions]
+  return lines, max(len(x) for x in lines) * _line_height(font) + 2 * CAPTION_PAD
+
+
+def grid_layout(hr_shape, zoom=None, *, orientation: str = 'stored', captions=None) -> GridLayout:
+  """Layout of :func:`image_grid` for an HR slice of stored shape ``(H, W)``.
+
+  The displayed panel is ``(Hd, Wd) = f * orient_for_display`` shape, ``f = display_factor``
+  (``(H, W)``, or ``(W, H)`` for ``'ras'``). Without zoom the grid is ``(C + Hd, 5*Wd + 4*GAP, 3)``:
+  a caption strip of ``C = caption_h`` rows (as many text lines as the longest wrapped caption of
+  ``captions``, default one line) above five panels separated by ``GAP`` columns.
+
+  With ``zoom=(y, x, h, w)`` (stored HR pixels) the region is enlarged by
+  ``z = max(1, min(H // h, W // w)) * f`` in a second row (its ``'zoom xN'`` caption strip of
+  ``C`` rows, then the region, ``h*z`` or, for ``'ras'``, ``w*z`` rows) after ``GAP`` rows; each
+  enlarged region is centred horizontally in its panel's column. ``C`` fits the longest wrapped
+  caption of either row.
   """
+  if orientation not in ORIENTATIONS:
+    raise ValueError(f'orientation {orientation!r}: use one of {", ".join(ORIENTATIONS)}')
   H, W = int(hr_shape[0]), int(hr_shape[1])
-  width = N_PANELS * W + (N_PANELS - 1) * GAP
-  origins = [(CAPTION_H, i * (W + GAP)) for i in range(N_PANELS)]
-  if zoom is None:
-    return GridLayout((CAPTION_H + H, width, 3), (H, W), origins)
-  y, x, h, w = (int(v) for v in zoom)
-  if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
-    raise ValueError(f'zoom {zoom} is not a region inside the {H}x{W} HR image')
-  z = max(1, min(H // h, W // w))
-  top = CAPTION_H + H + GAP + CAPTION_H
-  zoom_origins = [(top, i * (W + GAP) + (W - w * z) // 2) for i in range(N_PANELS)]
-  return GridLayout((top + h * z, width, 3), (H, W), origins, zoom_origins, z)
+  f = display_factor((H, W))
+  Hd, Wd = (H, W) if orientation == 'stored' else (W, H)
+  Hd, Wd = Hd * f, Wd * f
+  font = caption_font()
+  captions = list(captions) if captions is not None else ['LR'] * N_PANELS
+  z = 0
+  if zoom is not None:
+    y, x, h, w = (int(v) for v in zoom)
+    if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
+      raise ValueError(f'zoom {zoom} is not a region inside the {H}x{W} HR image')
+    z = max(1, min(H // h, W // w)) * f
+    captions += [_zoom_caption(z // f)] * N_PANELS  # relative to the panels above
+  lines, cap_h = _caption_block(captions, Wd, font)  # one strip height for both rows
+  width = N_PANELS * Wd + (N_PANELS - 1) * GAP
+  cols = [i * (Wd + GAP) for i in range(N_PANELS)]
+  origins = [(cap_h, c) for c in cols]
+  cap_origins = [(0, c) for c in cols]
+  height, zoom_origins = cap_h + Hd, []
+  if zoom is not None:
+    _, _, hd, wd = _orient_region((y, x, h, w), (H, W), orientation)
+    cap_origins += [(cap_h + Hd + GAP, c) for c in cols]
+    top = cap_h + Hd + GAP + cap_h
+    zoom_origins = [(top, c + (Wd - wd * z) // 2) for c in cols]
+    height = top + hd * z
+  line_h = _line_height(font)
+  boxes = []
+  for (r0, c0), caption in zip(cap_origins, lines):
+    left, top_, right, bottom = c0 + 10**9, r0 + 10**9, -1, -1
+    for k, text in enumerate(caption):
+      if text:
+        bl, bt, br, bb = font.getbbox(text)
+        ty, tx = r0 + CAPTION_PAD + k * line_h, c0 + CAPTION_PAD
+        left, top_, right, bottom = min(left, tx + bl), min(top_, ty + bt), max(right, tx + br), max(bottom, ty + bb)
+    boxes.append((int(top_), int(left), int(math.ceil(bottom)), int(math.ceil(right))))
+  return GridLayout(
+    (height, width, 3),
+    (Hd, Wd),
+    origins,
+    zoom_origins,
+    z,
+    f,
+    orientation,
+    cap_h,
+    lines,
+    cap_origins,
+    boxes,
+  )
 
 
-def _caption_strip(text: str, width: int) -> np.ndarray:
-  """A ``(CAPTION_H, width, 3)`` strip with ``text`` in PIL's default font (clipped)."""
-  im = Image.new('RGB', (width, CAPTION_H), BACKGROUND)
-  ImageDraw.Draw(im).text((2, 1), text, fill=CAPTION_COLOR)
+def _caption_strip(lines: list[str], width: int, height: int) -> np.ndarray:
+  """A ``(height, width, 3)`` strip with ``lines`` (wrapped to fit ``width``) in :func:`caption_font`."""
+  font = caption_font()
+  im = Image.new('RGB', (width, height), BACKGROUND)
+  draw = ImageDraw.Draw(im)
+  for k, text in enumerate(lines):
+    draw.text((CAPTION_PAD, CAPTION_PAD + k * _line_height(font)), text, fill=CAPTION_COLOR, font=font)
   return np.asarray(im)
 
 
-def _draw_box(panel: np.ndarray, zoom) -> np.ndarray:
-  """Outline the zoom region one pixel outside it (clipped to the panel)."""
+def _draw_box(panel: np.ndarray, zoom, t: int = 1) -> np.ndarray:
+  """Outline the zoom region with a line ``t`` pixels wide just outside it (clipped to the panel)."""
   y, x, h, w = zoom
   im = Image.fromarray(panel)
-  ImageDraw.Draw(im).rectangle([x - 1, y - 1, x + w, y + h], outline=BOX_COLOR, width=1)
+  ImageDraw.Draw(im).rectangle([x - t, y - t, x + w - 1 + t, y + h - 1 + t], outline=BOX_COLOR, width=t)
   return np.asarray(im).copy()
 
 
-def image_grid(lr, bicubic, sr, hr, *, zoom=None, err_max: float | None = None, labels=None):
+def box_width(factor: int) -> int:
+  """Pixels of the zoom outline on panels enlarged by ``factor`` (1 up to 7, then 2, ...)."""
+  return max(1, factor // 4)
+
+
+def _enlarge(a: np.ndarray, f: int) -> np.ndarray:
+  return a if f == 1 else np.repeat(np.repeat(a, f, axis=0), f, axis=1)
+
+
+def image_grid(
+  lr, bicubic, sr, hr, *, zoom=None, err_max: float | None = None, labels=None, orientation: str = 'stored'
+):
   """Side-by-side comparison image, uint8 ``(rows, cols, 3)``.
 
   Panels, left to right: LR (nearest-upsampled to the HR size) | bicubic | SR | HR |
   ``|SR - HR|``. The four images are shown as ``to_uint8(x)`` (``[0, 1]`` -> 0..255,
   grey); the error map uses :func:`apply_colormap` scaled to ``[0, err_max]``
-  (default: the largest error, at least 1e-6), and its caption states that max. Each
-  panel has a caption (PIL default font, clipped to the panel width) in a strip of
-  ``CAPTION_H`` rows above it, so the image pixels themselves are untouched. ``labels`` overrides the first four
-  captions.
+  (default: the largest error, at least 1e-6), and its caption states that max. ``labels``
+  overrides the first four captions.
 
-  ``zoom=(y, x, h, w)`` (HR pixels) adds a second row with that region of every panel
-  enlarged by an integer factor (nearest), and outlines the region on the first row
-  (the outline lies just outside the region). See :func:`grid_layout` for the exact
+  Display only: every panel is turned by :func:`orient_for_display` (``orientation``: ``'stored'``
+  or ``'ras'`` for slices of a RAS volume, see :func:`slice_orientation`) and enlarged by an
+  integer factor (nearest) to at least :data:`MIN_PANEL` pixels on its short side. Each caption
+  is wrapped to its panel's width (never cut) in a strip above the panel, so the image pixels
+  themselves are untouched.
+
+  ``zoom=(y, x, h, w)`` (stored HR pixels) adds a second row with that region of every panel
+  enlarged by an integer factor (nearest; its caption states the factor over the panels above),
+  and outlines the region on the first row (the outline, :func:`box_width` pixels, lies just
+  outside the region). See :func:`grid_layout` for the exact
   shape and panel positions.
   """
   hr = np.asarray(hr, dtype=np.float64)
@@ -208,7 +397,6 @@ def image_grid(lr, bicubic, sr, hr, *, zoom=None, err_max: float | None = None, 
   if lr.ndim != 2 or lr.shape[0] > hr.shape[0] or lr.shape[1] > hr.shape[1]:
     raise ValueError(f'lr shape {lr.shape} must be 2-D and not larger than hr {hr.shape}')
 
-  layout = grid_layout(hr.shape, zoom)
   err = np.abs(sr - hr)
   emax = max(float(err.max()), 1e-6) if err_max is None else float(err_max)
   panels = [
@@ -222,32 +410,27 @@ def image_grid(lr, bicubic, sr, hr, *, zoom=None, err_max: float | None = None, 
   if len(names) != 4:
     raise ValueError('labels must name the 4 image panels')
   names.append(f'|SR-HR| [0, {emax:.3g}]')
+  layout = grid_layout(hr.shape, zoom, orientation=orientation, captions=names)
+  f = layout.display_factor
+  Hd, Wd = layout.panel_shape
 
   canvas = np.zeros(layout.shape, dtype=np.uint8)
   canvas[...] = BACKGROUND
-  H, W = hr.shape
   crops = []
   if zoom is not None:
     y, x, h, w = (int(v) for v in zoom)
-    crops = [p[y : y + h, x : x + w] for p in panels]
-    panels = [_draw_box(p, (y, x, h, w)) for p in panels]
-  for i, p in enumerate(panels):
-    r0, c0 = layout.panel_origins[i]
-    canvas[r0 : r0 + H, c0 : c0 + W] = p
+    crops = [orient_for_display(p[y : y + h, x : x + w], orientation) for p in panels]
+    yd, xd, hd, wd = _orient_region((y, x, h, w), hr.shape, orientation)
+  panels = [_enlarge(orient_for_display(p, orientation), f) for p in panels]
   if zoom is not None:
-    z = layout.zoom_factor
-    for i, c in enumerate(crops):
-      big = np.repeat(np.repeat(c, z, axis=0), z, axis=1)
-      r0, c0 = layout.zoom_origins[i]
-      canvas[r0 : r0 + big.shape[0], c0 : c0 + big.shape[1]] = big
-
-  for i, name in enumerate(names):
-    r0, c0 = layout.panel_origins[i]
-    canvas[r0 - CAPTION_H : r0, c0 : c0 + W] = _caption_strip(name, W)
-    if zoom is not None:
-      zr, _ = layout.zoom_origins[i]
-      c0 = i * (W + GAP)
-      canvas[zr - CAPTION_H : zr, c0 : c0 + W] = _caption_strip(f'zoom x{layout.zoom_factor}', W)
+    panels = [_draw_box(p, (yd * f, xd * f, hd * f, wd * f), box_width(f)) for p in panels]
+  for (r0, c0), p in zip(layout.panel_origins, panels):
+    canvas[r0 : r0 + Hd, c0 : c0 + Wd] = p
+  for (r0, c0), c in zip(layout.zoom_origins, crops):
+    big = _enlarge(c, layout.zoom_factor)
+    canvas[r0 : r0 + big.shape[0], c0 : c0 + big.shape[1]] = big
+  for (r0, c0), lines in zip(layout.caption_origins, layout.caption_lines):
+    canvas[r0 : r0 + layout.caption_h, c0 : c0 + Wd] = _caption_strip(lines, Wd, layout.caption_h)
   return canvas
 
 

@@ -22,12 +22,12 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from etils import epath
 
-from mrisr_jax import recipe, registry, report, sharding, spec, steps
+from mrisr_jax import recipe, registry, report, resume_guard, sharding, spec, steps, workdir_lock
 from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like, workdir_path
-from mrisr_jax.data import pipeline
+from mrisr_jax.data import pipeline, splits
 from mrisr_jax.data.sample import resolve_data_root
 from mrisr_jax.errors import ConfigError
 from mrisr_jax.errors import NonFiniteLossError  # noqa: F401  (also raised as train.NonFiniteLossError)
@@ -89,6 +89,7 @@ class Run:
   resumed: bool
   is_sample: bool
   data_root: Any
+  grid_orientation: str = 'stored'  # report.slice_orientation of the data format (NIfTI: radiological)
 
   @property
   def is_chief(self) -> bool:
@@ -146,14 +147,20 @@ class CompiledStage:
   init_optimizers: Callable  # state -> state with fresh optimizer states
   predict: Callable
   lr_fns: dict
+  flops: float = 0.0  # of one compiled step (XLA's cost analysis): scales the ETA of stages not yet run
 
 
-def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run:
+def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, allow_config_change: bool = False) -> Run:
   """Mesh, models, the train state (restored from the newest good checkpoint, or fresh) and the
-  input pipeline from the state's data position."""
+  input pipeline from the state's data position. Everything the user gave (config values, data
+  roots, splits, files, the workdir's saved config) is checked before any model is built."""
   config = spec.resolve(config)  # the one place a run's config is checked; below, only the RunSpec
+  if all(s.epochs == 0 for s in config.stages):
+    raise ConfigError(
+      f'config.stages: every stage has 0 epochs ({", ".join(f"{s.name}=0" for s in config.stages)}); '
+      'nothing would be trained, so no run and no report'
+    )
   workdir = workdir_path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(dict(config.mesh))
   dp = sharding.data_parallel_size(mesh)
   k = config.grad_accum_steps
@@ -171,22 +178,23 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
     config.batch_size,
   )
 
-  d_model = registry.build_discriminator(config)
+  # the data first: a missing folder or a bad file stops the run before minutes of compilation
   root, is_sample = resolve_data_root(config.data.root)  # the pipeline logs when it is the sample
   scale = config.scale
   train_split = pipeline.train_source(config.data, scale)  # read once; the pipeline below reuses it
+  val_volumes = pipeline.load_validation_volumes(config.data, scale, config.seed)
   n_slices = len(train_split[0])
   steps_per_epoch, plan = recipe.plan_run(config, n_slices)
-  logging.info(
-    '%d training slices, %d steps per epoch; stages: %s',
-    n_slices,
-    steps_per_epoch,
-    ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan),
-  )
+
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  saved = ckpt.newest_meta()
+  if saved is not None:
+    _check_resume(config, workdir, saved, steps_per_epoch, allow_config_change)
 
   vgg = vgg_params = None
   if recipe.needs_vgg(config, plan):  # before anything slow: missing VGG weights fail at once
     vgg, vgg_params = recipe.load_perceptual(config.loss, config.model.dtype)
+  d_model = registry.build_discriminator(config)
   init_state = recipe.init_state_fn(
     config, registry.build_generator(config.model), d_model, *recipe.make_optimizers(config, plan[0], steps_per_epoch)
   )
@@ -194,12 +202,12 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
   abstract_state, state_sharding = state_layout(config, mesh, init_state)
   repl = sharding.replicated(mesh)
 
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   best_psnr = -float('inf')
   restored = ckpt.restore_latest(abstract_like(abstract_state, state_sharding))
   if restored is not None:
     step, state, meta = restored
     best_psnr = meta.get('best_val_psnr', best_psnr)
+    plan = _resumed_plan(config, plan, meta, step, steps_per_epoch)
     # checkpoints without a position (imported weights, older runs) continue where an
     # uninterrupted run of this config would be
     data_position = int(meta.get('data_position', step * config.batch_size))
@@ -212,10 +220,17 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
       f' imported from {meta["imported_from"]}' if 'imported_from' in meta else '',
     )
   else:
+    logging.info('new run: initialising %s (its initialiser compiles first)', config.model.name)
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
     data_position = 0
     n_params = sum(x.size for x in jax.tree.leaves(state.g_params))
     logging.info('new run: generator %s with %d parameters', config.model.name, n_params)
+  logging.info(
+    '%d training slices, %d steps per epoch; stages: %s',
+    n_slices,
+    steps_per_epoch,
+    ', '.join(f'{s.name} [{s.start}, {s.end})' for s in plan),
+  )
 
   if vgg is not None:
     vgg_params = jax.device_put(vgg_params, repl)
@@ -234,7 +249,7 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
   first_batch = pipeline.next_batch(data_iter)
 
   validator = Validator(
-    pipeline.load_validation_volumes(config.data, scale, config.seed),
+    val_volumes,
     scale,
     config.model.size_multiple,
     mesh,
@@ -242,7 +257,7 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
     degradation=config.data.degradation,
     upsampled_input=config.model.upsampled_input,
   )
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() != 0, asynchronous=True)
+  writer = _make_writer(workdir)
   files = pathlib.Path(str(workdir)) if _is_local(workdir) else pathlib.Path(tempfile.mkdtemp(prefix='mrisr_'))
   if restored is None and config.config is not None:
     writer.write_hparams(_flat_config(config.config))
@@ -272,7 +287,62 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> Run
     resumed=restored is not None,
     is_sample=is_sample,
     data_root=root,
+    grid_orientation=report.slice_orientation(splits.split_files(config.data, 'val')[0]),
   )
+
+
+def _make_writer(workdir: epath.Path):
+  """TensorBoard event files on process 0 (the console lines are MetricsLog's, written once)."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+
+
+def _saved_config(meta: dict, workdir: epath.Path) -> dict | None:
+  if isinstance(meta.get('config'), dict):
+    return meta['config']
+  path = workdir / 'config.json'
+  try:
+    return json.loads(path.read_text()) if path.exists() else None
+  except ValueError:
+    return None
+
+
+def _saved_plan(meta: dict, saved_config: dict | None, steps_per_epoch: int) -> list[list] | None:
+  """The checkpoint's stage plan; older checkpoints have none: their config's plan at today's epoch length."""
+  if meta.get('plan'):
+    return meta['plan']
+  if saved_config is None:
+    return None
+  try:
+    return resume_guard.plan_meta(
+      recipe.stage_plan(spec.resolve(ml_collections.ConfigDict(saved_config)), steps_per_epoch)
+    )
+  except ConfigError:
+    return None
+
+
+def _check_resume(config: spec.RunSpec, workdir, saved: tuple[int, dict], steps_per_epoch: int, allow: bool) -> None:
+  """Stops (one line) when this config would give the saved state another meaning; logs what changed."""
+  step, meta = saved
+  saved_config = _saved_config(meta, workdir)
+  plan = _saved_plan(meta, saved_config, steps_per_epoch)
+  if saved_config is None or plan is None or config.config is None:
+    return
+  diff = resume_guard.check(saved_config, _config_json(config), plan, meta.get('stage'), step, steps_per_epoch)
+  for line in diff.allowed:
+    logging.info('config changed since step %d: %s', step, line)
+  if diff.refused and not allow:
+    raise resume_guard.ResumeConfigError(resume_guard.refusal_message(workdir, step, diff.refused))
+  for line in diff.refused:
+    logging.warning('config changed since step %d (allowed by --allow_config_change): %s', step, line)
+
+
+def _resumed_plan(config: spec.RunSpec, plan: list[Stage], meta: dict, step: int, steps_per_epoch: int) -> list[Stage]:
+  saved_plan = _saved_plan(meta, meta.get('config'), steps_per_epoch)
+  if not saved_plan:
+    return plan
+  return resume_guard.resume_plan(plan, saved_plan, meta.get('stage'), step, steps_per_epoch)
 
 
 def _make_predict(run: Run, g_model) -> Callable:
@@ -294,17 +364,23 @@ def compile_stage(run: Run, stage: Stage) -> CompiledStage:
     k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype, sharding=run.batch_sharding)
     for k, v in run.first_batch.items()
   }
+  logging.info("compiling stage %s's train step (%s)", stage.name, _compile_hint(run, stage))
   t0 = time.time()
   compiled = parts.step.lower(abstract_state, abstract_batch, run.vgg_params).compile()
-  logging.info('stage %s: step compiled in %.1f s; %s', stage.name, time.time() - t0, sharding.memory_report(compiled))
+  seconds = time.time() - t0
+  _record_compile_time(run, stage, seconds)
+  logging.info('stage %s: step compiled in %.1f s; %s', stage.name, seconds, sharding.memory_report(compiled))
   vgg_params = run.vgg_params
   init_optimizers = jax.jit(
     lambda st: st.replace(g_opt_state=g_tx.init(st.g_params), d_opt_state=d_tx.init(st.d_params)),
     out_shardings=run.state_sharding,
     donate_argnums=0,
   )
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return CompiledStage(
     stage=stage,
+    flops=float((cost or {}).get('flops', 0.0)),
     train_step=lambda st, b: compiled(st, b, vgg_params),
     init_optimizers=init_optimizers,
     predict=_make_predict(run, g_model),
@@ -312,10 +388,77 @@ def compile_stage(run: Run, stage: Stage) -> CompiledStage:
   )
 
 
+_COMPILE_TIMES = 'compile_times.json'  # in the workdir: the last measured compile time of each stage
+
+
+def _compile_hint(run: Run, stage: Stage) -> str:
+  try:
+    seconds = json.loads((run.files / _COMPILE_TIMES).read_text())[stage.name]
+    return (
+      f'it took {seconds:.0f} s last time on {jax.default_backend().upper()}; the compilation cache may make it faster'
+    )
+  except (OSError, ValueError, KeyError, TypeError):
+    return f'a first compile can take minutes on {jax.default_backend().upper()}'
+
+
+def _record_compile_time(run: Run, stage: Stage, seconds: float) -> None:
+  if not run.is_chief:
+    return
+  path = run.files / _COMPILE_TIMES
+  try:
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[stage.name] = round(seconds, 1)
+    path.write_text(json.dumps(times, indent=1))
+  except (OSError, ValueError):
+    pass  # a hint only
+
+
 def compile_stages(run: Run, stop_at: int) -> list[CompiledStage]:
   """Every stage the run still has to train, compiled before the first step (an out-of-memory
   stage fails now, not after days of the stages before it)."""
   return [compile_stage(run, s) for s in run.plan if s.start < s.end and run.step < s.end and s.start < stop_at]
+
+
+class Eta:
+  """Time left in the run: each stage's measured seconds per training step (evaluations, images and
+  checkpoints excluded); a stage that has not run yet is scaled from a measured one by the FLOPs of
+  its compiled step; plus the evaluations still due, at their measured duration."""
+
+  def __init__(self, plan: list[Stage], flops: dict[str, float], stop_at: int, eval_every: int):
+    self.plan, self.flops, self.stop_at, self.eval_every = plan, flops, stop_at, eval_every
+    self.seconds_per_step: dict[str, float] = {}
+    self.eval_seconds: list[float] = []
+
+  def record_steps(self, stage: Stage, steps: int, seconds: float) -> None:
+    if steps > 0 and seconds > 0:
+      self.seconds_per_step[stage.name] = seconds / steps
+
+  def record_eval(self, seconds: float) -> None:
+    self.eval_seconds.append(seconds)
+
+  def _stage_seconds_per_step(self, stage: Stage) -> float | None:
+    if stage.name in self.seconds_per_step:
+      return self.seconds_per_step[stage.name]
+    for name, t in self.seconds_per_step.items():  # scale by the FLOPs of the compiled steps
+      if self.flops.get(name) and self.flops.get(stage.name):
+        return t * self.flops[stage.name] / self.flops[name]
+    return next(iter(self.seconds_per_step.values()), None)
+
+  def remaining(self, step: int) -> float | None:
+    total = 0.0
+    evals = 0
+    for stage in self.plan:
+      first, last = max(stage.start, step), min(stage.end, self.stop_at)
+      if last <= first:
+        continue
+      t = self._stage_seconds_per_step(stage)
+      if t is None:
+        return None
+      total += (last - first) * t
+      evals += last // self.eval_every - first // self.eval_every + (last % self.eval_every != 0)
+    if self.eval_seconds:
+      total += evals * float(np.median(self.eval_seconds))
+    return total
 
 
 class MetricsLog:
@@ -325,13 +468,19 @@ class MetricsLog:
   counted and left out of the means; `max_skips` in a row stop the run.
   """
 
-  def __init__(self, run: Run):
+  def __init__(self, run: Run, eta: Eta | None = None):
     self.run = run
+    self.eta = eta
     self.pending: list[dict] = []
     self.consecutive_skips = 0
     self.total_skips = 0
     self.max_skips = run.config.max_consecutive_skipped_steps
     self.t_log, self.step_log = time.time(), run.step
+    self.excluded = 0.0  # seconds since the last line spent outside training steps
+
+  def exclude(self, seconds: float) -> None:
+    """Time spent in evaluation, images or checkpoints: not part of the training step rate."""
+    self.excluded += seconds
 
   def add(self, metrics: dict) -> None:
     self.pending.append(metrics)
@@ -376,12 +525,17 @@ class MetricsLog:
     if good:
       mean = {k: float(np.mean([m[k] for m in good])) for k in good[0] if k != 'skipped'}
       scalars.update({f'train/{k}': v for k, v in {**mean, **lrs}.items()})
-    run.writer.write_scalars(step, scalars)
     now = time.time()
-    sps = (step - self.step_log) / max(now - self.t_log, 1e-9)
-    self.t_log, self.step_log = now, step
+    train_seconds = max(now - self.t_log - self.excluded, 1e-9)
+    sps = (step - self.step_log) / train_seconds
+    if self.eta is not None:
+      self.eta.record_steps(stage, step - self.step_log, train_seconds)
+    self.t_log, self.step_log, self.excluded = now, step, 0.0
+    scalars['train/steps_per_sec'] = sps
+    run.writer.write_scalars(step, scalars)
     terms = ' '.join(f'{k}={v:.4g}' for k, v in mean.items() if not k.startswith('grad'))
     lr_text = ' '.join(f'{k}={v:.2e}' for k, v in lrs.items())
+    left = self.eta.remaining(step) if self.eta is not None else (run.total_steps - step) / max(sps, 1e-9)
     logging.info(
       '[%s] step %d/%d %s %s | %.2f steps/s, ETA %s',
       stage.name,
@@ -390,7 +544,7 @@ class MetricsLog:
       terms,
       lr_text,
       sps,
-      _format_eta((run.total_steps - step) / max(sps, 1e-9)),
+      _format_eta(left) if left is not None else '?',
     )
 
 
@@ -403,6 +557,7 @@ def _meta(run: Run, stage: Stage, step: int) -> dict:
     'process_count': jax.process_count(),
     'device_count': jax.device_count(),
     'config': _config_json(run.config),
+    'plan': resume_guard.plan_meta(run.plan),
   }
 
 
@@ -465,7 +620,7 @@ class Profiler:
 
 
 def _write_grid(run: Run, sample, tag_step: int) -> str:
-  grid = report.image_grid(*sample)
+  grid = report.image_grid(*sample, orientation=run.grid_orientation)
   rel = f'images/grid_{tag_step:07d}.png'
   if run.is_chief:
     (run.files / 'images').mkdir(parents=True, exist_ok=True)
@@ -490,8 +645,8 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
   """Trains every remaining stage up to `stop_at`; returns the last validation result."""
   config = run.config
   compiled_stages = compile_stages(run, stop_at)
-  progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=run.writer)
-  metrics_log = MetricsLog(run)  # after the compiles, so steps/s and the ETA measure training
+  eta = Eta(run.plan, {c.stage.name: c.flops for c in compiled_stages}, stop_at, config.eval_every_steps)
+  metrics_log = MetricsLog(run, eta)  # after the compiles, so steps/s and the ETA measure training
   policy = CheckpointPolicy(run, guard)
   profiler = Profiler(config.profile_steps, run.workdir)
   last_eval = None
@@ -521,29 +676,38 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
         run.data_position += config.batch_size
         profiler.after_step(step)
         metrics_log.add(metrics)
-        progress(step)
         last = step == end
         if step % config.log_every_steps == 0 or last:
           metrics_log.flush(step, stage, compiled.lr_fns)
+        t0 = time.time()
         if step % config.eval_every_steps == 0 or last:
           last_eval = _evaluate(run, compiled.predict, step)
+          eta.record_eval(time.time() - t0)
         if step % config.image_every_steps == 0 or last:
           _write_grid(run, run.validator.sample(compiled.predict, steps.generator_variables(run.state)), step)
         policy.maybe_save(step, stage, last, metrics_log, compiled.lr_fns, last_eval)
+        metrics_log.exclude(time.time() - t0)
         if step < run.total_steps and step < stop_at:
           batch = pipeline.next_batch(run.data_iter)
       run.writer.flush()
   finally:
     profiler.close()
   if stop_at < run.total_steps and run.step >= stop_at:
-    logging.info('stopped at step %d (config.stop_after_steps); run the same command to resume', run.step)
+    logging.info(
+      'stopped at step %d of %d (config.stop_after_steps=%d); rerun the same command to resume',
+      run.step,
+      run.total_steps,
+      stop_at,
+    )
   return last_eval
 
 
 def write_run_report(run: Run, last_eval: dict) -> None:
   """The validation report, the image grid and the training curves of a finished run."""
   config, step = run.config, run.step
-  grid_rel = _write_grid(run, last_eval['sample'], step)
+  grid_rel = f'images/grid_{step:07d}.png'
+  if not (run.files / grid_rel).exists():  # the loop's last step wrote it already
+    grid_rel = _write_grid(run, last_eval['sample'], step)
   run.writer.flush()
   curves = _plot_curves(run.files) if _is_local(run.workdir) else None
   random_vgg = run.vgg is not None and config.loss.allow_random_vgg and not config.loss.vgg_weights
@@ -591,13 +755,19 @@ def _upload_files(run: Run) -> None:
   shutil.rmtree(run.files, ignore_errors=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, *, allow_config_change: bool = False
+) -> dict:
   """Runs (or resumes) every stage of the recipe in `workdir`; returns the final validation summary.
 
-  Raises preemption.Preempted after saving when SIGTERM/SIGINT asked the run to stop.
+  The workdir is locked for the run (one run per workdir). Raises preemption.Preempted after saving
+  when SIGTERM/SIGINT asked the run to stop.
   """
-  with PreemptionGuard() as guard:
-    run = setup(config, workdir)
+  path = workdir_path(workdir)
+  if jax.process_index() == 0:
+    workdir_lock.prepare(path)
+  with PreemptionGuard() as guard, workdir_lock.WorkdirLock(path, enabled=jax.process_index() == 0):
+    run = setup(config, workdir, allow_config_change=allow_config_change)
     try:
       stop_at = run.config.stop_after_steps or run.total_steps
       last_eval = run_stages(run, guard, stop_at)
@@ -605,7 +775,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | spec.RunSpec, workdir
       if last_eval is None:  # resumed a finished run (or stopped on a boundary): evaluate what it holds
         stage = next((s for s in reversed(run.plan) if s.start <= max(run.step - 1, 0)), run.plan[0])
         last_eval = _evaluate(run, _make_predict(run, recipe.stage_generator(run.config, stage)), run.step)
-      if run.step >= run.total_steps and run.is_chief:
+      if run.step >= run.total_steps and run.step > 0 and run.is_chief:
         write_run_report(run, last_eval)
       return last_eval['summary']
     finally:

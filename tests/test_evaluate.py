@@ -141,12 +141,73 @@ def test_report_writes_every_file_it_promises_and_baselines_are_scored(identity,
     assert f'src="{name}"' in html and f']({name})' in md
   from PIL import Image
 
-  assert Image.open(report / figures[0]).size[0] == 5 * 30 + 4 * 2  # five panels of the HR width, 2-px gaps
+  # five panels of the HR width enlarged for display (30 px -> 270 px, the first factor >= 256), 2-px gaps
+  assert Image.open(report / figures[0]).size[0] == 5 * 30 * 9 + 4 * 2
   assert out['methods'] == ['model', 'bicubic', 'identity.safetensors']
   assert out['volumes'][0]['identity.safetensors'] == out['volumes'][0]['model']
   assert 'identity.safetensors' in md and 'bicubic' in md
   table = lines[0]
   assert 'stack' in table and 'brain' in table and 'mean (2)' in table and '+0.00' in table
+
+
+def test_a_workdir_is_scored_at_its_best_step_and_the_report_says_which(identity, inputs, tmp_path):
+  """The best step (by validation PSNR) holds the exact-bicubic weights, the later ones do not: the
+  default scores the best, --step latest / N the others, and the JSON and report name the step."""
+  from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer
+
+  config, _ = identity
+  exact = _identity_srcnn(config)['params']
+  ckpt = Checkpointer(tmp_path / 'run', keep=5, async_save=False)
+  for step, scale, psnr in ((100, 1.0, 35.5), (150, 0.5, 20.0), (200, 0.8, None)):
+    params = {k: {n: v * scale for n, v in layer.items()} for k, layer in exact.items()}
+    ckpt.save(step, {'g_params': params}, {'stage': 'pretrain'}, {BEST_METRIC: psnr} if psnr else None)
+  ckpt.close()
+  run, lines = tmp_path / 'run', []
+  out = evaluate.evaluate(
+    config, run, [inputs / 'stack.npy'], json_path=tmp_path / 'e.json', report_dir=tmp_path / 'r', log=lines.append
+  )
+  assert out['step'] == 100 and out['step_reason'] == 'best validation PSNR 35.50 dB; latest is 200'
+  assert out['mean']['psnr_gain'] == 0.0  # the exact-bicubic weights
+  assert lines[0] == f'using step 100 of {run} (best validation PSNR 35.50 dB; latest is 200)'
+  assert json.loads((tmp_path / 'e.json').read_text())['step'] == 100
+  assert (
+    f'weights: {run} step 100 (best validation PSNR 35.50 dB; latest is 200)'
+    in (tmp_path / 'r' / 'report.md').read_text()
+  )
+  quiet = {'log': lambda *_: None}
+  latest = evaluate.evaluate(config, run, [inputs / 'stack.npy'], step='latest', **quiet)
+  assert latest['step'] == 200 and latest['mean']['psnr_gain'] < 0
+  assert evaluate.evaluate(config, run, [inputs / 'stack.npy'], step='150', **quiet)['step'] == 150
+  with pytest.raises(network_variables.WeightsError, match=r'no checkpoint at step 120 \(saved: 100, 150, 200\)'):
+    evaluate.evaluate(config, run, [inputs / 'stack.npy'], step=120, **quiet)
+  with pytest.raises(
+    network_variables.WeightsError, match=r'--step newest: use best, latest .*\(saved: 100, 150, 200\)'
+  ):
+    evaluate.evaluate(config, run, [inputs / 'stack.npy'], step='newest', **quiet)
+
+
+def test_report_figures_show_nifti_slices_radiologically(identity, inputs, tmp_path):
+  """A NIfTI volume's figure is the grid of report.image_grid in RAS orientation (the helper every
+  figure uses), panels at least report.MIN_PANEL pixels; other inputs are shown as stored."""
+  from PIL import Image
+
+  from mrisr_jax import report
+  from mrisr_jax.spec import resolve
+
+  config, path = identity
+  evaluate.evaluate(config, path, [inputs / 'brain.nii.gz'], report_dir=tmp_path / 'r', log=lambda *_: None)
+  truth = evaluate.read_truth(inputs / 'brain.nii.gz', resolve(config).data)
+  method = evaluate.Method('model', resolve(config), path, 0, 16, 0)
+  a = evaluate.evaluate_volume(truth, [method], config)['arrays']
+  assert a['orientation'] == 'ras'
+  zoom = evaluate._zoom_region(np.abs(a['bicubic'] - a['hr']))
+  expected = report.image_grid(a['lr'], a['bicubic'], a['sr'], a['hr'], zoom=zoom, orientation='ras')
+  figure = np.asarray(Image.open(tmp_path / 'r' / '000_brain.png').convert('RGB'))
+  np.testing.assert_array_equal(figure, expected)
+  lay = report.grid_layout(a['hr'].shape, zoom, orientation='ras')
+  assert lay.panel_shape[0] == a['hr'].shape[1] * lay.display_factor >= report.MIN_PANEL  # turned: W rows
+  truth = evaluate.read_truth(inputs / 'stack.npy', resolve(config).data)
+  assert evaluate.evaluate_volume(truth, [method], config)['arrays']['orientation'] == 'stored'
 
 
 def test_errors_are_one_line_and_outputs_are_protected(identity, inputs, tmp_path):
@@ -172,6 +233,8 @@ def test_errors_are_one_line_and_outputs_are_protected(identity, inputs, tmp_pat
     evaluate.evaluate(config, path, [tmp_path / 'bad.npy'], **quiet)
   with pytest.raises(network_variables.WeightsError, match='shape mismatch|does not fit|missing'):
     evaluate.evaluate(_config('edsr', 'x2,quick'), path, [inputs / 'stack.npy'], **quiet)
+  with pytest.raises(network_variables.WeightsError, match='--step applies to a training workdir, not a state_dict'):
+    evaluate.evaluate(config, path, [inputs / 'stack.npy'], step='latest', **quiet)
   with pytest.raises(evaluate.EvaluateError, match='scale 4 does not match'):
     evaluate.evaluate(
       config, path, [inputs / 'stack.npy'], baselines=[f'{path}@{REPO / "configs" / "srcnn.py"}:quick'], **quiet

@@ -84,6 +84,50 @@ def test_export_errors_are_one_line(tmp_path):
     export.export(config, tmp_path / 'y.pth', step=3)
 
 
+def test_an_existing_json_record_is_kept_without_overwrite(tmp_path):
+  """export writes OUT and OUT's .json: an existing JSON (a user's results.json) stops it too, before
+  anything is written (issue 14)."""
+  config = srcnn_config()
+  record = tmp_path / 'results.json'
+  record.write_bytes(b'{"psnr": 31.2}\n')
+  with pytest.raises(export.ExportError) as e:
+    export.export(config, tmp_path / 'results.safetensors')
+  assert str(e.value) == (
+    f'{record}: exists (export writes its record beside results.safetensors); pass --overwrite to replace it'
+  )
+  assert record.read_bytes() == b'{"psnr": 31.2}\n' and not (tmp_path / 'results.safetensors').exists()
+  (tmp_path / 'results.safetensors').write_bytes(b'keep me')
+  with pytest.raises(export.ExportError, match='results.safetensors: exists; pass --overwrite'):
+    export.export(config, tmp_path / 'results.safetensors')
+  assert record.read_bytes() == b'{"psnr": 31.2}\n'
+  done = export.export(config, tmp_path / 'results.safetensors', overwrite=True)  # both replaced
+  assert json.loads(record.read_text())['keys'] == done['keys'] == 6
+  assert len(state_dict_io.load_state_dict(tmp_path / 'results.safetensors')) == 6
+
+
+def test_export_takes_the_best_step_by_default_and_records_why(tmp_path):
+  config = srcnn_config()
+  g, d = registry.build_generator(config.model), registry.build_discriminator(config)
+  init = jax.jit(recipe.init_state_fn(config, g, d, optax.set_to_zero(), optax.set_to_zero()))
+  ckpt = Checkpointer(tmp_path / 'run', async_save=False)  # keeps the latest 3 and the best: 2 goes
+  for step, psnr in ((2, 30.0), (4, 32.5), (6, 31.0), (8, None)):
+    ckpt.save(step, init(jax.random.PRNGKey(step)), {'stage': 'pretrain'}, {'val_psnr': psnr} if psnr else None)
+  ckpt.close()
+  best = export.export(config, tmp_path / 'best.safetensors', workdir=tmp_path / 'run')
+  assert best['step'] == 4 and best['step_reason'] == 'best validation PSNR 32.50 dB; latest is 8'
+  saved = json.loads((tmp_path / 'best.json').read_text())
+  assert saved['step'] == 4 and saved['step_reason'] == best['step_reason']
+  assert export.export(config, tmp_path / 'latest.pth', workdir=tmp_path / 'run', step='latest')['step'] == 8
+  assert export.export(config, tmp_path / 'six.pth', workdir=tmp_path / 'run', step='6')['step'] == 6
+  a = state_dict_io.load_state_dict(tmp_path / 'best.safetensors')['reconstruction.weight']
+  expected = np.transpose(np.asarray(init(jax.random.PRNGKey(4)).g_params['reconstruction']['kernel']), (3, 2, 0, 1))
+  np.testing.assert_array_equal(a, expected)
+  for bad in ('foo', '5'):
+    with pytest.raises(export.ExportError, match=r'\(saved: 4, 6, 8\)'):
+      export.export(config, tmp_path / 'bad.pth', workdir=tmp_path / 'run', step=bad)
+  assert not (tmp_path / 'bad.pth').exists() and not (tmp_path / 'bad.json').exists()
+
+
 def test_ema_is_kept_by_the_steps_and_exported(tmp_path):
   from mrisr_jax import steps
 

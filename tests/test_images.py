@@ -105,7 +105,11 @@ def test_read_colour_uses_pil_601_luma(tmp_path):
   grey = np.repeat(random_u8(3)[..., None], 4, axis=-1)
   grey[..., 3] = 7
   _, info = images.read_image(save(tmp_path / 'grey.png', grey))
-  assert not info['colour']
+  assert not info['colour'] and info['alpha']  # what was lost is said (infer warns, naming the file)
+  grey[..., 3] = 255  # an opaque alpha channel loses nothing
+  _, info = images.read_image(save(tmp_path / 'opaque.png', grey))
+  assert not info['colour'] and not info['alpha']
+  assert images.read_image(path)[1]['alpha'] is False
 
 
 def test_read_float_images_must_be_normalised(tmp_path):

@@ -8,6 +8,7 @@ checkpoint and, through `mrisr_jax.export`, a .safetensors file.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import jax
@@ -18,6 +19,7 @@ from PIL import Image
 
 from mrisr_jax import export, infer, network_variables, registry, tiling
 from mrisr_jax.checkpoint import Checkpointer
+from mrisr_jax.data.degrade import bicubic_resize
 from mrisr_jax.data.images import write_grey
 from mrisr_jax.interop import convert, state_dict_io
 from mrisr_jax.predictor import Predictor
@@ -199,7 +201,8 @@ def test_nifti_round_trip_keeps_geometry_and_intensity_scale(srcnn, tmp_path):
       nib.affines.apply_affine(out.affine, new), nib.affines.apply_affine(src.affine, old), atol=1e-5
     )
   hi = np.percentile(vol.astype(np.float32), 99.5)
-  assert data.max() <= hi * (1 + 1e-6) and abs(data.mean() / vol.mean() - 1) < 0.5
+  # the input's units: the model's [0, 1] times hi, the part above hi added back bicubically
+  assert np.abs(data - _bicubic_in_plane(vol, 4)).max() < 1.5 * hi and abs(data.mean() / vol.mean() - 1) < 0.5
 
 
 def test_fastmri_h5_to_h5_and_npy(srcnn, tmp_path):
@@ -295,6 +298,146 @@ def test_thick_slice_volume_is_super_resolved_through_plane(srcnn, tmp_path):
   # the same planes by hand: (x, z, y) stacks with the thick axis z as rows, then back
   model, predict = _predict(config, path)
   hi = np.float32(np.percentile(vol.astype(np.float32), 99.5))
-  planes = np.clip(np.transpose(vol.astype(np.float32), (1, 2, 0)) / hi, 0, 1)  # (y, z, x)
+  u = np.transpose(vol.astype(np.float32), (1, 2, 0)) / hi  # (y, z, x)
+  planes = np.clip(u, 0, 1)
   sr = tiling.super_resolve(predict, planes, 4, model.size_multiple, True, factors=(4, 1))
+  sr = sr + bicubic_resize(u - planes, 20, 10)  # the voxels above hi, through-plane bicubic
   np.testing.assert_allclose(np.asarray(out.dataobj), np.transpose(sr * hi, (2, 0, 1)), rtol=1e-6, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------- intensities
+
+
+@pytest.fixture(scope='module')
+def identity_srcnn(tmp_path_factory):
+  """(config, .safetensors) of an SRCNN x4 that returns its (clipped bicubic) input: delta kernels,
+  zero biases. A "model" that is exactly bicubic inside [0, 1], to see what infer adds around it."""
+  config = _config('srcnn', 'quick')
+  like = network_variables.like_variables(config)['params']
+  params = {name: {k: np.zeros(v.shape, v.dtype) for k, v in layer.items()} for name, layer in like.items()}
+  for name, layer in params.items():
+    k = layer['kernel']
+    k[k.shape[0] // 2, k.shape[1] // 2, 0, 0] = 1.0
+  path = tmp_path_factory.mktemp('identity') / 'identity_srcnn.safetensors'
+  state_dict_io.save_state_dict(convert.flax_to_state_dict('srcnn', {'params': params}), path)
+  return config, path
+
+
+def _bicubic_in_plane(vol, s):
+  """bicubic_resize of every plane across stored axis 2 by s: what infer's in-plane rule is scored against."""
+  planes = np.transpose(vol.astype(np.float32), (2, 0, 1))
+  return np.transpose(bicubic_resize(planes, planes.shape[1] * s, planes.shape[2] * s), (1, 2, 0))
+
+
+def test_nifti_output_keeps_bright_and_negative_voxels_in_the_input_units(srcnn, identity_srcnn, tmp_path):
+  """Voxels 10x the 99.5th percentile and negative voxels are neither flattened nor zeroed: with a
+  model that is bicubic inside [0, 1] the output is the bicubic upsampling of the input, within
+  5 %; with any model (random weights) it stays within ~the percentile of it."""
+  vol = _smooth((48, 40, 8), seed=4) * 1000  # 15360 voxels: the top 0.5 % is 77 of them
+  bright, dark = np.zeros(vol.shape, bool), np.zeros(vol.shape, bool)
+  bright[20:24, 10:14, 2:6] = True  # 64 voxels, above the percentile
+  dark[30:34, 26:30, 2:6] = True
+  vol[bright] = 10 * np.percentile(vol, 99.5)
+  vol[dark] = -0.5 * np.percentile(vol, 99.5)
+  p = np.percentile(vol, 99.5)
+  assert 9 * p < vol.max() < 11 * p
+  nib.save(nib.Nifti1Image(vol.astype(np.float32), np.eye(4)), tmp_path / 'vol.nii')
+  bic = _bicubic_in_plane(vol, 4)
+  up = lambda m: np.repeat(np.repeat(m, 4, 0), 4, 1)  # noqa: E731
+
+  config, path = identity_srcnn
+  r = infer.infer(config, path, tmp_path / 'vol.nii', tmp_path / 'ident.nii')
+  assert r['intensity_scale'] == pytest.approx(p, rel=1e-5)
+  out = np.asarray(nib.load(tmp_path / 'ident.nii').dataobj)
+  assert out.shape == bic.shape == (192, 160, 8)
+  np.testing.assert_allclose(out[up(bright)], bic[up(bright)], rtol=0.05)  # ~10 p, not p
+  np.testing.assert_allclose(np.percentile(out, 99.9), np.percentile(bic, 99.9), rtol=0.05)
+  np.testing.assert_allclose(out.max(), bic.max(), rtol=0.05)
+  # ~-0.5 p, not 0; off bicubic only by the model's own clipping of bicubic's undershoot, < 0.2 p
+  assert out[124:132, 108:116, 2:6].max() < -0.4 * p
+  assert np.abs(out[up(dark)] - bic[up(dark)]).max() < 0.2 * p
+  assert abs(out.min() - bic.min()) < 0.2 * p and out.min() < -0.5 * p
+
+  config, _, path = srcnn  # random weights: the model part is off, but by at most ~p
+  infer.infer(config, path, tmp_path / 'vol.nii', tmp_path / 'random.nii')
+  out = np.asarray(nib.load(tmp_path / 'random.nii').dataobj)
+  assert np.abs(out - bic).max() < 1.5 * p
+  assert out[84:92, 44:52, 2:6].min() > 8 * p and out[124:132, 108:116, 2:6].max() < 0.5 * p
+
+
+def test_npy_outside_the_unit_range_is_rescaled_and_mapped_back(srcnn, tmp_path, caplog):
+  config, _, path = srcnn
+  x = _smooth((2, 20, 18), seed=5)
+  x /= x.max()  # [0, 1] with maximum exactly 1: the model's range, SR = model(x)
+  np.save(tmp_path / 'unit.npy', x)
+  np.save(tmp_path / 'big.npy', x * 3000)
+  infer.infer(config, path, tmp_path / 'unit.npy', tmp_path / 'unit_sr.npy')
+  with caplog.at_level(logging.WARNING):
+    r = infer.infer(config, path, tmp_path / 'big.npy', tmp_path / 'big_sr.npy')
+  unit, big = np.load(tmp_path / 'unit_sr.npy'), np.load(tmp_path / 'big_sr.npy')
+  np.testing.assert_allclose(big, unit * 3000, rtol=1e-5)  # the model saw x; output in the input's units
+  assert r['intensity_scale'] == 3000 and len(r['notes']) == 1
+  assert 'big.npy' in caplog.text and 'divided by its maximum 3000' in caplog.text
+
+  # negative values are not clipped: their part is upsampled bicubically and added to model(clip)
+  y = x.copy()
+  y[0, 5:9, 4:10] = -0.5
+  c = np.clip(y, 0, 1)
+  np.save(tmp_path / 'neg.npy', y)
+  np.save(tmp_path / 'clipped.npy', c)
+  infer.infer(config, path, tmp_path / 'neg.npy', tmp_path / 'neg_sr.npy')
+  infer.infer(config, path, tmp_path / 'clipped.npy', tmp_path / 'clipped_sr.npy')
+  neg, clipped = np.load(tmp_path / 'neg_sr.npy'), np.load(tmp_path / 'clipped_sr.npy')
+  np.testing.assert_allclose(neg - clipped, bicubic_resize(y - c, 80, 72), atol=1e-5)
+
+  # a .png holds [0, 1]: the rescaled slice is written in the model's units, as the [0, 1] one is
+  np.save(tmp_path / 'big2d.npy', x[1] / x[1].max() * 3000)
+  np.save(tmp_path / 'unit2d.npy', x[1] / x[1].max())
+  infer.infer(config, path, tmp_path / 'big2d.npy', tmp_path / 'big2d.png')
+  infer.infer(config, path, tmp_path / 'unit2d.npy', tmp_path / 'unit2d.png')
+  with Image.open(tmp_path / 'big2d.png') as a, Image.open(tmp_path / 'unit2d.png') as b:
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------------------- interrupts
+
+
+@pytest.mark.integration  # subprocess CLI and signals (pyproject.toml: the tiers)
+@pytest.mark.parametrize('sig, code', [('SIGINT', 130), ('SIGTERM', 143)])
+def test_interrupted_infer_removes_its_temporaries_and_says_so(srcnn, tmp_path, sig, code):
+  """The signal arrives as soon as the output's temporary file exists: before the first forward
+  pass, so usually during the model's compile (where a KeyboardInterrupt used to crash XLA)."""
+  import os
+  import signal
+  import subprocess
+  import time
+
+  _, _, path = srcnn
+  vol = (np.random.default_rng(0).random((64, 64, 24)) * 1000).astype(np.float32)
+  nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / 'vol.nii')
+  out = tmp_path / 'out'
+  out.mkdir()
+  args = ['--config', 'configs/srcnn.py:quick', '--weights', str(path), '--input', str(tmp_path / 'vol.nii')]
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'mrisr_jax.infer', *args, '--output', str(out / 'sr.nii'), '--noprogress'],
+    cwd=REPO,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    deadline = time.monotonic() + 120  # a hang guard: the temporary appears after ~3 s (imports)
+    while not any(out.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert [p.name.startswith('.sr.nii.') for p in out.iterdir()] == [True], proc.poll()
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == code, stderr[-3000:]
+  lines = [line for line in stderr.splitlines() if line.startswith('mrisr_jax:')]
+  assert lines == [f'mrisr_jax: interrupted by {sig}; removed 1 temporary file(s)'], stderr[-3000:]
+  assert 'Traceback' not in stderr and 'Fatal Python error' not in stderr and 'wrote' not in stdout
+  assert list(out.iterdir()) == []  # no temporary, no output

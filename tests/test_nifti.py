@@ -222,6 +222,14 @@ def _bad_files(tmp_path: pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]:
   short.write_bytes(short.read_bytes()[:1000])
   bad['truncated_nii'] = (short, 'cannot read')
   bad['zero'] = (_save(tmp_path / 'zero.nii', np.zeros(SHAPE, np.float32)), 'has no signal')
+  header = nib.Nifti1Image(ras, _ras_affine()).header  # a zero sform: nibabel will not save one
+  header['srow_x'] = header['srow_y'] = header['srow_z'] = np.zeros(4)
+  header['sform_code'], header['qform_code'] = 1, 0
+  header.set_data_offset(352)
+  with open(tmp_path / 'zero_affine.nii', 'wb') as f:
+    header.write_to(f)
+    f.write(ras.astype(header.get_data_dtype()).tobytes(order='F'))
+  bad['zero_affine'] = (tmp_path / 'zero_affine.nii', 'has a degenerate affine')
   nan = ras.copy()
   nan[1, 2, 3] = np.nan
   nan[4, 5, 6] = np.inf

@@ -69,10 +69,36 @@ def _nearest(s, calls=None):
   return sr_stack
 
 
-def _scaled(vol, hi) -> np.ndarray:
-  """What the module feeds back out for an identity model: clip(vol / hi, 0, 1) * hi in float32."""
-  hi = np.float32(hi)
-  return np.clip(vol.astype(np.float32) / hi, 0.0, 1.0) * hi
+def _split(vol, hi) -> tuple[np.ndarray, np.ndarray]:
+  """(c, r): the part of vol / hi the model sees, clip(vol / hi, 0, 1), and the rest (float32)."""
+  u = vol.astype(np.float32) / np.float32(hi)
+  c = np.clip(u, 0.0, 1.0)
+  return c, u - c
+
+
+def _bicubic_axes(x, factors) -> np.ndarray:
+  """The bicubic upsampling (degrade.bicubic_resize) of stored axis i by factors[i], one axis at a time."""
+  for axis, f in enumerate(factors):
+    if f > 1:
+      moved = np.moveaxis(x, axis, -2)
+      x = np.moveaxis(bicubic_resize(moved, moved.shape[-2] * f, moved.shape[-1]), -2, axis)
+  return x
+
+
+def _repeat_axes(x, factors) -> np.ndarray:
+  for axis, f in enumerate(factors):
+    x = np.repeat(x, f, axis=axis)
+  return x
+
+
+def _faithful_nearest(vol, hi, factors) -> np.ndarray:
+  """What the module writes for a nearest-neighbour "model": hi * (nearest(c) + bicubic(r))."""
+  c, r = _split(vol, hi)
+  return np.float32(hi) * (_repeat_axes(c, factors) + _bicubic_axes(r, factors))
+
+
+def _assert_faithful_nearest(data, vol, hi, factors):
+  np.testing.assert_allclose(data, _faithful_nearest(vol, hi, factors), rtol=1e-5, atol=1e-3)
 
 
 def _centres_consistent(old_aff, new_aff, factors, shape):
@@ -122,9 +148,15 @@ def test_in_plane_round_trip_keeps_geometry_and_values(tmp_path, suffix):
 
   data = np.asarray(new.dataobj)
   assert data.dtype == np.float32
-  expected = np.repeat(np.repeat(_scaled(vol, done['hi']), s, axis=0), s, axis=1)
-  np.testing.assert_array_equal(data, expected)
-  assert data.max() == pytest.approx(hi) and vol.max() > hi  # the outliers were clipped
+  _assert_faithful_nearest(data, vol, done['hi'], (s, s, 1))
+  # the outliers (4000, 4x the percentile) are not flattened at hi: their bicubic peaks survive
+  assert vol.max() > 3.9 * hi and data.max() > 3 * hi
+  inside = vol <= hi  # voxels inside [0, hi] whose 4x4 bicubic footprint has no outlier
+  for ax in (0, 1):
+    inside &= np.roll(inside, 1, ax) & np.roll(inside, -1, ax) & np.roll(inside, 2, ax) & np.roll(inside, -2, ax)
+  nearest = _repeat_axes(vol.astype(np.float32), (s, s, 1))
+  keep = _repeat_axes(inside, (s, s, 1))
+  np.testing.assert_allclose(data[keep], nearest[keep], rtol=1e-5)  # exactly hi * model(x / hi) there
 
 
 @pytest.mark.parametrize('slice_axis', [0, 1])
@@ -149,8 +181,7 @@ def test_in_plane_slice_axis_refines_the_other_two(tmp_path, slice_axis):
   assert new.shape == out_shape
   assert new.header.get_zooms() == pytest.approx([z / f for z, f in zip(ZOOMS, factors)], rel=1e-6)
   _centres_consistent(old.affine, new.affine, factors, out_shape)
-  expected = np.repeat(np.repeat(_scaled(vol, done['hi']), 3, axis=rows), 3, axis=cols)
-  np.testing.assert_array_equal(np.asarray(new.dataobj), expected)
+  _assert_faithful_nearest(np.asarray(new.dataobj), vol, done['hi'], factors)
 
 
 # ------------------------------------------------------------------------- through-plane geometry
@@ -179,8 +210,7 @@ def test_through_plane_refines_the_thick_axis_only(tmp_path, lr_factors):
   np.testing.assert_allclose(new.affine[:3, :2], old.affine[:3, :2], atol=1e-6)
   np.testing.assert_allclose(new.affine[:3, 2], old.affine[:3, 2] / 4, atol=1e-6)
   _centres_consistent(old.affine, new.affine, (1, 1, 4), new.shape)
-  expected = np.repeat(_scaled(vol, done['hi']), 4, axis=2)
-  np.testing.assert_array_equal(np.asarray(new.dataobj), expected)
+  _assert_faithful_nearest(np.asarray(new.dataobj), vol, done['hi'], (1, 1, 4))
   assert sorted(os.listdir(tmp_path)) == ['sr.nii.gz', 'thick.nii.gz']
 
 
@@ -200,8 +230,8 @@ def test_through_plane_bicubic_model_through_tiling(tmp_path):
     progress=False,
   )
   hi = np.float32(done['hi'])
-  planes = np.clip(vol.astype(np.float32) / hi, 0.0, 1.0).transpose(1, 2, 0)  # (Y, Z, X)
-  sr = np.clip(bicubic_resize(planes, 20, 6), 0.0, 1.0) * hi
+  c, r = (a.transpose(1, 2, 0) for a in _split(vol, hi))  # (Y, Z, X) planes
+  sr = (np.clip(bicubic_resize(c, 20, 6), 0.0, 1.0) + bicubic_resize(r, 20, 6)) * hi
   np.testing.assert_allclose(np.asarray(nib.load(str(dst)).dataobj), sr.transpose(2, 0, 1), rtol=1e-5, atol=1e-3)
 
 
@@ -228,7 +258,7 @@ def test_thick_axis_ambiguous_explicit_and_misused(tmp_path):
   assert new.shape == (12, 5, 4)
   assert new.header.get_zooms() == pytest.approx((1.0, 2.0, 1.0), rel=1e-6)
   _centres_consistent(nib.load(str(src)).affine, new.affine, (2, 1, 1), new.shape)
-  np.testing.assert_array_equal(np.asarray(new.dataobj), np.repeat(_scaled(vol, done['hi']), 2, axis=0))
+  _assert_faithful_nearest(np.asarray(new.dataobj), vol, done['hi'], (2, 1, 1))
 
   with pytest.raises(VolumeError, match='thick_axis') as e:  # an in-plane model has no thick axis
     nifti_volume.super_resolve_volume(src, tmp_path / 'x.nii', _nearest(2), (2, 2), thick_axis=0, progress=False)
@@ -396,6 +426,60 @@ def test_singleton_fourth_dimension_is_a_volume(tmp_path):
   assert new.header.get_zooms() == pytest.approx((0.5, 1.0, 3.0))
   assert int(new.header['sform_code']) == 0 and int(new.header['qform_code']) == 1
   _centres_consistent(aff, new.affine, (2, 2, 1), new.shape)
-  np.testing.assert_array_equal(
-    np.asarray(new.dataobj), np.repeat(np.repeat(_scaled(vol[..., 0], done['hi']), 2, 0), 2, 1)
+  _assert_faithful_nearest(np.asarray(new.dataobj), vol[..., 0], done['hi'], (2, 2, 1))
+
+
+def _with_sform(path, srow, qform_code=0) -> pathlib.Path:
+  """A volume whose header sform (code 1) has rows `srow`, written field by field: nibabel will not
+  build an image around a singular affine, but files with one exist."""
+  img = nib.Nifti1Image(_volume((6, 5, 3), seed=10), np.eye(4))
+  h = img.header.copy()
+  h['sform_code'], h['qform_code'] = 1, qform_code
+  h['srow_x'], h['srow_y'], h['srow_z'] = srow
+  h.set_data_offset(352)
+  with open(path, 'wb') as f:
+    h.write_to(f)
+    f.write(np.asarray(img.dataobj).astype(h.get_data_dtype()).tobytes(order='F'))
+  return path
+
+
+def test_singular_affine_is_one_line_naming_the_file(tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  zero = _with_sform(tmp_path / 'zero.nii', ([0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]))
+  flat = _with_sform(tmp_path / 'flat.nii', ([1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0]))  # rank 2
+  for src in (zero, flat):
+    with pytest.raises(VolumeError, match='has a singular sform') as e:
+      nifti_volume.super_resolve_volume(src, out / 'sr.nii.gz', _nearest(2), (2, 2), progress=False)
+    assert str(e.value).startswith(f'{src}: ') and '\n' not in str(e.value)
+    assert os.listdir(out) == []
+  ok = _with_sform(tmp_path / 'ok.nii', ([0, 0, 2, 1], [0, 3, 0, 2], [-1, 0, 0, 3]))  # permuted, flipped: fine
+  nifti_volume.super_resolve_volume(ok, out / 'sr.nii', _nearest(2), (2, 2), progress=False)
+  _centres_consistent(nib.load(str(ok)).affine, nib.load(str(out / 'sr.nii')).affine, (2, 2, 1), (12, 10, 3))
+
+
+@pytest.mark.parametrize('mask', [0o022, 0o077])
+@pytest.mark.parametrize('suffix', ['.nii', '.nii.gz'])
+def test_output_mode_honours_the_umask(tmp_path, mask, suffix):
+  src = _save(tmp_path / 'vol.nii.gz', _volume((6, 5, 3), seed=11))
+  old = os.umask(mask)
+  try:
+    nifti_volume.super_resolve_volume(src, tmp_path / f'sr{suffix}', _nearest(2), (2, 2), progress=False)
+  finally:
+    os.umask(old)
+  assert (tmp_path / f'sr{suffix}').stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_bicubic_model_gives_the_bicubic_volume_whatever_the_range(tmp_path):
+  """The intensity rule is linear around the model: a model that is bicubic (unclipped) on [0, 1]
+  gives the bicubic upsampling of the whole volume, bright outliers and negative voxels included."""
+  vol = _volume((12, 10, 4), seed=12).astype(np.float32)
+  vol[2:4, 3:5, 1] = -700.0
+  src = _save(tmp_path / 'vol.nii', vol)
+  done = nifti_volume.super_resolve_volume(
+    src, tmp_path / 'sr.nii', lambda st: bicubic_resize(st, st.shape[1] * 3, st.shape[2] * 3), (3, 3), progress=False
   )
+  assert done['below'] == pytest.approx(4 / vol.size) and done['above'] == pytest.approx(3 / vol.size)
+  data = np.asarray(nib.load(str(tmp_path / 'sr.nii')).dataobj)
+  np.testing.assert_allclose(data, _bicubic_axes(vol, (3, 3, 1)), rtol=1e-5, atol=2e-3)
+  assert data.max() > 3500 and data.min() < -600  # neither flattened at the percentile nor zeroed

@@ -8,15 +8,23 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from mrisr_jax import report
 from mrisr_jax.report import (
-  CAPTION_H,
+  CAPTION_PAD,
+  DEFAULT_LABELS,
   GAP,
+  MIN_PANEL,
+  ORIENTATIONS,
   apply_colormap,
+  box_width,
+  caption_font,
   grid_layout,
   image_grid,
+  orient_for_display,
   save_png,
+  slice_orientation,
   to_uint8,
   write_report,
 )
@@ -49,14 +57,20 @@ def test_colormap_ramp():
   np.testing.assert_array_equal(apply_colormap(np.array([5.0]), 1.0), c[-1:])
 
 
+def _enlarge(a, f):
+  return np.repeat(np.repeat(a, f, 0), f, 1)
+
+
 def test_grid_shape_and_panels_without_zoom():
   lr, bic, sr, hr = _inputs()
   H, W = hr.shape
   g = image_grid(lr, bic, sr, hr)
   assert g.dtype == np.uint8
-  assert g.shape == (CAPTION_H + H, 5 * W + 4 * GAP, 3)
-  lay = grid_layout(hr.shape)
-  assert lay.shape == g.shape
+  lay = grid_layout(hr.shape, captions=list(DEFAULT_LABELS) + ['|SR-HR| [0, 0.1]'])
+  f = lay.display_factor
+  assert f == 7 and lay.panel_shape == (H * f, W * f)  # 40 * 7 = 280 >= MIN_PANEL, 40 * 6 is not
+  C = lay.caption_h
+  assert g.shape == lay.shape == (C + H * f, 5 * W * f + 4 * GAP, 3)
   expected = [
     np.repeat(np.repeat(to_uint8(lr), 4, 0), 4, 1),  # nearest upsampling, integer factor
     to_uint8(bic),
@@ -65,28 +79,29 @@ def test_grid_shape_and_panels_without_zoom():
   ]
   for i, exp in enumerate(expected):
     r0, c0 = lay.panel_origins[i]
-    assert (r0, c0) == (CAPTION_H, i * (W + GAP))
-    panel = g[r0 : r0 + H, c0 : c0 + W]
+    assert (r0, c0) == (C, i * (W * f + GAP))
+    panel = g[r0 : r0 + H * f, c0 : c0 + W * f]
     for ch in range(3):
-      np.testing.assert_array_equal(panel[..., ch], exp)
+      np.testing.assert_array_equal(panel[..., ch], _enlarge(exp, f))
   err = np.abs(sr - hr)
   r0, c0 = lay.panel_origins[4]
-  np.testing.assert_array_equal(g[r0 : r0 + H, c0 : c0 + W], apply_colormap(err, err.max()))
+  np.testing.assert_array_equal(g[r0 : r0 + H * f, c0 : c0 + W * f], _enlarge(apply_colormap(err, err.max()), f))
   # captions: the strip above each panel has some text pixels
   for r0, c0 in lay.panel_origins:
-    assert g[:CAPTION_H, c0 : c0 + W].max() > 128
+    assert g[:C, c0 : c0 + W * f].max() > 128
 
 
 def test_grid_error_max_and_labels():
   lr, bic, sr, hr = _inputs(48, 120)
-  W = hr.shape[1]
   g1 = image_grid(lr, bic, sr, hr, err_max=0.05)
   g2 = image_grid(lr, bic, sr, hr, err_max=0.5)
-  r0, c0 = grid_layout(hr.shape).panel_origins[4]
-  np.testing.assert_array_equal(g1[r0:, c0 : c0 + W], apply_colormap(np.abs(sr - hr), 0.05))
-  assert not np.array_equal(g1[:CAPTION_H, c0:], g2[:CAPTION_H, c0:])  # caption states max
+  lay = grid_layout(hr.shape)
+  f, C, (_, Wd) = lay.display_factor, lay.caption_h, lay.panel_shape
+  r0, c0 = lay.panel_origins[4]
+  np.testing.assert_array_equal(g1[r0:, c0 : c0 + Wd], _enlarge(apply_colormap(np.abs(sr - hr), 0.05), f))
+  assert not np.array_equal(g1[:C, c0:], g2[:C, c0:])  # caption states max
   g3 = image_grid(lr, bic, sr, hr, labels=('a', 'b', 'c', 'd'))
-  assert not np.array_equal(g3[:CAPTION_H, :W], image_grid(lr, bic, sr, hr)[:CAPTION_H, :W])
+  assert not np.array_equal(g3[:C, :Wd], image_grid(lr, bic, sr, hr)[:C, :Wd])
   with pytest.raises(ValueError):
     image_grid(lr, bic[:-1], sr, hr)
 
@@ -97,24 +112,29 @@ def test_grid_with_zoom():
   zoom = (20, 30, 12, 16)
   y, x, h, w = zoom
   g = image_grid(lr, bic, sr, hr, zoom=zoom)
-  z = max(1, min(H // h, W // w))
-  assert z == 5
-  assert g.shape == (2 * CAPTION_H + H + GAP + h * z, 5 * W + 4 * GAP, 3)
   lay = grid_layout(hr.shape, zoom)
-  assert lay.shape == g.shape and lay.zoom_factor == z
+  f, C = lay.display_factor, lay.caption_h
+  assert f == 4 and lay.zoom_factor == 5 * f  # the region: 5x its size in the panels above
+  assert g.shape == lay.shape == (2 * C + H * f + GAP + h * 5 * f, 5 * W * f + 4 * GAP, 3)
+  t = box_width(f)
   panels = [to_uint8(np.repeat(np.repeat(lr, 4, 0), 4, 1)), to_uint8(bic), to_uint8(sr), to_uint8(hr)]
   for i, p in enumerate(panels):
     r0, c0 = lay.panel_origins[i]
-    first = g[r0 : r0 + H, c0 : c0 + W, 0]
-    # the region itself is untouched; the box is drawn one pixel outside it
-    np.testing.assert_array_equal(first[y : y + h, x : x + w], p[y : y + h, x : x + w])
-    np.testing.assert_array_equal(first[: y - 2], p[: y - 2])
-    box = g[r0 : r0 + H, c0 : c0 + W]
-    assert tuple(box[y - 1, x + 3]) == (0, 255, 128)
-    assert tuple(box[y + h, x - 1]) == (0, 255, 128)
+    first = g[r0 : r0 + H * f, c0 : c0 + W * f, 0]
+    big = _enlarge(p, f)
+    # the region itself is untouched; the box is drawn just outside it
+    np.testing.assert_array_equal(
+      first[y * f : (y + h) * f, x * f : (x + w) * f], big[y * f : (y + h) * f, x * f : (x + w) * f]
+    )
+    np.testing.assert_array_equal(first[: y * f - t], big[: y * f - t])
+    box = g[r0 : r0 + H * f, c0 : c0 + W * f]
+    assert tuple(box[y * f - 1, x * f + 3]) == (0, 255, 128)
+    assert tuple(box[(y + h) * f, x * f - 1]) == (0, 255, 128)
     zr, zc = lay.zoom_origins[i]
-    big = g[zr : zr + h * z, zc : zc + w * z, 0]
-    np.testing.assert_array_equal(big, np.kron(p[y : y + h, x : x + w], np.ones((z, z), np.uint8)))
+    z = lay.zoom_factor
+    np.testing.assert_array_equal(
+      g[zr : zr + h * z, zc : zc + w * z, 0], np.kron(p[y : y + h, x : x + w], np.ones((z, z), np.uint8))
+    )
   with pytest.raises(ValueError):
     image_grid(lr, bic, sr, hr, zoom=(60, 0, 10, 10))
 
@@ -123,7 +143,83 @@ def test_grid_non_integer_lr():
   hr = np.random.default_rng(5).random((30, 30))
   lr = hr[::4, ::4]  # 8 x 8
   g = image_grid(lr, hr, hr, hr)
-  assert g.shape == (CAPTION_H + 30, 5 * 30 + 4 * GAP, 3)
+  lay = grid_layout(hr.shape)
+  assert lay.display_factor == 9 and g.shape == (lay.caption_h + 270, 5 * 270 + 4 * GAP, 3)
+
+
+def _ink(a) -> np.ndarray:
+  """Where caption text is drawn (the background is black)."""
+  return np.asarray(a)[..., :3].max(-1) > 40
+
+
+def test_small_volume_figure_is_enlarged_and_its_captions_are_never_cut():
+  lr, bic, sr, hr = _inputs(24, 40, scale=4)
+  long = 'a deliberately long caption that cannot fit on one line of even an enlarged panel'
+  labels = (long, 'Bicubic', 'SR', 'HR')
+  for orientation in ORIENTATIONS:
+    zoom = (4, 8, 6, 10)
+    g = image_grid(lr, bic, sr, hr, zoom=zoom, labels=labels, orientation=orientation)
+    emax = float(np.abs(sr - hr).max())
+    lay = grid_layout(hr.shape, zoom, orientation=orientation, captions=list(labels) + [f'|SR-HR| [0, {emax:.3g}]'])
+    assert g.shape == lay.shape
+    Hd, Wd = lay.panel_shape
+    assert min(Hd, Wd) >= MIN_PANEL == 256 and lay.display_factor == 11  # 24 px -> 264 px
+    rows, cols = g.shape[:2]
+    assert len(lay.caption_lines[0]) >= 2  # the long label is wrapped, not cut
+    for i, ((top, left, bottom, right), (r0, c0)) in enumerate(zip(lay.caption_boxes, lay.caption_origins)):
+      # the text's box lies inside the image, its own caption strip and its panel's column
+      assert 0 <= top and bottom <= rows and 0 <= left and right <= cols, i
+      assert r0 <= top and bottom <= r0 + lay.caption_h and c0 <= left and right <= c0 + Wd, i
+      strip = g[r0 : r0 + lay.caption_h, c0 : c0 + Wd]
+      ink = _ink(strip)
+      assert ink.any() and not ink[:, -1].any() and not ink[-1].any(), i  # nothing runs off an edge
+      # all the text is drawn: the strip equals the caption drawn on an ample canvas, which has no
+      # ink beyond the column
+      font, line_h = caption_font(), report._line_height(caption_font())
+      alone = Image.new('RGB', (4 * Wd, 4 * lay.caption_h))
+      for k, text in enumerate(lay.caption_lines[i]):
+        ImageDraw.Draw(alone).text((CAPTION_PAD, CAPTION_PAD + k * line_h), text, fill=(255, 255, 255), font=font)
+      alone = np.asarray(alone)
+      assert not _ink(alone[:, Wd:]).any() and not _ink(alone[lay.caption_h :]).any(), i
+      np.testing.assert_array_equal(strip, alone[: lay.caption_h, :Wd])
+    words = ' '.join(' '.join(lay.caption_lines[0]).split())
+    assert words == long  # wrapping loses no word
+
+
+def test_ras_slices_are_shown_radiologically_by_the_one_orientation_helper():
+  """A RAS slice (axial: first axis subject left -> right, second posterior -> anterior) is shown
+  with anterior at the top and the subject's right on the viewer's left."""
+  H, W = 24, 40
+  hr = np.full((H, W), 0.2)
+  hr[H - 1, W - 1] = 1.0  # right, anterior
+  hr[0, W - 1] = 0.6  # left, anterior
+  hr[H - 1, 0] = 0.4  # right, posterior
+  shown = orient_for_display(hr, 'ras')
+  assert shown.shape == (W, H)
+  assert shown[0, 0] == 1.0 and shown[0, -1] == 0.6 and shown[-1, 0] == 0.4
+  np.testing.assert_array_equal(orient_for_display(hr, 'stored'), hr)
+  np.testing.assert_array_equal(orient_for_display(np.dstack([hr] * 3), 'ras')[..., 1], shown)
+  assert slice_orientation('nifti') == 'ras' and slice_orientation('fastmri') == slice_orientation('npy') == 'stored'
+  lr = hr[::4, ::4]
+  zoom = (H - 6, W - 10, 6, 10)  # the right anterior corner
+  g = image_grid(lr, hr, hr, hr, zoom=zoom, orientation='ras')
+  lay = grid_layout(hr.shape, zoom, orientation='ras')
+  f, (Hd, Wd) = lay.display_factor, lay.panel_shape
+  assert (Hd, Wd) == (W * f, H * f)
+  r0, c0 = lay.panel_origins[3]  # HR
+  panel = g[r0 : r0 + Hd, c0 : c0 + Wd, 0]
+  expected = _enlarge(to_uint8(shown), f)
+  t = box_width(f)  # the zoom region is the top-left 10 x 6 of the shown slice; away from its outline:
+  np.testing.assert_array_equal(panel[10 * f + t :, :], expected[10 * f + t :, :])
+  np.testing.assert_array_equal(panel[:, 6 * f + t :], expected[:, 6 * f + t :])
+  assert panel[0, 0] == 255 and tuple(g[r0 + 10 * f, c0 + 2]) == (0, 255, 128)  # the outline below it
+  zr, zc = lay.zoom_origins[3]
+  z = lay.zoom_factor
+  np.testing.assert_array_equal(
+    g[zr : zr + 10 * z, zc : zc + 6 * z, 0], np.kron(to_uint8(shown[:10, :6]), np.ones((z, z), np.uint8))
+  )
+  with pytest.raises(ValueError, match='orientation'):
+    image_grid(lr, hr, hr, hr, orientation='lps')
 
 
 def test_save_png(tmp_path):

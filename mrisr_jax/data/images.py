@@ -8,7 +8,9 @@ Layout of a split directory D (what the seed's downsample.py / tools/downsample.
 Reading (`read_image` / `read_grey`) always yields float32 (H, W) in [0, 1]:
   '1', 'L', 'P', 'LA', 'RGB', 'RGBA', ...   -> PIL `convert('L')`, / 255.  Colour becomes ITU-R 601
                                               luma L = (299 R + 587 G + 114 B) / 1000, rounded as
-                                              PIL does (alpha is dropped, never composited)
+                                              PIL does (alpha is dropped, never composited);
+                                              info 'colour'/'alpha' say what was lost
+                                              (`infer` warns, naming the file)
   'I;16', 'I;16L', 'I;16B' (16-bit)          -> / 65535
   'I' (32-bit int, how PIL opens some        -> / 65535; values outside [0, 65535] are an error
        16-bit files)
@@ -18,7 +20,6 @@ A 16-bit colour PNG reaches PIL as 8-bit RGB, so it is read at 8 bits.
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 from absl import logging
@@ -78,7 +79,8 @@ def read_image(path) -> tuple[np.ndarray, dict]:
   """(float32 (H, W) in [0, 1], info) of one image file; see the module docstring for the modes.
 
   info: 'mode' (PIL mode as stored), 'bit_depth' (1, 8, 16 or 32), 'size' ((W, H) as PIL reports
-  it) and 'colour' (True when greyscale conversion merged unequal colour channels).
+  it), 'colour' (True when greyscale conversion merged unequal colour channels) and 'alpha' (True
+  when an alpha channel or transparency that is not fully opaque was dropped).
 
   Raises:
     DataError: '<path>: <problem>' for an unreadable, corrupt, truncated or multi-frame file, an
@@ -92,7 +94,7 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         raise DataError(f'{path}: holds {frames} frames; an image folder needs one 2-D image per file')
       im.load()  # decode now: truncated or corrupt data fails here, not at training time
       mode = im.mode
-      info = {'mode': mode, 'size': tuple(im.size), 'colour': False}
+      info = {'mode': mode, 'size': tuple(im.size), 'colour': False, 'alpha': False}
       if mode in _MODES_16BIT:
         x = np.asarray(im).astype(np.float64) / 65535.0
         info['bit_depth'] = 16
@@ -119,6 +121,9 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         if mode not in _GREY_MODES:
           rgb = np.asarray(im.convert('RGB'))
           info['colour'] = bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]))
+        if 'A' in im.getbands() or 'a' in im.getbands() or 'transparency' in im.info:
+          alpha = np.asarray(im.convert('RGBA'))[..., 3]
+          info['alpha'] = bool(np.any(alpha != 255))
         x = np.asarray(im.convert('L')).astype(np.float64) / 255.0
         info['bit_depth'] = 1 if mode == '1' else 8
   except DataError:
@@ -139,8 +144,8 @@ def write_grey(path, image, bit_depth: int = 8) -> None:
   """Writes a [0, 1] greyscale image as an 8- or 16-bit file (format from the suffix).
 
   Values are scaled by 2**bit_depth - 1, rounded half to even (np.rint) and clamped, which is
-  cv2's saturate_cast. The file appears atomically (written beside it, then renamed), so an
-  interrupted run never leaves a truncated image behind.
+  cv2's saturate_cast. The file appears atomically (`fileio.atomic_write`: written beside it, then
+  renamed, mode 0o666 & ~umask), so an interrupted run never leaves a truncated image behind.
 
   Raises:
     ValueError: not 2-D, non-finite values, an unsupported bit depth or suffix.
@@ -163,13 +168,9 @@ def write_grey(path, image, bit_depth: int = 8) -> None:
   if fmt is None:
     raise ValueError(f'write_grey: {path}: unknown image suffix {path.suffix!r}')
   q = np.rint(np.clip(x, 0.0, 1.0) * maxval).astype(dtype)
-  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-  try:
-    Image.fromarray(q).save(tmp, format=fmt)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+  from mrisr_jax import fileio
+
+  fileio.atomic_write(path, lambda tmp: Image.fromarray(q).save(tmp, format=fmt))
 
 
 class ImageFolderSource(SliceSource):
