@@ -156,11 +156,11 @@ def read_truth(path: pathlib.Path, data_cfg) -> dict:
       hr = hr / hr.max()
     slices, name = list(range(hr.shape[0])), path.stem
   else:
-    from mrisr_jax.data.images import read_grey
+    from mrisr_jax import fileio
 
-    try:
-      hr = read_grey(path)[None]
-    except DataError as e:
+    try:  # a colour image is converted with a warning naming it (as infer reads it)
+      hr, _ = fileio.read_stack(path, 'png')
+    except (DataError, fileio.FileError) as e:
       raise EvaluateError(str(e)) from None
     slices, name = [0], path.stem
   return {'name': name, 'path': str(path), 'hr': np.asarray(hr, np.float32), 'slices': slices, 'notes': notes}

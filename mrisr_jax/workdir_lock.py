@@ -2,8 +2,8 @@
 
 Process 0 takes the lock for the whole run (a multi-host run holds one lock, not one per process)
 and removes it when the run ends, however it ends short of SIGKILL. A lock left behind is taken over
-with a warning when its holder is known to be gone: a dead pid on this host, the same SLURM job
-(a requeue), or a heartbeat older than `STALE_AFTER_S` (the holder refreshes the file every
+with a warning when its holder is known to be gone: a dead pid on this host, an earlier run of the
+same SLURM job (a requeue: another SLURM_RESTART_COUNT), or a heartbeat older than `STALE_AFTER_S` (the holder refreshes the file every
 `HEARTBEAT_S` seconds, so a run killed on another host frees its workdir after a few minutes).
 """
 
@@ -49,6 +49,7 @@ def _holder_info() -> dict:
     'host': socket.gethostname(),
     'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
     'slurm_job_id': os.environ.get('SLURM_JOB_ID', ''),
+    'slurm_restart_count': os.environ.get('SLURM_RESTART_COUNT', '0'),
   }
 
 
@@ -67,9 +68,9 @@ def stale_reason(holder: dict, age_s: float, now_host: str | None = None) -> str
   host = now_host or socket.gethostname()
   if holder.get('host') == host and not _pid_alive(int(holder.get('pid', -1))):
     return f'process {holder.get("pid")} on {host} is not running'
-  job = os.environ.get('SLURM_JOB_ID', '')
-  if job and holder.get('slurm_job_id') == job and holder.get('pid') != os.getpid():
-    return f'it is an earlier run of this SLURM job ({job}), requeued'
+  job, restart = os.environ.get('SLURM_JOB_ID', ''), os.environ.get('SLURM_RESTART_COUNT', '0')
+  if job and holder.get('slurm_job_id') == job and holder.get('slurm_restart_count', '0') != restart:
+    return f'it is an earlier run of this SLURM job ({job}), which was requeued'
   if age_s > STALE_AFTER_S:
     return f'its heartbeat stopped {age_s / 60:.0f} minutes ago'
   return None

@@ -60,3 +60,16 @@ def pytest_collection_modifyitems(config, items):
   for item, found in tiers.items():
     if len(found) == 1 and not any(m.name in TIERS for m in item.own_markers):
       item.add_marker(found[0].name)
+
+  # the files with the longest tests first (e2e, then integration), each file kept whole so its
+  # module fixtures are built once: the workers then end on short unit tests instead of one of them
+  # running a long test alone at the end
+  def tier_rank(item) -> int:
+    tier = next((m.name for m in item.own_markers if m.name in TIERS), 'unit')
+    return {'e2e': 0, 'integration': 1}.get(tier, 2)
+
+  rank, first = {}, {}
+  for i, item in enumerate(items):
+    rank[item.path] = min(rank.get(item.path, 2), tier_rank(item))
+    first.setdefault(item.path, i)
+  items.sort(key=lambda item: (rank[item.path], first[item.path], tier_rank(item)))

@@ -129,3 +129,17 @@ def test_colour_png_is_converted_with_a_warning_naming_the_file(tmp_path, caplog
     fileio.read_stack(tmp_path / 'grey.png', 'png')
     fileio.read_stack(tmp_path / 'grey_rgb.png', 'png')
   assert caplog.records == []
+
+
+def test_evaluate_reads_a_colour_truth_image_with_the_same_warning(tmp_path, caplog):
+  from mrisr_jax import evaluate
+
+  rgb = np.zeros((8, 8, 3), np.uint8)
+  rgb[..., 1] = 100
+  Image.fromarray(rgb).save(tmp_path / 'green.png')
+  with caplog.at_level(logging.WARNING):
+    truth = evaluate.read_truth(tmp_path / 'green.png', None)
+  assert truth['hr'].shape == (1, 8, 8)
+  assert [r.getMessage() for r in caplog.records] == [
+    f'{tmp_path / "green.png"}: colour image converted to greyscale (ITU-R 601 luma)'
+  ]

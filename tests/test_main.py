@@ -1,6 +1,8 @@
 """The entry point as users run it: the quick job end to end, and one-line errors for bad input."""
 
+import collections
 import json
+import re
 
 import h5py
 import nibabel as nib
@@ -23,6 +25,7 @@ def test_readme_main_job_writes_checkpoint_events_images_and_report(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert 'using the embedded sample data' in proc.stderr
   assert 'RANDOMLY INITIALISED' in proc.stderr
+  _check_log(proc.stderr)
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and steps[-1] == (100 + 5 + 3) * 4  # epochs of the three stages x 4 steps
   assert list(workdir.glob('events.out.tfevents.*'))
@@ -79,6 +82,24 @@ def test_readme_main_job_writes_checkpoint_events_images_and_report(tmp_path):
   again = run_main('--config', 'configs/casrgan_x4.py:quick', '--workdir', str(workdir), timeout=README_JOB_TIMEOUT)
   assert again.returncode == 0, again.stderr[-4000:]
   assert 'resumed from' in again.stderr
+
+
+def _check_log(stderr: str) -> None:
+  """The job's log says each thing once, without library noise, and says when it compiles."""
+  lines = []
+  for line in stderr.splitlines():  # the message without absl's prefix (level, time, thread)
+    m = re.match(r'[IWEF]\d{4} [\d:.]+ +\d+ (\S+:\d+)\] (.*)', line)
+    lines.append(f'{m[1]} {m[2]}' if m else line)
+  repeated = [line for line, n in collections.Counter(lines).items() if n > 1]
+  assert repeated == [], repeated
+  text = '\n'.join(lines)
+  for noise in ('logging_writer', 'Unable to initialize backend', 'Closing', 'work unit notes', 'oneDNN'):
+    assert noise not in text, noise
+  for stage in ('pretrain', 'finetune', 'gan'):
+    before = [line for line in lines if f"compiling stage {stage}'s train step" in line]
+    assert len(before) == 1 and 'a first compile can take minutes on CPU' in before[0], before
+    assert re.search(f'stage {stage}: step compiled in [\\d.]+ s', text), stage
+  assert re.search(r'\[pretrain\] step 50/432 .* steps/s, ETA \d+m\d\ds', text)
 
 
 def _h5(path, **datasets):

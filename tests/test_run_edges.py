@@ -3,7 +3,6 @@
 import collections
 import errno
 import os
-import re
 import shutil
 
 import pytest
@@ -79,44 +78,6 @@ def test_disk_full_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path
   assert ckpt.restore_unsharded(2)['g_params']
   ckpt.close()
   assert not os.path.exists(os.path.join(workdir, 'run.lock'))  # the lock went with the failed run
-
-
-def _log_lines(stderr: str) -> list[str]:
-  """The log's messages without the absl prefix (level, time, thread, file)."""
-  out = []
-  for line in stderr.splitlines():
-    m = re.match(r'[IWEF]\d{4} [\d:.]+ +\d+ (\S+:\d+)\] (.*)', line)
-    out.append(f'{m[1]} {m[2]}' if m else line)
-  return out
-
-
-@pytest.mark.e2e
-def test_the_log_says_each_thing_once_and_says_when_it_stops_early(tmp_path):
-  proc = run_main(
-    '--config',
-    'configs/casrgan.py:quick',
-    '--workdir',
-    str(tmp_path / 'run'),
-    '--config.model.depth=2',
-    '--config.data.val_max_slices=1',
-    '--config.log_every_steps=1',
-    '--config.eval_every_steps=2',
-    '--config.stop_after_steps=2',
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = _log_lines(proc.stderr)
-  repeated = [line for line, n in collections.Counter(lines).items() if n > 1]
-  assert repeated == [], repeated
-  text = '\n'.join(lines)
-  for noise in ('logging_writer', 'Unable to initialize backend', 'Closing', 'work unit notes', 'oneDNN'):
-    assert noise not in text, noise
-  compiles = [line for line in lines if "compiling stage pretrain's train step" in line]
-  assert len(compiles) == 1 and 'a first compile can take minutes on CPU' in compiles[0]
-  assert re.search(r'stage pretrain: step compiled in [\d.]+ s', text)
-  assert re.search(r'\[pretrain\] step 2/432 .* steps/s, ETA \d+m\d\ds', text)
-  assert lines[-1].endswith('stopped at step 2 of 432 (config.stop_after_steps=2); rerun the same command to resume'), (
-    lines[-3:]
-  )
 
 
 @pytest.mark.unit

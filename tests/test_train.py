@@ -146,11 +146,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   ]
   proc = run_main(*quick, '--config.stop_after_steps=2')
   assert proc.returncode == 0, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.endswith('stopped at step 2 of 432 (config.stop_after_steps=2); rerun the same command to resume')
   good = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   assert good == ['2']
-  # another learning rate changes what the saved optimizer state means: it takes --allow_config_change
-  proc = run_main(*quick, '--config.stages.pretrain.lr_g=1e30')
-  assert proc.returncode == 2 and 'stages.pretrain.lr_g: 0.001 -> 1e+30' in error_line(proc)
+  # another learning rate changes what the saved optimizer state means (tests/test_resume_guard.py)
   proc = run_main(*quick, '--config.stages.pretrain.lr_g=1e30', '--allow_config_change')
   assert proc.returncode != 0
   assert 'non-finite' in error_line(proc)

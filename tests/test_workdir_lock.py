@@ -54,6 +54,18 @@ def test_a_lock_from_another_host_is_kept_until_its_heartbeat_stops(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_requeued_slurm_job_takes_over_its_earlier_runs_lock(tmp_path, monkeypatch):
+  monkeypatch.setenv('SLURM_JOB_ID', '4242')
+  monkeypatch.setenv('SLURM_RESTART_COUNT', '0')
+  _write_lock(tmp_path, pid=77, host='node-3', slurm_job_id='4242', slurm_restart_count='0')
+  with pytest.raises(WorkdirLockedError, match='pid 77 on node-3'):  # the same run: still running
+    WorkdirLock(epath.Path(tmp_path)).acquire()
+  monkeypatch.setenv('SLURM_RESTART_COUNT', '1')  # the job was requeued: its earlier run is gone
+  with WorkdirLock(epath.Path(tmp_path)):
+    assert json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())['slurm_restart_count'] == '1'
+
+
+@pytest.mark.unit
 def test_a_file_or_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
   file = tmp_path / 'results.txt'
   file.write_text('keep me')

@@ -165,6 +165,6 @@ def make_source(
   data = data_spec(data)
   fmt, directory, files = split_files(data, split)
   source = build_source(fmt, directory, files, data, scale, min_shape)
-  if sample.resolve_data_root(data.root)[1]:  # said once per process, not once per split
-    logging.log_first_n(logging.INFO, 'using the embedded sample data at %s', 1, directory.parent)
+  if split == 'train' and sample.resolve_data_root(data.root)[1]:  # once per run, not once per split
+    logging.info('using the embedded sample data at %s', directory.parent)
   return source, directory
