@@ -88,11 +88,12 @@ def test_a_changed_stage_list_and_a_shortened_current_stage_are_refused():
   assert diff.refused == ['stages.pretrain.epochs: 100 -> 10 (stage pretrain has already trained to step 300)']
 
 
-def _gan_only(epochs=1):
+def _finetune_only(epochs=1):
+  """One L1 stage after an empty one (no VGG, no discriminator: cheap to compile)."""
   config = tiny_config()
   config.stages.pretrain.epochs = 0
-  config.stages.finetune.epochs = 0
-  config.stages.gan.epochs = epochs  # 36 slices / batch 4 = 9 steps per epoch
+  config.stages.finetune.epochs = epochs  # 36 slices / batch 4 = 9 steps per epoch
+  config.stages.gan.epochs = 0
   config.eval_every_steps = 100
   config.image_every_steps = 100
   return config
@@ -101,18 +102,18 @@ def _gan_only(epochs=1):
 @pytest.mark.integration  # training loop
 def test_resume_with_more_epochs_continues_the_stage_and_another_model_stops_in_one_line(tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(_gan_only(1), workdir)
+  train.train_and_evaluate(_finetune_only(1), workdir)
   finished = str(tmp_path / 'finished')
   shutil.copytree(workdir, finished)
 
-  train.train_and_evaluate(_gan_only(2), workdir)  # more epochs of the current stage
+  train.train_and_evaluate(_finetune_only(2), workdir)  # more epochs of the current stage
   ckpt = Checkpointer(workdir, async_save=False)
   meta = ckpt.restore_meta(ckpt.latest_step())
   ckpt.close()
-  assert (meta['step'], meta['stage']) == (18, 'gan')
-  assert meta['plan'] == [['pretrain', 0, 0], ['finetune', 0, 0], ['gan', 0, 18]]
+  assert (meta['step'], meta['stage']) == (18, 'finetune')
+  assert meta['plan'] == [['pretrain', 0, 0], ['finetune', 0, 18], ['gan', 18, 18]]
 
-  other = _gan_only(2)
+  other = _finetune_only(2)
   other.model.depth = 3
   other.model.scale = 2
   with pytest.raises(resume_guard.ResumeConfigError) as e:
@@ -123,7 +124,7 @@ def test_resume_with_more_epochs_continues_the_stage_and_another_model_stops_in_
 
   # the reported defect: more pre-training epochs on a finished run (where the plan it would be
   # allowed with is test_more_epochs_of_a_finished_stage_are_refused_and_never_relabel_the_saved_step's)
-  more_pretrain = _gan_only(1)
+  more_pretrain = _finetune_only(1)
   more_pretrain.stages.pretrain.epochs = 1
   with pytest.raises(resume_guard.ResumeConfigError, match='stages.pretrain.epochs: 0 -> 1'):
     train.train_and_evaluate(more_pretrain, finished)
