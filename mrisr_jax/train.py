@@ -22,7 +22,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 
 from mrisr_jax import recipe, registry, report, resume_guard, sharding, spec, steps, workdir_lock
@@ -292,7 +291,11 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, allow_
 
 
 def _make_writer(workdir: epath.Path):
-  """TensorBoard event files on process 0 (the console lines are MetricsLog's, written once)."""
+  """TensorBoard event files on process 0 (the console lines are MetricsLog's, written once).
+  Imported here: clu's writers import TensorFlow (seconds), which a run that stops on bad data or a
+  bad config before this point never needs."""
+  from clu import metric_writers
+
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
