@@ -111,9 +111,7 @@ class WorkdirLock:
   def _create(self) -> bool:
     try:
       return self._create_file()
-    except (PermissionError, OSError) as e:
-      if isinstance(e, FileExistsError):
-        return False
+    except OSError as e:  # _create_file answers an existing lock itself; this is a workdir we cannot write
       raise WorkdirError(f'{self.path.parent}: cannot write the workdir ({e.strerror or e})') from None
 
   def _create_file(self) -> bool:
