@@ -7,7 +7,8 @@ or a value of the wrong type is a `ConfigError` naming the file, key or value.
 `run(main)` runs a `python -m mrisr_jax.X` / `mrisr-X` entry point: absl flags (the module defines
 them, `--config` a plain string flag) plus the overrides, then `main(config)`; `guard(fn)` runs a tool's
 `main`. Either way a `UserError` ends the program with one line, `mrisr_jax: error: ...`, and exit
-status 2; Ctrl-C exits 130; any other exception keeps its traceback.
+status 2; Ctrl-C exits 130; any other exception keeps its traceback. Both turn on JAX's persistent
+compilation cache (mrisr_jax.compile_cache) before `main` runs, so before anything compiles.
 """
 
 from __future__ import annotations
@@ -173,8 +174,19 @@ def _parse_dict(key: str, raw: str):
   return ml_collections.ConfigDict(value)
 
 
-def guard(fn: Callable, *args, user_errors: tuple[type[BaseException], ...] = ()):
-  """fn(*args); a UserError (or one of `user_errors`) is one line and exit 2, Ctrl-C exit 130."""
+def guard(fn: Callable, *args, user_errors: tuple[type[BaseException], ...] = (), compile_cache: bool = True):
+  """fn(*args), a tool's main, with the compilation cache on (`compile_cache=False` leaves it off, for a
+  tool that times compiles; JAX_COMPILATION_CACHE_DIR still applies); a UserError (or one of
+  `user_errors`) is one line and exit 2, Ctrl-C exit 130."""
+  if compile_cache:
+    from mrisr_jax import compile_cache as cache
+
+    cache.enable()
+  return _guarded(fn, *args, user_errors=user_errors)
+
+
+def _guarded(fn: Callable, *args, user_errors: tuple[type[BaseException], ...] = ()):
+  """guard without the cache (run turns it on itself, once the config has loaded)."""
   try:
     return fn(*args)
   except (UserError,) + tuple(user_errors) as e:
@@ -254,11 +266,13 @@ def run(
       exit_with(e)
 
   def body(args):
+    from mrisr_jax import compile_cache
+
     quiet_libraries()
     if len(args) > 1:
       raise UserError(f'unexpected arguments: {" ".join(args[1:])}')
-    if not config:
-      return main()
-    return main(load_config(flags.FLAGS['config'].value, overrides))
+    loaded = load_config(flags.FLAGS['config'].value, overrides) if config else None
+    compile_cache.enable()  # after the config (its errors come before jax loads), before anything compiles
+    return main(loaded) if config else main()
 
-  guard(app.run, body, argv, parser, user_errors=user_errors)
+  _guarded(app.run, body, argv, parser, user_errors=user_errors)

@@ -23,10 +23,9 @@ def _jitted_predict():
   """One module-level jit of steps.predict with the (hashable) model static."""
   global _JITTED
   if _JITTED is None:
-    import jax
-    from mrisr_jax import steps
+    from mrisr_jax import compile_options, steps
 
-    _JITTED = jax.jit(steps.predict, static_argnames='g_model')
+    _JITTED = compile_options.jit(steps.predict, static_argnames='g_model')
   return _JITTED
 
 

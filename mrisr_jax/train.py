@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from mrisr_jax import recipe, registry, report, resume_guard, sharding, spec, steps, workdir_lock
+from mrisr_jax import compile_options, recipe, registry, report, resume_guard, sharding, spec, steps, workdir_lock
 from mrisr_jax.checkpoint import BEST_METRIC, Checkpointer, abstract_like, workdir_path
 from mrisr_jax.data import pipeline, splits
 from mrisr_jax.data.sample import resolve_data_root
@@ -130,7 +130,7 @@ def jit_stage_step(
     del lr_fns['d']  # D is not trained in this stage
   repl = sharding.replicated(mesh)
   fn = recipe.stage_step(config, stage, g_model, d_model, g_tx, d_tx, vgg)
-  step = jax.jit(
+  step = compile_options.jit(
     fn,
     in_shardings=(state_sharding, sharding.batch_sharding(mesh), repl),
     out_shardings=(state_sharding, repl),
@@ -350,7 +350,7 @@ def _resumed_plan(config: spec.RunSpec, plan: list[Stage], meta: dict, step: int
 
 def _make_predict(run: Run, g_model) -> Callable:
   g_vars_sharding = steps.generator_variables(run.state_sharding)
-  return jax.jit(
+  return compile_options.jit(
     functools.partial(steps.predict, g_model=g_model),
     in_shardings=(g_vars_sharding, run.batch_sharding),
     out_shardings=sharding.replicated(run.mesh),

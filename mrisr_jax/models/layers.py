@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mrisr_jax.models.conv import conv2d
+
 Dtype = Any
 
 
@@ -51,13 +53,16 @@ class Conv2d(nn.Module):
     )
     pad = k // 2 if self.padding is None else self.padding
     dtype = self.dtype or x.dtype
-    y = jax.lax.conv_general_dilated(
-      x.astype(dtype),
-      kernel.astype(dtype),
-      window_strides=(self.stride, self.stride),
-      padding=((pad, pad), (pad, pad)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    )
+    if self.stride == 1:
+      y = conv2d(x.astype(dtype), kernel.astype(dtype), (pad, pad))
+    else:
+      y = jax.lax.conv_general_dilated(
+        x.astype(dtype),
+        kernel.astype(dtype),
+        window_strides=(self.stride, self.stride),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      )
     if self.use_bias:
       bias = self.param('bias', torch_uniform_init(fan_in), (self.features,), jnp.float32)
       y = y + bias.astype(dtype)
