@@ -74,6 +74,7 @@ def test_quick_run_writes_json_and_the_marked_block(tmp_path):
   out = tmp_path / 'r.json'
   cmd = [sys.executable, 'tools/benchmark.py', '--quick', '--workloads', 'srcnn_x4']
   cmd += ['--steps', '1', '--warmup', '1', '--torch', 'eager', '--write', str(md), '--json', str(out)]
+  cmd += ['--profile', str(tmp_path / 'profiles')]
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   # a hang guard, not a speed test: ~1-2 minutes on 2 busy cores
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
@@ -89,6 +90,8 @@ def test_quick_run_writes_json_and_the_marked_block(tmp_path):
       r = res['infer'][fw]
       assert r['first_call_s'] > 0 and r['steady_s'] > 0 and r['out'] == 64, (name, fw, r)
     assert res['infer']['jax_cached']['cache_entries_before'] > 0  # the second process found the first's cache
+  # --profile: a JAX profiler trace of the timed steps, one folder per workload
+  assert list((tmp_path / 'profiles' / 'srcnn_x4').rglob('*.xplane.pb'))
   text = md.read_text()
   assert text.startswith(
     '# Benchmarks\n\n## Other\n\nkept as it is\n\n## Speed against PyTorch\n\n<!-- speed:begin -->'
