@@ -76,6 +76,9 @@ def base_config(name: str, model: dict, scale: int) -> ml_collections.ConfigDict
   # 'A:B': JAX profiler trace of steps A+1..B on process 0, in WORKDIR/profile
   c.profile_steps = RUN_DEFAULTS['profile_steps']
   c.keep_checkpoints = RUN_DEFAULTS['keep_checkpoints']  # latest N, plus the best by validation PSNR
+  # > 0: stop after this many validations in a row that beat the best PSNR by no more than min_delta dB
+  c.early_stop_patience = RUN_DEFAULTS['early_stop_patience']
+  c.early_stop_min_delta = RUN_DEFAULTS['early_stop_min_delta']
   c.eval_batch_size = RUN_DEFAULTS['eval_batch_size']  # slices per validation step (global)
   return c
 

@@ -240,6 +240,8 @@ def evaluate_volume(truth: dict, methods: list[Method], config) -> dict:
   hr, lr = pipeline.degrade_volume(hr0, truth['name'], truth['slices'], scale, steps, config.seed)
   bicubic = np.clip(degrade.bicubic_resize(lr, *hr.shape[-2:]), 0.0, 1.0).astype(np.float32)
   preds = {'bicubic': bicubic}
+  if factors[0] != factors[1]:  # through-plane: cubic B-spline, the thick-slice literature's baseline
+    preds['spline'] = np.clip(degrade.spline_resize(lr, *hr.shape[-2:]), 0.0, 1.0)
   for m in methods:
     preds[m.label] = m.super_resolve(lr, bicubic, factors)
   row = {
@@ -387,7 +389,10 @@ def evaluate(
   steps = config.data.degradation
   methods = [Method('model', config, weights, tile, overlap, batch, step=step, log=log)]
   methods += [_baseline(spec, config, i, tile, overlap, batch, log) for i, spec in enumerate(baselines)]
-  labels = ['model', 'bicubic'] + [m.label for m in methods[1:]]
+  from mrisr_jax.data import degrade
+
+  through_plane = len(set(degrade.lr_factors(steps, config.model.scale))) > 1
+  labels = ['model', 'bicubic'] + (['spline'] if through_plane else []) + [m.label for m in methods[1:]]
   if len(set(labels)) != len(labels):
     raise EvaluateError(
       f'--baselines: labels {labels[2:]} must differ from each other and from '

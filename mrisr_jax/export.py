@@ -60,6 +60,8 @@ def export(
   step: with `workdir`, which checkpoint (network_variables.resolve_step: None or 'best', 'latest',
   a step number); the record holds the step used and `step_reason`, why.
   """
+  import numpy as np
+
   from mrisr_jax import fileio, network_variables, spec
   from mrisr_jax.interop import convert, state_dict_io
 
@@ -103,6 +105,15 @@ def export(
     'config': (config.discriminator if what == 'discriminator' else config.model).to_dict(),
     'keys': len(state_dict),
   }
+  centroids = variables.get('batch_stats', {}).get('sdt', {}).get('centroids') if name == 'transmrsr' else None
+  if centroids is not None:  # TransMRSR's SDT centroids: not in its state_dict; the public code reads .npy files
+    from mrisr_jax import sdt_centroids
+
+    folder = out.with_name(out.stem + '_centroids')
+    if folder.exists() and not overwrite:
+      raise ExportError(f'{folder}: exists (export writes the SDT centroids there); pass --overwrite to replace it')
+    sdt_centroids.save_centroids(folder, np.asarray(centroids))
+    record['centroids'] = str(folder)
   out.parent.mkdir(parents=True, exist_ok=True)
   metadata = {'mrisr_jax': json.dumps({k: v for k, v in record.items() if k != 'config'})}
   state_dict_io.save_state_dict(state_dict, out, metadata if out.suffix == '.safetensors' else None)

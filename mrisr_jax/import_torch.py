@@ -104,6 +104,59 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None, 
   return {'step': target.start, 'stage': target.name, 'keys': len(jax.tree.leaves(loaded))}
 
 
+def styleswin_state_dict(path, which: str = 'g_ema') -> dict:
+  """One network of a StyleSwin training checkpoint (`torch.save({'g', 'd', 'g_ema', ..., 'args'})`, the
+  format of TransMRSR's `styleswin_900000.pt`) as numpy arrays, or a flat state_dict file as it is.
+  The checkpoint's `args` is an argparse.Namespace, the one object besides tensors that is allowed."""
+  import argparse
+
+  import numpy as np
+
+  from mrisr_jax.interop import state_dict_io
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise TorchImportError(f'{path}: no such file')
+  if path.suffix.lower() in state_dict_io.SAFETENSORS_SUFFIXES:
+    return state_dict_io.load_state_dict(path)
+  try:
+    import torch
+  except ImportError as e:
+    raise TorchImportError(f'{path}: reading a StyleSwin checkpoint needs torch (pip install -e ".[torch]")') from e
+  try:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # noqa: BLE001  (torch raises many types for foreign or damaged files)
+    raise TorchImportError(f'{path}: not a readable StyleSwin checkpoint ({" ".join(str(e).split())[:200]})') from None
+  if isinstance(obj, dict) and which in obj and isinstance(obj[which], dict):
+    obj = obj[which]
+  elif not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+    keys = ', '.join(map(repr, list(obj)[:10])) if isinstance(obj, dict) else type(obj).__name__
+    raise TorchImportError(f'{path}: no {which!r} entry and not a flat state_dict (top level: {keys})')
+  return {k: np.array(v.detach().cpu().numpy()) for k, v in obj.items()}
+
+
+def styleswin_synthesis(path, prior) -> dict:
+  """The synthesis params (TransMRSR's decoder) of a StyleSwin g_ema: every entry but `style.*` (the
+  mapping network) and `to_rgbs.*`, strictly checked against config.prior's size and channels."""
+  import jax
+  import jax.numpy as jnp
+
+  from mrisr_jax.interop import convert
+  from mrisr_jax.models.styleswin import Synthesis
+
+  state_dict = {k: v for k, v in styleswin_state_dict(path).items() if not k.startswith(('style.', 'to_rgbs.'))}
+  synthesis = Synthesis(
+    prior.size, style_dim=prior.style_dim, channel_multiplier=prior.channel_multiplier, channel_base=prior.channel_base
+  )
+  n_latent = 2 * (prior.size.bit_length() - 2)
+  like = jax.eval_shape(synthesis.init, jax.random.PRNGKey(0), jnp.zeros((1, n_latent, prior.style_dim)))
+  try:
+    return convert.state_dict_to_flax('styleswin_synthesis', state_dict, like)['params']
+  except ValueError as e:
+    raise TorchImportError(f'{path}: {e}') from None
+
+
 def main(config):
   f = flags.FLAGS
   out = import_checkpoint(config, f.checkpoint, f.workdir, stage=f.stage, what=f.what)

@@ -108,7 +108,12 @@ def main(config):
   from mrisr_jax.preemption import Preempted
 
   try:
-    train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    if 'transmrsr' in config:  # TransMRSR's prior / centroids / SR stages (configs/transmrsr.py)
+      from mrisr_jax import transmrsr_run
+
+      transmrsr_run.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    else:
+      train.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except Preempted:  # saved and logged; the scheduler may requeue on this status
     logging.flush()
     sys.exit(_PREEMPTION_EXIT_CODE.value)

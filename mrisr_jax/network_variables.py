@@ -251,7 +251,31 @@ def load_generator(
     return variables, {'step': step, 'reason': reason}
   if step is not None:
     raise WeightsError(f'{path}: --step applies to a training workdir, not a state_dict file')
-  return from_state_dict_file(path, name, like_variables(config, model)), None
+  like = like_variables(config, model)
+  variables = from_state_dict_file(path, name, like)
+  if 'batch_stats' in like and 'batch_stats' not in variables:  # TransMRSR's SDT centroids live beside it
+    variables['batch_stats'] = _file_centroids(config, path, like['batch_stats'])
+  return variables, None
+
+
+def _file_centroids(config, path: pathlib.Path, like: dict) -> dict:
+  """TransMRSR's SDT centroids for a state_dict file (the public code keeps them in .npy files):
+  config.transmrsr.centroids, or the folder `export` writes beside the file."""
+  from mrisr_jax import sdt_centroids
+
+  raw = getattr(config, 'config', None) or config  # a RunSpec keeps its ConfigDict
+  given = raw.get('transmrsr', {}).get('centroids', '')
+  source = pathlib.Path(given) if given else path.with_name(path.stem + '_centroids') / 'centroids.npy'
+  if not source.exists():
+    raise WeightsError(
+      f'{path}: the SDT centroids are not in the state_dict; pass --config.transmrsr.centroids=FILE.npy|DIR '
+      f'(or --config.model.sdt=off); looked for {source}'
+    )
+  centers = sdt_centroids.load_centroids(source)
+  want = tuple(like['sdt']['centroids'].shape)
+  if centers.shape != want:
+    raise WeightsError(f'{source}: centroids of shape {centers.shape}, the model needs {want}')
+  return {'sdt': {'centroids': centers}}
 
 
 def load_generator_variables(config, weights, model=None, *, step=None, ema: bool | None = None, log=None) -> dict:

@@ -35,6 +35,7 @@ class Geometry(NamedTuple):
   scale: int
   size_multiple: int
   upsampled_input: bool = False
+  fixed_size: int = 0  # > 0: the model's one HR input side; larger slices are tiled (tiling.super_resolve)
 
 
 class Predictor:
@@ -59,7 +60,12 @@ class Predictor:
     fixed_batch: bool = False,
     apply: Callable | None = None,
   ):
-    self.geometry = Geometry(int(model.scale), int(model.size_multiple), bool(getattr(model, 'upsampled_input', False)))
+    self.geometry = Geometry(
+      int(model.scale),
+      int(model.size_multiple),
+      bool(getattr(model, 'upsampled_input', False)),
+      int(getattr(model, 'fixed_size', 0)),
+    )
     self.tile, self.overlap, self.batch, self.fixed_batch = tile, overlap, batch, fixed_batch
     if apply is None:
       import jax
@@ -106,5 +112,6 @@ class Predictor:
       bicubic=bicubic,
       fixed_batch=self.fixed_batch,
       progress=progress,
+      fixed_size=g.fixed_size,
     )
     return sr[..., None] if channel else sr

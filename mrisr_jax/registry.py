@@ -38,13 +38,13 @@ def lookup(table: dict, kind: str, name: str):
 class Model(NamedTuple):
   """A model's entry; every part is imported on use (a config names a model without importing all)."""
 
-  kind: str  # 'generator' or 'discriminator'
+  kind: str  # 'generator', 'discriminator' or 'prior' (TransMRSR's stage-1 StyleSwin G / D)
   module: str  # 'module:Class' of the flax module
-  torch: str  # its mirror, a class in mrisr_jax.interop.torch_models
-  key_map: str  # in mrisr_jax.interop.convert: params -> {torch key: (flax path, transform)}
+  torch: str  # its mirror: a class in mrisr_jax.interop.torch_models, or 'module:Class'
+  key_map: str  # in mrisr_jax.interop.convert (or 'module:function'): params -> {torch key: (flax path, transform)}
 
 
-_G, _D = 'generator', 'discriminator'
+_G, _D, _PRIOR = 'generator', 'discriminator', 'prior'
 # System by system, generator before discriminator: the order `convert.SUPPORTED` lists them in.
 MODELS: dict[str, Model] = {
   'srcnn': Model(_G, 'mrisr_jax.models.srcnn:SRCNN', 'TorchSRCNN', 'srcnn_key_map'),
@@ -63,6 +63,32 @@ MODELS: dict[str, Model] = {
   ),
   'perceptual_sr': Model(
     _G, 'mrisr_jax.models.perceptual_sr:PerceptualSRNet', 'TorchPerceptualSRNet', 'perceptual_sr_key_map'
+  ),
+  # TransMRSR's SR network, and its StyleSwin prior G and D (kind 'prior': trained by mrisr_jax.prior_train,
+  # not SR models; here for their state_dict layouts)
+  'transmrsr': Model(
+    _G,
+    'mrisr_jax.models.transmrsr:TransMRSR',
+    'mrisr_jax.interop.torch_transmrsr:TorchTransMRSR',
+    'mrisr_jax.interop.transmrsr_keys:transmrsr_key_map',
+  ),
+  'styleswin_g': Model(
+    _PRIOR,
+    'mrisr_jax.models.styleswin:StyleSwinGenerator',
+    'mrisr_jax.interop.torch_styleswin:TorchStyleSwinGenerator',
+    'mrisr_jax.interop.styleswin_keys:styleswin_g_key_map',
+  ),
+  'styleswin_synthesis': Model(
+    _PRIOR,
+    'mrisr_jax.models.styleswin:Synthesis',
+    'mrisr_jax.interop.torch_styleswin:TorchSynthesis',
+    'mrisr_jax.interop.styleswin_keys:styleswin_synthesis_key_map',
+  ),
+  'styleswin_d': Model(
+    _PRIOR,
+    'mrisr_jax.models.styleswin_d:StyleSwinDiscriminator',
+    'mrisr_jax.interop.torch_styleswin_d:TorchStyleSwinDiscriminator',
+    'mrisr_jax.interop.styleswin_d_keys:styleswin_d_key_map',
   ),
 }
 # name -> 'module:Class', by kind
@@ -96,12 +122,24 @@ def discriminator_class(name: str) -> type[nn.Module]:
 
 def torch_mirror_class(name: str) -> type:
   """The torch.nn mirror of generator or discriminator `name` (imports torch)."""
-  return _import(f'mrisr_jax.interop.torch_models:{lookup(MODELS, "model", name).torch}')
+  target = lookup(MODELS, 'model', name).torch
+  return _import(target if ':' in target else f'mrisr_jax.interop.torch_models:{target}')
 
 
 def key_map_function(name: str) -> Callable:
   """`f(params) -> {torch key: (flax path, transform)}`, the state_dict layout of model `name`."""
-  return _import(f'mrisr_jax.interop.convert:{lookup(MODELS, "model", name).key_map}')
+  target = lookup(MODELS, 'model', name).key_map
+  return _import(target if ':' in target else f'mrisr_jax.interop.convert:{target}')
+
+
+def buffers_function(name: str) -> Callable | None:
+  """`f(params) -> {torch key: array}`, the generated buffers of model `name`'s state_dict (keys whose
+  transform is 'buffer'), for models whose key map lives in its own module; None otherwise."""
+  target = lookup(MODELS, 'model', name).key_map
+  if ':' not in target:
+    return None
+  module, _, fn = target.partition(':')
+  return _import(f'{module}:{fn.removesuffix("_key_map")}_buffers')
 
 
 def _import(target: str):

@@ -98,6 +98,9 @@ class DataSpec:
   # ('bicubic',), ('kspace:window=hamming',), ('bicubic', 'noise:snr=30'),
   # ('thick:axis=0,profile=gaussian',) (through-plane; models that take the upsampled input).
   degradation: tuple[str, ...] = ('area',)
+  # zero-pad slices smaller than the crop up to it (centred, the extra pixel top/left, as TransMRSR's
+  # public Crop); False: such volumes are bad files
+  pad_to_patch: bool = False
   flips: bool = True  # random horizontal and vertical flips
   transposes: bool = False  # random transposes (square patches and isotropic degradations only)
   num_workers: int = 0  # grain worker processes (0: threads in this process)
@@ -199,7 +202,7 @@ def data_spec(section) -> DataSpec:
   v['degradation'] = _degradation(v['degradation'])
   for name in ('num_workers', 'prefetch_buffer', 'val_max_volumes', 'val_max_slices'):
     v[name] = _count(v[name], name)
-  for name in ('flips', 'transposes', 'skip_bad_files', 'crop_to_recon_size'):
+  for name in ('flips', 'transposes', 'skip_bad_files', 'crop_to_recon_size', 'pad_to_patch'):
     v[name] = bool(v[name])
   for name in ('root', 'train_split', 'val_split', 'target_key'):
     v[name] = str(v[name])
@@ -217,6 +220,7 @@ class ModelSpec(Mapping):
   fields: tuple[tuple[str, Any], ...]
   upsampled_input: bool = False
   size_multiple: int = 1
+  fixed_size: int = 0  # > 0: the model's one input side in the HR grid (TransMRSR), larger slices are tiled
 
   def __getitem__(self, key):
     if key == 'name':
@@ -234,7 +238,7 @@ class ModelSpec(Mapping):
     return 1 + len(self.fields)
 
   def __getattr__(self, key):  # model.scale, model.dtype, ... as on the ConfigDict
-    if key.startswith('__') or key in ('name', 'fields', 'upsampled_input', 'size_multiple'):
+    if key.startswith('__') or key in ('name', 'fields', 'upsampled_input', 'size_multiple', 'fixed_size'):
       raise AttributeError(key)
     try:
       return self[key]
@@ -404,6 +408,8 @@ RUN_DEFAULTS = dict(
   max_consecutive_skipped_steps=10,
   profile_steps='',
   keep_checkpoints=3,
+  early_stop_patience=0,
+  early_stop_min_delta=0.0,
 )
 
 
@@ -436,6 +442,9 @@ class RunSpec:
   max_consecutive_skipped_steps: int
   profile_steps: str
   keep_checkpoints: int
+  # > 0: stop the run after this many validations in a row that beat the best PSNR by <= min_delta dB
+  early_stop_patience: int = 0
+  early_stop_min_delta: float = 0.0
   config: Any = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
@@ -493,6 +502,7 @@ def _model_spec(config) -> ModelSpec:
     fields=_module_fields(m),
     upsampled_input=bool(g.upsampled_input),
     size_multiple=int(g.size_multiple),
+    fixed_size=int(getattr(g, 'fixed_size', 0)),
   )
 
 
@@ -577,6 +587,14 @@ def resolve(config: ml_collections.ConfigDict) -> RunSpec:
   )
   if g['profile_steps']:
     parse_profile_steps(g['profile_steps'])
+  _require(
+    _is_int(g['early_stop_patience']) and g['early_stop_patience'] >= 0,
+    f'config.early_stop_patience={g["early_stop_patience"]!r} must be an integer >= 0 (0 = off)',
+  )
+  _require(
+    _is_number(g['early_stop_min_delta']) and g['early_stop_min_delta'] >= 0,
+    f'config.early_stop_min_delta={g["early_stop_min_delta"]!r} must be a number >= 0 (dB)',
+  )
   order = tuple(config.stage_order)
   _require(len(order) > 0, 'config.stage_order is empty')
   stages = []
@@ -618,5 +636,7 @@ def resolve(config: ml_collections.ConfigDict) -> RunSpec:
     max_consecutive_skipped_steps=int(g['max_consecutive_skipped_steps']),
     profile_steps=str(g['profile_steps']),
     keep_checkpoints=int(g['keep_checkpoints']),
+    early_stop_patience=int(g['early_stop_patience']),
+    early_stop_min_delta=float(g['early_stop_min_delta']),
     config=config,
   )

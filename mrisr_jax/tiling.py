@@ -69,6 +69,7 @@ def super_resolve(
   bicubic: np.ndarray | None = None,
   fixed_batch: bool = False,
   progress: Callable[[int], None] | None = None,
+  fixed_size: int = 0,
 ) -> np.ndarray:
   """lr (S, h, w) float32 in [0, 1] -> SR (S, h*fy, w*fx) in [0, 1].
 
@@ -81,6 +82,9 @@ def super_resolve(
   fixed_batch: always run `batch` tiles per call (validation keeps one compiled, sharded shape);
     otherwise a stack smaller than `batch` runs as one smaller batch.
   progress: called with the number of slices finished after each batch.
+  fixed_size: > 0 for a model with one input side in the HR grid (TransMRSR pads smaller inputs itself):
+    slices larger than it run as fixed_size tiles overlapping by fixed_size // 8 HR pixels (`tile` and
+    `overlap` are not used).
   """
   lr = np.asarray(lr, np.float32)
   if lr.ndim != 3 or min(lr.shape) < 1:
@@ -105,7 +109,10 @@ def super_resolve(
   H, W = x.shape[1:]
   m = max(1, int(size_multiple))
   ovy, ovx = overlap * grid[0], overlap * grid[1]
-  if tile > 0 and (h > tile or w > tile):
+  if fixed_size > 0:  # the model's own side; it pads a smaller tile itself
+    th, tw = min(fixed_size, H), min(fixed_size, W)
+    ovy, ovx = (fixed_size // 8 if n_ > fixed_size else 0 for n_ in (H, W))
+  elif tile > 0 and (h > tile or w > tile):
     ty, tx = (max(m, (tile * g) // m * m) for g in grid)
     if ty <= 2 * ovy or tx <= 2 * ovx:
       raise TilingError(

@@ -89,6 +89,10 @@ class Run:
   is_sample: bool
   data_root: Any
   grid_orientation: str = 'stored'  # report.slice_orientation of the data format (NIfTI: radiological)
+  # early stopping (config.early_stop_patience): the PSNR to beat, validations in a row that did not
+  early_best: float = -float('inf')
+  stale_evals: int = 0
+  stopped_early: bool = False
 
   @property
   def is_chief(self) -> bool:
@@ -202,10 +206,12 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, allow_
   repl = sharding.replicated(mesh)
 
   best_psnr = -float('inf')
+  early = {}
   restored = ckpt.restore_latest(abstract_like(abstract_state, state_sharding))
   if restored is not None:
     step, state, meta = restored
     best_psnr = meta.get('best_val_psnr', best_psnr)
+    early = meta.get('early_stop', {})
     plan = _resumed_plan(config, plan, meta, step, steps_per_epoch)
     # checkpoints without a position (imported weights, older runs) continue where an
     # uninterrupted run of this config would be
@@ -221,6 +227,10 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, allow_
   else:
     logging.info('new run: initialising %s (its initialiser compiles first)', config.model.name)
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
+    if config.model.name == 'transmrsr' and config.config is not None and 'transmrsr' in config.config:
+      from mrisr_jax import transmrsr_run  # the decoder and centroids come from the stage-1 prior
+
+      state = transmrsr_run.init_from_prior(config.config, state, state_sharding)
     data_position = 0
     n_params = sum(x.size for x in jax.tree.leaves(state.g_params))
     logging.info('new run: generator %s with %d parameters', config.model.name, n_params)
@@ -255,6 +265,7 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, allow_
     config.eval_batch_size,
     degradation=config.data.degradation,
     upsampled_input=config.model.upsampled_input,
+    fixed_size=config.model.fixed_size,
   )
   writer = _make_writer(workdir)
   files = pathlib.Path(str(workdir)) if _is_local(workdir) else pathlib.Path(tempfile.mkdtemp(prefix='mrisr_'))
@@ -284,6 +295,9 @@ def setup(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, allow_
     writer=writer,
     best_psnr=best_psnr,
     resumed=restored is not None,
+    early_best=float(early.get('best', -float('inf'))),
+    stale_evals=int(early.get('stale', 0)),
+    stopped_early=bool(early.get('stopped', False)),
     is_sample=is_sample,
     data_root=root,
     grid_orientation=report.slice_orientation(splits.split_files(config.data, 'val')[0]),
@@ -481,9 +495,10 @@ class MetricsLog:
     self.t_log, self.step_log = time.time(), run.step
     self.excluded = 0.0  # seconds since the last line spent outside training steps
 
-  def exclude(self, seconds: float) -> None:
-    """Time spent in evaluation, images or checkpoints: not part of the training step rate."""
-    self.excluded += seconds
+  def exclude_since(self, start: float) -> None:
+    """Time since `start` spent in evaluation, images or checkpoints: not part of the training step rate.
+    Only the part after the last log line counts (a checkpoint may write a line in between)."""
+    self.excluded += max(0.0, time.time() - max(start, self.t_log))
 
   def add(self, metrics: dict) -> None:
     self.pending.append(metrics)
@@ -561,7 +576,28 @@ def _meta(run: Run, stage: Stage, step: int) -> dict:
     'device_count': jax.device_count(),
     'config': _config_json(run.config),
     'plan': resume_guard.plan_meta(run.plan),
+    'early_stop': {'best': run.early_best, 'stale': run.stale_evals, 'stopped': run.stopped_early},
   }
+
+
+def _early_stop(run: Run, psnr: float) -> bool:
+  """Counts a validation for early stopping; True when the run should stop (config.early_stop_*)."""
+  config = run.config
+  if config.early_stop_patience <= 0:
+    return False
+  if psnr > run.early_best + config.early_stop_min_delta:
+    run.early_best, run.stale_evals = psnr, 0
+  else:
+    run.stale_evals += 1
+  if run.stale_evals >= config.early_stop_patience:
+    run.stopped_early = True
+    logging.info(
+      'early stop: validation PSNR has not beaten %.3f dB by more than %.3g dB for %d validations',
+      run.early_best,
+      config.early_stop_min_delta,
+      run.stale_evals,
+    )
+  return run.stopped_early
 
 
 class CheckpointPolicy:
@@ -686,16 +722,21 @@ def run_stages(run: Run, guard: PreemptionGuard, stop_at: int) -> dict | None:
         if step % config.eval_every_steps == 0 or last:
           last_eval = _evaluate(run, compiled.predict, step)
           eta.record_eval(time.time() - t0)
+          last = _early_stop(run, last_eval['summary']['model']['psnr']) or last
         if step % config.image_every_steps == 0 or last:
           _write_grid(run, run.validator.sample(compiled.predict, steps.generator_variables(run.state)), step)
         policy.maybe_save(step, stage, last, metrics_log, compiled.lr_fns, last_eval)
-        metrics_log.exclude(time.time() - t0)
+        metrics_log.exclude_since(t0)
+        if run.stopped_early:
+          break
         if step < run.total_steps and step < stop_at:
           batch = pipeline.next_batch(run.data_iter)
       run.writer.flush()
+      if run.stopped_early:
+        break
   finally:
     profiler.close()
-  if stop_at < run.total_steps and run.step >= stop_at:
+  if stop_at < run.total_steps and run.step >= stop_at and not run.stopped_early:
     logging.info(
       'stopped at step %d of %d (config.stop_after_steps=%d); rerun the same command to resume',
       run.step,
@@ -773,12 +814,15 @@ def train_and_evaluate(
     run = setup(config, workdir, allow_config_change=allow_config_change)
     try:
       stop_at = run.config.stop_after_steps or run.total_steps
+      if run.stopped_early:  # a resumed run that stopped early is finished
+        stop_at = run.step
       last_eval = run_stages(run, guard, stop_at)
       run.ckpt.wait()
       if last_eval is None:  # resumed a finished run (or stopped on a boundary): evaluate what it holds
         stage = next((s for s in reversed(run.plan) if s.start <= max(run.step - 1, 0)), run.plan[0])
         last_eval = _evaluate(run, _make_predict(run, recipe.stage_generator(run.config, stage)), run.step)
-      if run.step >= run.total_steps and run.step > 0 and run.is_chief:
+      finished = run.step >= run.total_steps or run.stopped_early
+      if finished and run.step > 0 and run.is_chief:
         write_run_report(run, last_eval)
       return last_eval['summary']
     finally:

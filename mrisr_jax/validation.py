@@ -47,8 +47,10 @@ class Validator:
     eval_batch_size: int,
     degradation: tuple = ('area',),
     upsampled_input: bool = False,
+    fixed_size: int = 0,
   ):
     self.scale = scale
+    self.fixed_size = fixed_size
     self.size_multiple = size_multiple
     self.upsampled_input = upsampled_input
     self.mesh = mesh
@@ -85,7 +87,7 @@ class Validator:
     factors = None
     if bicubic is not None:
       factors = tuple(b // l for b, l in zip(bicubic.shape[-2:], lr.shape[-2:]))
-    geometry = Geometry(self.scale, self.size_multiple, self.upsampled_input)
+    geometry = Geometry(self.scale, self.size_multiple, self.upsampled_input, self.fixed_size)
     # every batch full: one compiled, sharded shape
     predictor = Predictor(geometry, g_vars, batch=self.batch, fixed_batch=True, apply=apply)
     return predictor(lr, factors=factors, bicubic=bicubic)

@@ -135,7 +135,7 @@ def test_shape_gradients_and_five_steps(file, arg, scale):
 
 
 def test_every_generator_and_discriminator_is_in_the_registry():
-  expected = {'casr', 'srcnn', 'drrn', 'edsr', 'rdn', 'fagan', 'srdcgan', 'perceptual_sr'}
+  expected = {'casr', 'srcnn', 'drrn', 'edsr', 'rdn', 'fagan', 'srdcgan', 'perceptual_sr', 'transmrsr'}
   assert set(registry.GENERATORS) == expected
   for name in registry.GENERATORS:
     cls = registry.generator_class(name)

@@ -27,7 +27,9 @@ SLAB = 'val/mni152_2009a_t1_slab_middle.h5'
 
 
 def sample_volume(scale: int = 1, degradation=('area',)) -> nib.Nifti1Image:
-  """The validation slab as a NIfTI image, optionally degraded by `scale` in-plane."""
+  """The validation slab as a NIfTI image, optionally degraded by `scale` in-plane (along rows and/or
+  columns, as the degradation reduces them: `thick:axis=1` makes thick slices along x)."""
+  fy, fx = degrade.lr_factors(tuple(degradation), scale) if scale > 1 else (1, 1)
   with h5py.File(sample.SAMPLE_DIR / SLAB, 'r') as f:
     slab = np.asarray(f['reconstruction_rss'], np.float32)  # (slices, rows, cols)
     z = np.asarray(f.attrs['slice_z_ras'], np.float64)
@@ -35,7 +37,7 @@ def sample_volume(scale: int = 1, degradation=('area',)) -> nib.Nifti1Image:
     slab = np.stack(
       [
         degrade.make_lr(
-          s[: s.shape[0] // scale * scale, : s.shape[1] // scale * scale],
+          s[: s.shape[0] // fy * fy, : s.shape[1] // fx * fx],
           scale,
           tuple(degradation),
           rng=np.random.default_rng(i),
@@ -46,14 +48,14 @@ def sample_volume(scale: int = 1, degradation=('area',)) -> nib.Nifti1Image:
   data = np.round(np.clip(np.transpose(slab, (1, 2, 0)), 0, 1) * 1000).astype(np.int16)
   affine = np.array(
     [
-      [0.0, scale, 0.0, -84.0],  # column j -> x = -84 + S*j (left -> right)
-      [-scale, 0.0, 0.0, 70.0],  # row i -> y = 70 - S*i (anterior -> posterior)
+      [0.0, fx, 0.0, -84.0],  # column j -> x = -84 + fx*j (left -> right)
+      [-fy, 0.0, 0.0, 70.0],  # row i -> y = 70 - fy*i (anterior -> posterior)
       [0.0, 0.0, z[1] - z[0], z[0] - 72.0],
       [0.0, 0.0, 0.0, 1.0],
     ]
   )
   # a voxel of the S-times coarser grid covers S fine voxels: move its centre accordingly
-  affine[:3, 3] += affine[:3, :2] @ np.full(2, 0.5 - 0.5 / scale)
+  affine[:3, 3] += affine[:3, :2] @ (0.5 - 0.5 / np.array([fy, fx], np.float64))
   img = nib.Nifti1Image(data, affine)
   img.set_sform(affine, code=1)
   img.set_qform(affine, code=1)

@@ -129,6 +129,14 @@ def crop_to_multiple(image: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
   return image[..., top : top + nh, left : left + nw]
 
 
+def pad_to(image: np.ndarray, h: int, w: int) -> np.ndarray:
+  """Zero-pad (H, W) to at least (h, w), centred with the extra pixel top/left (TransMRSR's Crop)."""
+  dh, dw = max(0, h - image.shape[0]), max(0, w - image.shape[1])
+  if not dh and not dw:
+    return image
+  return np.pad(image, [((dh + 1) // 2, dh // 2), ((dw + 1) // 2, dw // 2)])
+
+
 class MakeTrainingPair(grain.transforms.RandomMap):
   """A random aligned (HR, LR) patch pair from one slice.
 
@@ -152,8 +160,10 @@ class MakeTrainingPair(grain.transforms.RandomMap):
     degradation=('area',),
     upsampled_input: bool = False,
     transposes: bool = False,
+    pad_to_patch: bool = False,
   ):
     self.patch = (int(patch[0]), int(patch[1]))
+    self.pad_to_patch = bool(pad_to_patch)
     self.scale = int(scale)
     self.flips = bool(flips)
     self.transposes = bool(transposes)
@@ -183,6 +193,8 @@ class MakeTrainingPair(grain.transforms.RandomMap):
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     ph, pw = self.patch
     image = element['image']
+    if self.pad_to_patch and 'lr' not in element:
+      image = pad_to(image, ph, pw)
     if 'lr' in element:  # paired LR files
       lr_full = element['lr']
       grid = (1, 1) if lr_full.shape == image.shape else (self.scale, self.scale)
@@ -218,7 +230,7 @@ class MakeTrainingPair(grain.transforms.RandomMap):
 def train_source(data, scale: int | None = None):
   """(source, split directory) of the training split; volumes smaller than the crop are bad files."""
   data = data_spec(data)
-  return splits.make_source(data, 'train', scale, min_shape=data.hr_patch_size)
+  return splits.make_source(data, 'train', scale, min_shape=None if data.pad_to_patch else data.hr_patch_size)
 
 
 def num_train_slices(data, scale: int | None = None) -> int:
@@ -282,7 +294,7 @@ def make_train_dataset(
   n = len(source)
   if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
     raise DataError(f'data position: {start!r} must be a non-negative integer')
-  pair = MakeTrainingPair(patch, scale, flips, degradation, upsampled_input, transposes)
+  pair = MakeTrainingPair(patch, scale, flips, degradation, upsampled_input, transposes, data.pad_to_patch)
   ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed).repeat(None)
   ds = ds.random_map(pair, seed=aug_seed)
   ds = HostShare(

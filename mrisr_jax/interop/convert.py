@@ -76,7 +76,8 @@ def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
 
 def key_map(model_name: str, like_variables: Mapping[str, Any]) -> KeyMap:
   """{torch key: (flax path incl. collection, transform)}; transform is 'conv', 'deconv'
-  (ConvTranspose2d), 'linear', 'copy', 'count', for a CASR buffer 'buffer' (path None: no flax
+  (ConvTranspose2d), 'linear', 'copy', 'count', 'const_nchw' / 'rgb_bias' (StyleSwin's (1, C, H, W)
+  constant and ToRGB bias, NHWC in flax), for a generated buffer 'buffer' (path None: no flax
   variable), or for spectral norm 'sn_u' (path: `u`) and 'sn_v' (path: the kernel; no flax
   variable). A path ending in an int names that slice of a stacked (scanned) leaf.
 
@@ -411,6 +412,8 @@ def _torch_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
     return tuple(shape[i] for i in (3, 2, 0, 1))
   if transform == 'deconv':  # flax (kh, kw, in, out) <-> torch ConvTranspose2d (in, out, kh, kw)
     return tuple(shape[i] for i in (2, 3, 0, 1))
+  if transform in ('const_nchw', 'rgb_bias'):  # flax (1, H, W, C) <-> torch (1, C, H, W)
+    return tuple(shape[i] for i in (0, 3, 1, 2))
   if transform == 'sn_u':  # flax (1, O) <-> torch (O,)
     return tuple(shape[1:])
   if transform == 'sn_v':  # from the kernel's shape: the in * kh * kw of torch's W.reshape(O, -1)
@@ -421,11 +424,16 @@ def _torch_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
 def state_dict_shapes(model_name: str, like_variables: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
   """{torch key: (shape, dtype name)} that `flax_to_state_dict` gives for variables shaped like
   `like_variables` (arrays or `jax.ShapeDtypeStruct`s, e.g. from `jax.eval_shape`)."""
-  table = key_map(model_name, like_variables)
-  meta = _casr_meta(like_variables['params']) if _canonical(model_name) == 'casr' else None
+  name = _canonical(model_name)
+  table = key_map(name, like_variables)
+  if name == 'casr':
+    meta = _casr_meta(like_variables['params'])
+    buffers = {k: _casr_buffer_spec(k, meta) for k, (_, t) in table.items() if t == 'buffer'}
+  else:  # generated from the shapes alone
+    buffers = {k: (tuple(v.shape), str(v.dtype)) for k, v in _buffers(name, table, like_variables['params']).items()}
   return {
     k: (
-      _casr_buffer_spec(k, meta)
+      buffers[k]
       if t == 'buffer'
       else (_torch_shape(_like_shape(like_variables, path), t), 'int64' if t == 'count' else 'float32')
     )
@@ -433,15 +441,35 @@ def state_dict_shapes(model_name: str, like_variables: Mapping[str, Any]) -> dic
   }
 
 
+# torch buffers that hold no value (fairseq's SinusoidalPositionalEmbedding `_float_tensor` is
+# allocated uninitialised): import checks their shape only
+_VALUELESS_BUFFERS = ('._float_tensor',)
+
+
+def _buffers(name: str, table: KeyMap, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The generated values of the table's 'buffer' keys: CASR's here, other models' from their key-map
+  module (`registry.buffers_function`)."""
+  keys = [k for k, (_, t) in table.items() if t == 'buffer']
+  if not keys:
+    return {}
+  if name == 'casr':
+    meta = _casr_meta(params)
+    return {k: _casr_buffer(k, meta) for k in keys}
+  return registry.buffers_function(name)(params)
+
+
 def flax_to_state_dict(model_name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """flax variables -> reference state_dict of fresh, writable numpy arrays (float32; the BN
-  `num_batches_tracked` and CASR's `relative_position_index` int64; CASR's buffers generated)."""
+  `num_batches_tracked` and `relative_position_index` int64; buffers generated)."""
   table = key_map(model_name, variables)
-  meta = _casr_meta(variables['params']) if _canonical(model_name) == 'casr' else None
+  buffers = _buffers(_canonical(model_name), table, variables['params'])
   out = {}
   for k, (path, t) in table.items():
     if t == 'buffer':
-      out[k] = _casr_buffer(k, meta)
+      out[k] = np.array(buffers[k], order='C')
+      continue
+    if t in ('const_nchw', 'rgb_bias'):
+      out[k] = np.array(np.transpose(np.asarray(_get(variables, path)), (0, 3, 1, 2)), np.float32, order='C')
       continue
     v = np.asarray(_get(variables, path))
     if t == 'conv':
@@ -483,7 +511,7 @@ def state_dict_to_flax(model_name: str, state_dict: Mapping[str, Any], like_vari
   """
   name = _canonical(model_name)
   table = key_map(name, like_variables)
-  meta = _casr_meta(like_variables['params']) if name == 'casr' else None
+  buffers = _buffers(name, table, like_variables['params'])
   missing = [k for k in table if k not in state_dict]
   unexpected = [k for k in state_dict if k not in table]
   mismatched, differing, out, stacked, sn_v = [], [], {}, {}, {}
@@ -492,11 +520,18 @@ def state_dict_to_flax(model_name: str, state_dict: Mapping[str, Any], like_vari
       continue
     v = _to_numpy(state_dict[k])
     if t == 'buffer':
-      want = _casr_buffer_spec(k, meta)[0]
+      want = tuple(np.shape(buffers[k]))
       if tuple(v.shape) != want:
         mismatched.append(f'{k}: file {tuple(v.shape)}, model {want}')
-      elif not np.array_equal(v, _casr_buffer(k, meta)):
+      elif not k.endswith(_VALUELESS_BUFFERS) and not np.array_equal(v, buffers[k]):
         differing.append(k)
+      continue
+    if t in ('const_nchw', 'rgb_bias'):  # torch (1, C, H, W) -> flax (1, H, W, C)
+      want = _torch_shape(_like_shape(like_variables, path), t)
+      if tuple(v.shape) != want:
+        mismatched.append(f'{k}: file {tuple(v.shape)}, model {want}')
+      else:
+        _put(out, path, np.array(np.transpose(v, (0, 2, 3, 1)), np.float32, order='C'))
       continue
     want = _torch_shape(_like_shape(like_variables, path), t)
     if tuple(v.shape) != want:
