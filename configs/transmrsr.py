@@ -150,10 +150,10 @@ def make_quick(c: ml_collections.ConfigDict) -> None:
     dict(
       d_channel_base=64,
       batch_size=8,
-      steps=150,
+      steps=100,
       lr=1e-3,
       log_every_steps=50,
-      checkpoint_every_steps=150,
+      checkpoint_every_steps=100,
       centroid_samples=4000,
     )
   )

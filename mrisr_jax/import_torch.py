@@ -74,6 +74,8 @@ def import_checkpoint(config, checkpoint, workdir, *, stage: str | None = None, 
     like['batch_stats'] = getattr(shapes, f'{prefix}_batch_stats')
   try:
     loaded = network_variables.from_state_dict_file(checkpoint, name, like)
+    if 'batch_stats' in like and 'batch_stats' not in loaded:  # TransMRSR's SDT centroids live beside it
+      loaded['batch_stats'] = network_variables.file_centroids(config, checkpoint, like['batch_stats'])
   except network_variables.WeightsError as e:
     raise TorchImportError(str(e)) from None
   state = jax.device_get(jax.jit(init)(rng))  # the rest of the state, as a fresh run has it

@@ -254,11 +254,11 @@ def load_generator(
   like = like_variables(config, model)
   variables = from_state_dict_file(path, name, like)
   if 'batch_stats' in like and 'batch_stats' not in variables:  # TransMRSR's SDT centroids live beside it
-    variables['batch_stats'] = _file_centroids(config, path, like['batch_stats'])
+    variables['batch_stats'] = file_centroids(config, path, like['batch_stats'])
   return variables, None
 
 
-def _file_centroids(config, path: pathlib.Path, like: dict) -> dict:
+def file_centroids(config, path: pathlib.Path, like: dict) -> dict:
   """TransMRSR's SDT centroids for a state_dict file (the public code keeps them in .npy files):
   config.transmrsr.centroids, or the folder `export` writes beside the file."""
   from mrisr_jax import sdt_centroids

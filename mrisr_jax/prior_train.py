@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mrisr_jax import prior_steps, report, sharding, workdir_lock
+from mrisr_jax import compile_options, prior_steps, report, sharding, workdir_lock
 from mrisr_jax.checkpoint import Checkpointer, abstract_like, workdir_path
 from mrisr_jax.data import degrade, pipeline, splits
 from mrisr_jax.errors import ConfigError
@@ -187,7 +187,7 @@ def _train(config, workdir, guard) -> dict:
     style_dim=p.style_dim, r1_gamma=p.r1_gamma, r1_every=p.r1_every, d_clip=p.d_clip, ema_decay=p.ema_decay
   )
   fn = functools.partial(prior_steps.prior_step, g_model=g, d_model=d, g_tx=g_tx, d_tx=d_tx, hp=hp)
-  train_step = jax.jit(
+  train_step = compile_options.jit(
     fn, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, repl), donate_argnums=0
   )
   to_space = jax.jit(functools.partial(prior_steps.to_prior_space, channels=p.channels))

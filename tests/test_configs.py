@@ -34,6 +34,7 @@ ARGS = {
     'model3,quick',
     'model4,quick',
   ],
+  'transmrsr.py': [None, 'scale=8', 'stage=prior', 'stage=sr', 'parity', 'content=paper', 'quick', 'quick,parity'],
 }
 # End-to-end runs kept to what differs (CI time; tools/models_table.py runs every one for docs/models.md):
 # - casrgan_x4.py:quick is the README's main job: test_main runs it through the entry point. The x2/x3
@@ -51,7 +52,7 @@ QUICK = [
   if a
   and 'quick' in a
   and a != 'x3,gan,quick'
-  and not f.startswith('casrgan_')
+  and not f.startswith(('casrgan_', 'transmrsr'))  # test_transmrsr_e2e.py runs TransMRSR's two-stage job
   and not (a == 'quick' and 'gan,quick' in args)
   and (f, a) not in NOT_RUN
 ]

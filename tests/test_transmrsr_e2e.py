@@ -16,27 +16,38 @@ pytestmark = pytest.mark.e2e
 # a guard against hangs, not a speed check (several times the measured run on 2 idle cores)
 TIMEOUT = 3600
 CONFIG = 'configs/transmrsr.py:quick'
+# the quick recipe shortened for CI: every stage still runs to its end (docs/models.md has the full quick run)
+SHORT = (
+  '--config.prior.steps=30',
+  '--config.prior.checkpoint_every_steps=30',
+  '--config.prior.centroid_samples=1000',
+  '--config.stages.sr.epochs=6',
+)
 
 
 def test_quick_job_trains_prior_centroids_and_sr_then_infers_through_plane(tmp_path):
   work = tmp_path / 'run'
-  proc = run_main('--config', CONFIG, '--workdir', str(work), timeout=TIMEOUT)
+  proc = run_main('--config', CONFIG, '--workdir', str(work), *SHORT, timeout=TIMEOUT)
   assert proc.returncode == 0, proc.stderr[-4000:]
   log = proc.stderr
   # stage 1 ran to its end, then the centroids, then stage 2 from that prior
   prior_steps = sorted(int(p.name) for p in (work / 'prior' / 'checkpoints').iterdir() if p.name.isdigit())
-  assert prior_steps[-1] == 150
+  assert prior_steps[-1] == 30
   centroids = np.load(work / 'prior' / 'centroids' / 'centroids.npy')
   assert centroids.shape == (8, 64) and np.isfinite(centroids).all()
   assert len(list((work / 'prior' / 'centroids' / 'pure_centroids').glob('centroid_*-8clusters.npy'))) == 8
   assert list((work / 'prior' / 'images').glob('prior_samples_*.png'))
-  assert f'decoder restored from {work / "prior"} (EMA generator, step 150)' in log
+  assert f'decoder restored from {work / "prior"} (EMA generator, step 30)' in log
   assert 'SDT centroids from' in log
   sr = work / 'sr'
   sr_steps = sorted(int(p.name) for p in (sr / 'checkpoints').iterdir() if p.name.isdigit())
-  assert sr_steps[-1] == 30 * 4  # 30 epochs x (36 training slices // batch 8)
+  assert sr_steps[-1] == 6 * 4  # 6 epochs x (36 training slices // batch 8)
   metrics = json.loads((sr / 'report' / 'metrics.json').read_text())['summary']
   assert np.isfinite(metrics['model']['psnr']) and metrics['model']['psnr'] > 20, metrics
+  # rerunning the finished job trains nothing again: the prior, its centroids and the SR run are kept
+  again = run_main('--config', CONFIG, '--workdir', str(work), *SHORT, timeout=TIMEOUT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'SDT centroids: kept' in again.stderr and 'new run' not in again.stderr
 
   # through-plane: a scan with 4 mm thick slices along x becomes the 1 mm grid
   thick = tmp_path / 'thick.nii.gz'
@@ -46,8 +57,8 @@ def test_quick_job_trains_prior_centroids_and_sr_then_infers_through_plane(tmp_p
   assert scan.returncode == 0, scan.stderr[-2000:]
   out_path = tmp_path / 'iso.nii.gz'
   inf = run_main(
-    '--config', CONFIG, '--weights', str(sr), '--input', str(thick), '--output', str(out_path), '--thick_axis', '1',
-    module='mrisr_jax.infer',
+    '--config', CONFIG, *SHORT, '--weights', str(sr), '--input', str(thick), '--output', str(out_path),
+    '--thick_axis', '1', module='mrisr_jax.infer',
   )  # fmt: skip
   assert inf.returncode == 0, inf.stderr[-3000:]
   src, out = nib.load(thick), nib.load(out_path)
@@ -59,7 +70,7 @@ def test_quick_job_trains_prior_centroids_and_sr_then_infers_through_plane(tmp_p
   assert np.isfinite(np.asarray(out.dataobj)).all()
 
   ev = run_main(
-    '--config', CONFIG, '--weights', str(sr), '--input', 'mrisr_jax/sample_data/val', '--json',
+    '--config', CONFIG, *SHORT, '--weights', str(sr), '--input', 'mrisr_jax/sample_data/val', '--json',
     str(tmp_path / 'eval.json'), module='mrisr_jax.evaluate',
   )  # fmt: skip
   assert ev.returncode == 0, ev.stderr[-3000:]
