@@ -72,6 +72,7 @@ def build(
   c.data.hr_patch_size = arch['size']
   c.data.pad_to_patch = True
   c.data.flips = True
+  c.data.transposes = True  # the public code's H/W transpose (the thick axis then lies along rows or columns)
   c.batch_size = 6  # the paper's 2 x V100 batch
   c.base_batch_size = 6
   c.eval_batch_size = 4

@@ -237,6 +237,8 @@ def write_samples(g_model, g_ema_params, workdir, step: int, style_dim: int, n: 
 
 def restore_ema(p: ml_collections.ConfigDict, workdir, seed: int = 0) -> tuple[int, dict]:
   """(step, EMA generator params) of the newest good checkpoint of a prior run in `workdir`."""
+  if not (workdir_path(workdir) / 'checkpoints').is_dir():  # before orbax, which would create the folder
+    raise ConfigError(f'{workdir}: no prior checkpoint to restore (train it with stage=prior first)')
   ckpt = Checkpointer(workdir)
   try:
     abstract = abstract_state(p, seed)

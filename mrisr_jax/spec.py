@@ -532,8 +532,9 @@ def _check_fit(model: ModelSpec, data: DataSpec) -> None:
     f'{model.name} (e.g. model.patch_size*model.window_size)',
   )
   _require(
-    not data.transposes or (ph == pw and factors[0] == factors[1]),
-    f'config.data.transposes=True needs a square crop and an isotropic degradation (crop {p}, reduction {factors})',
+    not data.transposes or (ph == pw and (factors[0] == factors[1] or model.upsampled_input)),
+    f'config.data.transposes=True needs a square crop and an isotropic degradation or a model that takes the '
+    f'upsampled input (crop {p}, reduction {factors})',
   )
 
 

@@ -213,7 +213,7 @@ def test_unknown_names_raise_listing_the_supported_ones():
   with pytest.raises(
     ValueError,
     match=r"'nope'.*supported: casr, drrn, edsr, fagan, perceptual_sr, rdn, "
-    r'srcnn, srdcgan$',
+    r'srcnn, srdcgan, transmrsr$',
   ):
     torch_models.build_torch_generator(ml_collections.ConfigDict({'name': 'nope'}))
   config = ml_collections.ConfigDict({'model': {'dtype': 'float32'}, 'discriminator': {'name': 'nope'}})
@@ -222,7 +222,7 @@ def test_unknown_names_raise_listing_the_supported_ones():
   with pytest.raises(
     ValueError,
     match=r"'nope'.*supported: srcnn, drrn, edsr, rdn, casr, casrgan_d, fagan, "
-    r'fagan_sn_d, srdcgan, srdcgan_d, perceptual_sr$',
+    r'fagan_sn_d, srdcgan, srdcgan_d, perceptual_sr, transmrsr, styleswin_g, styleswin_synthesis, styleswin_d$',
   ):
     convert.flax_to_state_dict('nope', {'params': {}})
 

@@ -58,7 +58,7 @@ def test_quick_job_trains_prior_centroids_and_sr_then_infers_through_plane(tmp_p
   out_path = tmp_path / 'iso.nii.gz'
   inf = run_main(
     '--config', CONFIG, *SHORT, '--weights', str(sr), '--input', str(thick), '--output', str(out_path),
-    '--thick_axis', '1', module='mrisr_jax.infer',
+    '--thick_axis', '1', module='mrisr_jax.infer', timeout=TIMEOUT,
   )  # fmt: skip
   assert inf.returncode == 0, inf.stderr[-3000:]
   src, out = nib.load(thick), nib.load(out_path)
@@ -71,9 +71,17 @@ def test_quick_job_trains_prior_centroids_and_sr_then_infers_through_plane(tmp_p
 
   ev = run_main(
     '--config', CONFIG, *SHORT, '--weights', str(sr), '--input', 'mrisr_jax/sample_data/val', '--json',
-    str(tmp_path / 'eval.json'), module='mrisr_jax.evaluate',
+    str(tmp_path / 'eval.json'), module='mrisr_jax.evaluate', timeout=TIMEOUT,
   )  # fmt: skip
   assert ev.returncode == 0, ev.stderr[-3000:]
   scores = json.loads((tmp_path / 'eval.json').read_text())['mean']
   assert {'model', 'bicubic', 'spline'} <= set(scores), scores
   assert 'spline PSNR' in ev.stdout
+
+  # the centroid tool recomputes them from the trained prior with other settings
+  tool = run_main(
+    '--config', CONFIG, '--prior', str(work / 'prior'), '--samples', '500', '--clusters', '4',
+    module='tools/transmrsr_centroids.py', timeout=TIMEOUT,
+  )  # fmt: skip
+  assert tool.returncode == 0, tool.stderr[-2000:]
+  assert np.load(work / 'prior' / 'centroids' / 'centroids.npy').shape == (4, 64)

@@ -40,6 +40,25 @@ def test_pad_to_patch_centres_the_slice():
   np.testing.assert_array_equal(out['hr'][..., 0], padded)
 
 
+def test_transposes_carry_the_thick_axis_for_upsampled_input_models():
+  image = np.random.default_rng(5).uniform(0, 1, (32, 32)).astype(np.float32)
+  steps = ('thick:axis=1,profile=box',)
+  pair = pipeline.MakeTrainingPair((32, 32), 4, False, steps, True, True)
+  seen = set()
+  for seed in range(8):
+    out = pair.random_map({'image': image, 'volume': 'v', 'slice': 0}, np.random.default_rng(seed))
+    hr, lr = out['hr'][..., 0], out['lr'][..., 0]
+    transposed = not np.array_equal(hr, image)
+    seen.add(transposed)
+    thick = degrade.make_lr(image, 4, steps)  # (32, 8): thick along columns
+    want = thick.T if transposed else thick  # transposed: thick along rows, brought back along rows
+    np.testing.assert_allclose(lr, np.clip(degrade.bicubic_resize(want, 32, 32), 0, 1), atol=1e-6)
+    np.testing.assert_array_equal(hr, image.T if transposed else image)
+  assert seen == {False, True}
+  with pytest.raises(pipeline.DataError, match='transposes'):
+    pipeline.MakeTrainingPair((32, 32), 4, False, steps, False, True)
+
+
 def test_prior_space_round_trip():
   x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (2, 4, 4, 1)), jnp.float32)
   for channels in (1, 3):
@@ -134,3 +153,22 @@ def test_early_stopping_counts_validations_without_enough_gain():
   assert run.early_best == 30.3 and run.stale_evals == 3
   off = types.SimpleNamespace(config=types.SimpleNamespace(early_stop_patience=0, early_stop_min_delta=0.0))
   assert not train._early_stop(off, 1.0)
+
+
+def test_sr_stage_without_a_prior_stops_in_one_line(tmp_path):
+  import sys
+
+  from mrisr_jax import transmrsr_run
+  from mrisr_jax.errors import ConfigError
+  from tests.helpers import REPO
+
+  sys.path.insert(0, str(REPO))
+  from configs.transmrsr import get_config
+
+  c = get_config('stage=sr,quick')
+  with pytest.raises(ConfigError, match='prior_workdir and prior_weights are both empty'):
+    transmrsr_run.run(c, str(tmp_path / 'sr'))
+  c.transmrsr.prior_workdir = str(tmp_path / 'no_prior')
+  with pytest.raises(ConfigError, match='no_prior: no prior checkpoint to restore'):
+    transmrsr_run.prior_synthesis(c)
+  assert not (tmp_path / 'no_prior').exists()  # nothing created on the way

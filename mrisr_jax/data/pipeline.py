@@ -172,9 +172,12 @@ class MakeTrainingPair(grain.transforms.RandomMap):
     self.factors = degrade.lr_factors(self.degradation, self.scale)
     self.whole_slice = degrade.is_global(self.degradation)
     self.upsampled_input = bool(upsampled_input)
-    if self.transposes and (self.patch[0] != self.patch[1] or self.factors[0] != self.factors[1]):
+    # an anisotropic LR (thick slices) transposes with its HR when the model takes the upsampled input:
+    # the square crop's LR is then brought to the HR grid along the transposed axis (TransMRSR's augmentation)
+    anisotropic = self.factors[0] != self.factors[1] and not self.upsampled_input
+    if self.transposes and (self.patch[0] != self.patch[1] or anisotropic):
       raise DataError(
-        f'data.transposes: needs a square patch and an isotropic degradation (patch '
+        f'data.transposes: needs a square patch and an isotropic degradation or an upsampled-input model (patch '
         f'{self.patch}, reduction {self.factors})'
       )
 
