@@ -19,6 +19,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# the standard Swin buffers, numpy-only (this module imports no jax)
+from mrisr_jax.interop.convert import relative_position_index, swin_attn_mask
+
 KeyMap = dict[str, tuple[tuple | None, str]]
 
 
@@ -71,26 +74,6 @@ def _block_geometry(syn: Mapping, k: int) -> tuple[int, int, int]:
   res = 4 * 2**k
   ws = _window(np.shape(syn[f'layers_{k}']['blocks_0']['attn_0']['relative_position_bias_table'])[0])
   return res, ws, (ws // 2 if res > ws else 0)
-
-
-def relative_position_index(w: int) -> np.ndarray:
-  """Standard Swin relative-position index, (w*w, w*w) int64."""
-  coords = np.stack(np.meshgrid(np.arange(w), np.arange(w), indexing='ij')).reshape(2, -1)
-  rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (w - 1)
-  return (rel[..., 0] * (2 * w - 1) + rel[..., 1]).astype(np.int64)
-
-
-def shifted_window_mask(h: int, wd: int, w: int, shift: int) -> np.ndarray:
-  """StyleSwin's `attn_mask2` for an (h, wd) grid, window w, shift s: (nW, w*w, w*w) of 0 / -100."""
-  img = np.zeros((h, wd), np.float32)
-  cnt = 0
-  for hs in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
-    for ws in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
-      img[hs, ws] = cnt
-      cnt += 1
-  win = img.reshape(h // w, w, wd // w, w).transpose(0, 2, 1, 3).reshape(-1, w * w)
-  diff = win[:, None, :] - win[:, :, None]
-  return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
 
 
 def upsample_kernel() -> np.ndarray:
@@ -149,7 +132,7 @@ def synthesis_buffers(params: Any, prefix: str = '', flax_prefix: tuple | None =
     for j in range(2):
       bt = f'{prefix}layers.{k}.blocks.{j}.'
       if shift:
-        out[bt + 'attn_mask2'] = shifted_window_mask(res, res, ws, shift)
+        out[bt + 'attn_mask2'] = swin_attn_mask(res, res, ws, shift)
       for b in range(2):
         out[f'{bt}attn.{b}.relative_position_index'] = relative_position_index(ws)
     if 'upsample' in syn[f'layers_{k}']:

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mrisr_jax.interop.convert import relative_position_index, swin_attn_mask
 from mrisr_jax.interop.styleswin_keys import synthesis_buffers, synthesis_key_map
 
 KeyMap = dict[str, tuple[tuple | None, str]]
@@ -104,24 +105,6 @@ def transmrsr_key_map(params: Mapping[str, Any]) -> KeyMap:
   return km
 
 
-def _relative_position_index(w: int) -> np.ndarray:
-  coords = np.stack(np.meshgrid(np.arange(w), np.arange(w), indexing='ij')).reshape(2, -1)
-  rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (w - 1)
-  return (rel[..., 0] * (2 * w - 1) + rel[..., 1]).astype(np.int64)
-
-
-def _shifted_window_mask(r: int, w: int, s: int) -> np.ndarray:
-  img = np.zeros((r, r), np.float32)
-  cnt = 0
-  for hs in (slice(0, -w), slice(-w, -s), slice(-s, None)):
-    for ws in (slice(0, -w), slice(-w, -s), slice(-s, None)):
-      img[hs, ws] = cnt
-      cnt += 1
-  win = img.reshape(r // w, w, r // w, w).transpose(0, 2, 1, 3).reshape(-1, w * w)
-  diff = win[:, None, :] - win[:, :, None]
-  return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
-
-
 def transmrsr_buffers(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """{torch buffer key: value} as the public model computes them (encoder and decoder)."""
   p = _params(params)
@@ -134,7 +117,7 @@ def transmrsr_buffers(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for j in range(2):
       t = f'layers.{i}.residual_group.blocks.{j}'
       if j % 2 and shift:
-        out[f'{t}.attn_mask'] = _shifted_window_mask(r, w, shift)
-      out[f'{t}.attn.relative_position_index'] = _relative_position_index(w)
+        out[f'{t}.attn_mask'] = swin_attn_mask(r, r, w, shift)
+      out[f'{t}.attn.relative_position_index'] = relative_position_index(w)
   out.update(synthesis_buffers(p['generator'], 'generator.'))
   return out
