@@ -15,8 +15,10 @@ Slice stacks (`read_stack` / `write_stack`, used by `infer` and `evaluate`), by 
        written back with the same rank
   png  one grey slice (`data.images`; a colour or alpha image is converted with a warning naming
        the file), written 16-bit when the input was, else 8-bit
-  h5   fastMRI: its target normalised by the volume maximum; written as `reconstruction_sr` in the
-       input's intensities with the input's attrs
+  h5   fastMRI: its target normalised by the volume maximum; written as fastMRI's own
+       `save_reconstructions` writes a submission (fastmri/utils.py): dataset `reconstruction`, float32
+       (S, H, W), in the input's intensities, so fastMRI's evaluate.py scores it against the input
+       file; the input's attrs are kept (max set to the output's maximum), plus `sr_*` attrs
 NIfTI volumes are streamed plane by plane in bounded memory instead (`mrisr_jax.nifti_volume`).
 """
 
@@ -288,8 +290,8 @@ def read_stack(path, kind: str) -> tuple[np.ndarray, dict]:
 
 def write_stack(path, kind: str, stack: np.ndarray, info: dict, attrs: dict | None = None) -> None:
   """The (S, H, W) stack as `read_stack` read its input (`info`): in the npy's units, [0, 1] for a png
-  (clipped) or an h5 (scaled by its maximum); `attrs` are stored as h5 attributes `sr_<key>` (the
-  run's record)."""
+  (clipped) or an h5 (scaled by its maximum; dataset `reconstruction`, as fastMRI's save_reconstructions);
+  `attrs` are stored as h5 attributes `sr_<key>` (the run's record)."""
   path = pathlib.Path(path)
   if kind == 'npy':
     write_npy(path, (stack[0] if info['ndim'] == 2 else stack).astype(np.float32))
@@ -302,13 +304,16 @@ def write_stack(path, kind: str, stack: np.ndarray, info: dict, attrs: dict | No
 
     def save(tmp):
       with h5py.File(tmp, 'w') as f:
-        f.create_dataset('reconstruction_sr', data=(stack * np.float32(info['max'])).astype(np.float32))
+        # fastMRI's save_reconstructions: hf.create_dataset('reconstruction', data=recons)
+        recon = (stack * np.float32(info['max'])).astype(np.float32)
+        f.create_dataset('reconstruction', data=recon)
         for k, v in info['attrs'].items():
           try:
             f.attrs[k] = v
           except (TypeError, ValueError):
             pass  # attributes h5py cannot store back as plain values are left out
         f.attrs['max'] = float(np.max(stack) * info['max'])
+        f.attrs['norm'] = float(np.linalg.norm(recon.astype(np.float64)))  # of this output, as max (fastMRI's attrs)
         f.attrs['sr_input_max'] = info['max']
         f.attrs['sr_target'] = info['target']
         for k, v in (attrs or {}).items():

@@ -17,8 +17,9 @@ Formats, by suffix:
                 factor, the affine moved so voxel centres stay consistent, orientation and
                 sform/qform codes kept; a singular affine is a one-line error
   .h5           fastMRI: its target (FastMRISliceSource), normalised by the volume maximum ->
-                .npy (the [0, 1] SR stack) or .h5 (dataset `reconstruction_sr` in the input's
-                intensities, the input's attrs plus the run's)
+                .npy (the [0, 1] SR stack) or .h5 (dataset `reconstruction`, float32, in the
+                input's intensities, as fastMRI's save_reconstructions writes it, so its
+                evaluate.py reads it; the input's attrs plus the run's)
 
 Intensities: the output is in the input's units and nothing is clipped (tiling.faithful_super_resolve).
 The input x is divided by a scale p; the part inside the model's range, c = clip(x / p, 0, 1), goes

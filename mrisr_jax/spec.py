@@ -27,7 +27,7 @@ STAGE_KINDS = ('generator', 'gan')
 SCHEDULES = ('constant', 'linear', 'step')
 LOSS_WEIGHTS = ('pixel_weight', 'perceptual_weight', 'style_weight', 'adversarial_weight')
 LR_SCALINGS = ('none', 'linear', 'sqrt')
-FORMATS = ('auto', 'fastmri', 'nifti', 'images')
+FORMATS = ('auto', 'fastmri', 'nifti', 'images', 'tfds')
 LR_SOURCES = ('auto', 'files', 'degrade')
 
 
@@ -75,7 +75,10 @@ class DataSpec:
 
   # --- where the data is ---
   root: str = ''  # '' = the embedded sample (MNI152 T1 in fastMRI h5 form)
-  format: str = 'auto'  # auto | fastmri (*.h5) | nifti (*.nii, *.nii.gz) | images (HR/ + LR/x{s}/ PNGs)
+  format: str = 'auto'  # auto | fastmri (*.h5) | nifti (*.nii, *.nii.gz) | images (HR/ + LR/x{s}/ PNGs) | tfds
+  # data.format=tfds: a built fastmri_slices dataset (tools/build_tfds.py); train/val_split name its splits
+  tfds_dir: str = ''  # TFDS data directory ('' = TFDS's default, ~/tensorflow_datasets)
+  tfds_name: str = ''  # e.g. 'fastmri_slices/singlecoil_knee' (config), optionally ':1.0.0'
   train_split: str = 'train'  # sub-directories of root
   val_split: str = 'val'
   val_fraction: float = 0.0  # > 0: validation = this fraction of train_split's volumes, chosen by name
@@ -204,7 +207,7 @@ def data_spec(section) -> DataSpec:
     v[name] = _count(v[name], name)
   for name in ('flips', 'transposes', 'skip_bad_files', 'crop_to_recon_size', 'pad_to_patch'):
     v[name] = bool(v[name])
-  for name in ('root', 'train_split', 'val_split', 'target_key'):
+  for name in ('root', 'train_split', 'val_split', 'target_key', 'tfds_dir', 'tfds_name'):
     v[name] = str(v[name])
   return DataSpec(**v)
 

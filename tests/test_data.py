@@ -13,6 +13,7 @@ import pytest
 
 from mrisr_jax.data import degrade
 from mrisr_jax.data import fastmri
+from mrisr_jax.data import fastmri_files
 from mrisr_jax.data import pipeline
 from mrisr_jax.data import sample
 from mrisr_jax.data.errors import DataError
@@ -69,13 +70,21 @@ def assert_one_line(err: BaseException, *needles):
     assert str(needle) in msg, f'{needle!r} not in {msg!r}'
 
 
+def stored_target(path) -> np.ndarray:
+  """The target a fastMRI-layout file stores: reconstruction_rss (multi-coil) or _esc (single-coil)."""
+  with h5py.File(path) as f:
+    return f['reconstruction_rss' if 'reconstruction_rss' in f else 'reconstruction_esc'][()]
+
+
 @pytest.fixture
 def train_root(tmp_path):
-  """Two train volumes (5 + 4 slices of 16 x 12) and one val volume (7 slices)."""
+  """Two train volumes (5 + 4 slices of 16 x 12) and one val volume (7 slices), in fastMRI's layouts:
+  a and v single-coil (reconstruction_esc), b multi-coil (one coil, reconstruction_rss)."""
   rng = np.random.default_rng(0)
-  write_h5(tmp_path / 'train' / 'a.h5', reconstruction_rss=random_recon(rng, (5, 16, 12), 3e-4))
-  write_h5(tmp_path / 'train' / 'b.h5', reconstruction_rss=random_recon(rng, (4, 16, 12), 50.0))
-  write_h5(tmp_path / 'val' / 'v.h5', reconstruction_rss=random_recon(rng, (7, 16, 12), 2.0))
+  write = fastmri_files.write_volume
+  write(tmp_path / 'train' / 'a.h5', target=random_recon(rng, (5, 16, 12), 3e-4), challenge='singlecoil')
+  write(tmp_path / 'train' / 'b.h5', target=random_recon(rng, (4, 16, 12), 50.0), challenge='multicoil')
+  write(tmp_path / 'val' / 'v.h5', target=random_recon(rng, (7, 16, 12), 2.0), challenge='singlecoil')
   return tmp_path
 
 
@@ -84,7 +93,7 @@ def indexed_root(tmp_path):
   """One train volume of 12 constant slices: slice k has value (k + 1) / 12 (max 1)."""
   values = (np.arange(12, dtype=np.float32) + 1) / 12
   recon = np.broadcast_to(values[:, None, None], (12, 8, 8)).astype(np.float32)
-  write_h5(tmp_path / 'train' / 'idx.h5', reconstruction_rss=recon)
+  fastmri_files.write_volume(tmp_path / 'train' / 'idx.h5', target=recon)
   return tmp_path
 
 
@@ -164,9 +173,9 @@ def test_per_volume_scaling_to_unit_range(train_root):
   assert [p.name for p in files] == ['a.h5', 'b.h5']
   src = fastmri.FastMRISliceSource(files)
   assert len(src) == 9 and [v.num_slices for v in src.volumes] == [5, 4]
+  assert [v.metadata['target'] for v in src.volumes] == ['reconstruction_esc', 'reconstruction_rss']
   for v, path in enumerate(files):
-    with h5py.File(path) as f:
-      raw = f['reconstruction_rss'][()]
+    raw = stored_target(path)
     assert src.volumes[v].metadata['max'] == pytest.approx(float(raw.max()))
     images = src.read_volume(v)
     assert images.dtype == np.float32 and images.shape == raw.shape
@@ -190,8 +199,8 @@ def test_source_pickles_without_handles(train_root):
 
 
 def test_file_attrs_are_kept(tmp_path):
-  path = write_h5(
-    tmp_path / 'x.h5', attrs={'max': 7.0, 'acquisition': 'AXT1'}, reconstruction_rss=np.ones((1, 4, 4), np.float32)
+  path = fastmri_files.write_volume(
+    tmp_path / 'x.h5', attrs={'max': 7.0, 'acquisition': 'AXT1'}, target=np.ones((1, 4, 4), np.float32)
   )
   vol = fastmri.FastMRISliceSource([path]).volumes[0]
   assert vol.metadata['attrs']['acquisition'] == 'AXT1' and vol.metadata['attrs']['max'] == 7.0
@@ -371,8 +380,7 @@ def test_multiprocess_workers_give_the_same_batches(indexed_root):
 def test_validation_volumes(train_root):
   vols = pipeline.load_validation_volumes(data_cfg(train_root))
   assert [v['name'] for v in vols] == ['v']
-  with h5py.File(train_root / 'val' / 'v.h5') as f:
-    raw = f['reconstruction_rss'][()]
+  raw = stored_target(train_root / 'val' / 'v.h5')
   np.testing.assert_allclose(vols[0]['hr'], raw / raw.max(), rtol=1e-6)
   assert vols[0]['hr'].dtype == np.float32
   limited = pipeline.load_validation_volumes(data_cfg(train_root, val_max_slices=3))
@@ -408,8 +416,8 @@ def test_empty_split_dir(tmp_path):
 
 
 def test_hdf5_suffix_is_listed(tmp_path):
-  write_h5(tmp_path / 'train' / 'b.hdf5', reconstruction_rss=np.ones((1, 2, 2), np.float32))
-  write_h5(tmp_path / 'train' / 'a.h5', reconstruction_rss=np.ones((1, 2, 2), np.float32))
+  fastmri_files.write_volume(tmp_path / 'train' / 'b.hdf5', target=np.ones((1, 2, 2), np.float32))
+  fastmri_files.write_volume(tmp_path / 'train' / 'a.h5', target=np.ones((1, 2, 2), np.float32))
   assert [p.name for p in fastmri.list_volume_files(tmp_path, 'train')] == ['a.h5', 'b.hdf5']
 
 
@@ -424,7 +432,7 @@ def test_non_hdf5_file(tmp_path):
 
 def test_truncated_file(tmp_path):
   rng = np.random.default_rng(8)
-  path = write_h5(tmp_path / 'trunc.h5', reconstruction_rss=random_recon(rng, (4, 32, 32)))
+  path = fastmri_files.write_volume(tmp_path / 'trunc.h5', target=random_recon(rng, (4, 32, 32)))
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])
   with pytest.raises(DataError) as err:

@@ -1,6 +1,7 @@
 """Degradation steps: antialiased bicubic, Gaussian blur, k-space truncation, slice thickening, Rician
 noise, area resize, the step grammar, and the bicubic-upsampled input the pipeline hands SRCNN/DRRN."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -342,6 +343,12 @@ def test_noise_step_follows_the_rng_and_needs_one():
     (('area:axes=2',), 'area:axes=2', 'axes must be one of both|0|1'),
     (('thick:fwhm=3',), 'thick:fwhm=3', 'fwhm only applies to profile=gaussian'),
     (('kspace:0.5',), 'kspace:0.5', 'key=value'),
+    (('bicubic:matlab,a=-0.5',), 'bicubic:matlab,a=-0.5', 'a=-0.5 does not go with matlab'),
+    (('bicubic:a=-0.75, matlab',), 'bicubic:a=-0.75, matlab', 'a=-0.75 does not go with matlab'),
+    (('bicubic:cubic',), 'bicubic:cubic', "keys: axes, a) or the flag matlab, got 'cubic'"),
+    (('bicubic:axes=0,mat',), 'bicubic:axes=0,mat', "or the flag matlab, got 'mat'"),
+    (('bicubic:matlab,matlab',), 'bicubic:matlab,matlab', "flag 'matlab' given twice"),
+    (('area:matlab',), 'area:matlab', "area takes key=value arguments (keys: axes), got 'matlab'"),
   ],
 )
 def test_parse_errors_name_the_step(steps, bad, needle):
@@ -363,6 +370,9 @@ def test_parse_fills_defaults_and_keeps_the_old_syntax():
   assert t.axes == (1,) and t.param('fwhm') == 3.0 and t.param('profile') == 'gaussian'
   assert degrade.parse_degradation(('bicubic',))[0].param('a') == -0.75
   assert degrade.parse_degradation(('bicubic:a=-0.5,axes=0',))[0] == degrade.Step('bicubic', (0,), (('a', -0.5),))
+  matlab = degrade.Step('bicubic', (0, 1), (('a', -0.5), ('matlab', True)))
+  assert degrade.parse_degradation('bicubic:matlab') == (matlab,)
+  assert degrade.parse_degradation(('bicubic:axes=1, matlab',))[0] == dataclasses.replace(matlab, axes=(1,))
 
 
 def test_lr_factors_is_global_needs_rng():
@@ -372,6 +382,7 @@ def test_lr_factors_is_global_needs_rng():
     (('thick:axis=1,profile=gaussian', 'noise:snr=30'), (1, 4), False, True),
     (('kspace:window=hamming,axes=0', 'area:axes=1'), (4, 4), True, False),
     (('blur:1.0', 'bicubic:axes=1', 'noise:sigma=0.02'), (1, 4), False, True),
+    (('bicubic:matlab,axes=0', 'noise:snr=30'), (4, 1), False, True),
   ]
   x = np.random.default_rng(16).random((32, 40)).astype(np.float32)
   for steps, factors, glob, rng in cases:

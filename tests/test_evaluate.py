@@ -10,12 +10,12 @@ import json
 import subprocess
 import sys
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest
 
 from mrisr_jax import evaluate, network_variables
+from mrisr_jax.data import fastmri_files
 from mrisr_jax.data.images import write_grey
 from mrisr_jax.spec import data_spec
 from mrisr_jax.interop import convert, state_dict_io
@@ -70,10 +70,8 @@ def inputs(tmp_path_factory):
   d = tmp_path_factory.mktemp('scans')
   np.save(d / 'stack.npy', _smooth((3, 34, 30), 1))  # 34 x 30 is cropped to 34 x 30 (even), fine
   write_grey(d / 'slice.png', _smooth((41, 36), 2), bit_depth=16)  # 41 rows -> cropped to 40
-  with h5py.File(d / 'file1000.h5', 'w') as f:
-    target = _smooth((2, 32, 28), 3) * 3e-4
-    f.create_dataset('reconstruction_rss', data=target)
-    f.attrs['max'] = float(target.max())
+  # fastMRI's single-coil layout (kspace, reconstruction_esc, ismrmrd_header, attrs max/norm)
+  fastmri_files.write_volume(d / 'file1000.h5', target=_smooth((2, 32, 28), 3) * 3e-4, attrs={'acquisition': 'AXT1'})
   nib.save(
     nib.Nifti1Image((_smooth((30, 26, 4), 4) * 900).astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), d / 'brain.nii.gz'
   )

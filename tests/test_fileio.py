@@ -79,7 +79,7 @@ def test_outputs_are_created_with_mode_0666_minus_the_umask(tmp_path, umask):
   fileio.write_npy(tmp_path / 'a.npy', np.zeros(3))
   fileio.write_png(tmp_path / 'a.png', np.zeros((4, 4), np.uint8))
   write_grey(tmp_path / 'g.png', np.zeros((4, 4)), bit_depth=16)
-  info = {'ndim': 3, 'max': 2.0, 'target': 'reconstruction_rss', 'attrs': {}}
+  info = {'ndim': 3, 'max': 2.0, 'target': 'reconstruction_esc', 'attrs': {}}
   fileio.write_stack(tmp_path / 'a.h5', 'h5', np.zeros((1, 4, 4), np.float32), info)
   state_dict_io.save_state_dict({'w': np.zeros(3, np.float32)}, tmp_path / 'w.safetensors')
   # a writer that creates its file privately (as mkstemp does) does not leak 0600 into the output

@@ -208,20 +208,24 @@ def test_nifti_round_trip_keeps_geometry_and_intensity_scale(srcnn, tmp_path):
 def test_fastmri_h5_to_h5_and_npy(srcnn, tmp_path):
   import h5py
 
+  from mrisr_jax.data import fastmri_files
+
   config, _, path = srcnn
-  target = _smooth((2, 16, 12), seed=3) * 5e-4
-  with h5py.File(tmp_path / 'file1000.h5', 'w') as f:
-    f.create_dataset('reconstruction_rss', data=target)
-    f.attrs['acquisition'] = 'CORPD_FBK'
-    f.attrs['max'] = float(target.max())
+  target = (_smooth((2, 16, 12), seed=3) * 5e-4).astype(np.float32)
+  # fastMRI's single-coil layout: kspace, reconstruction_esc, ismrmrd_header, attrs
+  fastmri_files.write_volume(tmp_path / 'file1000.h5', target=target, attrs={'acquisition': 'CORPD_FBK'})
   infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.npy')
   infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.h5')
   sr = np.load(tmp_path / 'sr.npy')
   assert sr.shape == (2, 64, 48) and 0 <= sr.min() and sr.max() <= 1
   with h5py.File(tmp_path / 'sr.h5', 'r') as f:
-    np.testing.assert_allclose(f['reconstruction_sr'][()], sr * target.max(), rtol=1e-6)
+    # as fastMRI's save_reconstructions writes it (its evaluate.py reads recons['reconstruction'])
+    assert list(f) == ['reconstruction'] and f['reconstruction'].dtype == np.float32
+    np.testing.assert_allclose(f['reconstruction'][()], sr * target.max(), rtol=1e-6)
     assert f.attrs['acquisition'] == 'CORPD_FBK' and f.attrs['sr_scale'] == 4
-    assert f.attrs['sr_target'] == 'reconstruction_rss' and f.attrs['sr_model'] == 'srcnn'
+    assert f.attrs['sr_target'] == 'reconstruction_esc' and f.attrs['sr_model'] == 'srcnn'
+    assert f.attrs['max'] == pytest.approx(float(f['reconstruction'][()].max()))
+    assert f.attrs['norm'] == pytest.approx(float(np.linalg.norm(f['reconstruction'][()].astype(np.float64))))
   assert sorted(p.name for p in tmp_path.iterdir()) == ['file1000.h5', 'sr.h5', 'sr.npy']  # no temp files
   with pytest.raises(infer.InferError, match='can be written as .npy or .h5'):
     infer.infer(config, path, tmp_path / 'file1000.h5', tmp_path / 'sr.png')

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pathlib
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest
 
-from mrisr_jax.data import degrade, images, pipeline, splits
+from mrisr_jax.data import degrade, fastmri_files, images, pipeline, splits
 from mrisr_jax.data.errors import DataError
 
 pytestmark = pytest.mark.unit
@@ -36,10 +35,8 @@ def cfg(root, **kw):
 
 
 def write_h5(path: pathlib.Path, image: np.ndarray) -> pathlib.Path:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with h5py.File(path, 'w') as f:
-    f.create_dataset('reconstruction_rss', data=image.astype(np.float32))
-  return path
+  """A single-coil volume in fastMRI's layout (kspace, reconstruction_esc = image, ismrmrd_header)."""
+  return fastmri_files.write_volume(path, target=image.astype(np.float32), challenge='singlecoil')
 
 
 def write_nifti(path: pathlib.Path, volume: np.ndarray) -> pathlib.Path:

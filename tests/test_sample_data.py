@@ -39,8 +39,11 @@ def test_sample_exists_and_is_small():
 def test_schema(split):
   for path in _files(split):
     with h5py.File(path, 'r') as f:
-      assert {'kspace', 'reconstruction_rss'} <= set(f.keys())
-      recon, kspace = f['reconstruction_rss'], f['kspace']
+      # fastMRI's single-coil layout (tests/test_fastmri_layout.py checks it against fastMRI's rules)
+      assert set(f.keys()) == {'ismrmrd_header', 'kspace', 'reconstruction_esc'}
+      recon, kspace = f['reconstruction_esc'], f['kspace']
+      header = fastmri.parse_ismrmrd_header(f['ismrmrd_header'][()], path)
+      assert header['encoding_size'] == header['recon_size'] == (*recon.shape[1:], 1)
       assert recon.dtype == np.float32 and recon.ndim == 3
       assert kspace.dtype == np.complex64 and kspace.shape == recon.shape
       assert recon.compression == 'gzip' and kspace.compression == 'gzip'
@@ -57,9 +60,10 @@ def test_schema(split):
 
 
 def test_enough_slices():
-  train = len(fastmri.FastMRISliceSource(_files('train')))
-  val = len(fastmri.FastMRISliceSource(_files('val')))
-  assert train >= 24 and val >= 6
+  train = fastmri.FastMRISliceSource(_files('train'))
+  val = fastmri.FastMRISliceSource(_files('val'))
+  assert len(train) >= 24 and len(val) >= 6
+  assert {v.metadata['target'] for v in train.volumes + val.volumes} == {'reconstruction_esc'}
 
 
 def test_train_val_slabs_disjoint_with_gap():
@@ -75,10 +79,10 @@ def test_train_val_slabs_disjoint_with_gap():
   near_val = {z + d for z in val for d in (-1, 0, 1)}
   assert not train & near_val
   # and the pixel data agree: no val slice equals a train slice
-  train_imgs = np.concatenate([h5py.File(p, 'r')['reconstruction_rss'][()] for p in _files('train')])
+  train_imgs = np.concatenate([h5py.File(p, 'r')['reconstruction_esc'][()] for p in _files('train')])
   for path in _files('val'):
     with h5py.File(path, 'r') as f:
-      for img in f['reconstruction_rss'][()]:
+      for img in f['reconstruction_esc'][()]:
         assert np.abs(train_imgs - img).reshape(len(train_imgs), -1).max(axis=1).min() > 0.05
 
 
@@ -86,7 +90,7 @@ def test_kspace_consistent_with_recon():
   for split in ('train', 'val'):
     for path in _files(split):
       with h5py.File(path, 'r') as f:
-        recon = f['reconstruction_rss'][()]
+        recon = f['reconstruction_esc'][()]
         kspace = f['kspace'][()]
       mag = np.abs(_ifft2c(kspace.astype(np.complex128)))
       assert np.max(np.abs(mag - recon)) <= 1e-5

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Builds mrisr_jax/sample_data/ (real MRI in the fastMRI HDF5 schema) from the MNI ICBM152 template.
+"""Builds mrisr_jax/sample_data/ (real MRI in the fastMRI HDF5 layout) from the MNI ICBM152 template.
 
 Source: the MNI ICBM152 2009a symmetric T1 template (1 mm, 197 x 233 x 189, uint8) that the
 `nilearn` wheel on PyPI carries as
@@ -13,11 +13,15 @@ Steps (deterministic):
      192 x 168 (H x W) window centred on the head (every dimension divisible by 2, 3, 4, 8);
   3. three disjoint axial slabs, every 2nd slice, with gaps of >= 5 unused slices between
      them: inferior -> train, middle -> val, superior -> train;
-  4. per slab one HDF5 file in the fastMRI schema:
-       reconstruction_rss float32 (S, H, W)
+  4. per slab one HDF5 file in fastMRI's single-coil layout (mrisr_jax.data.fastmri_files.write_volume),
+     which fastMRI's own SliceDataset(challenge='singlecoil') reads:
        kspace             complex64 (S, H, W), single coil:
                           kspace = fftshift(fft2(ifftshift(img), norm='ortho'))   (fastmri.fft2c)
                           so img = |fftshift(ifft2(ifftshift(kspace), norm='ortho'))| (fastmri.ifft2c)
+       reconstruction_esc float32 (S, H, W), the image (the single-coil challenge's target key)
+       ismrmrd_header     ISMRMRD XML: encoded and recon matrix (x, y, z) = (H, W, 1), 1 mm voxels,
+                          kspace_encoding_step_1 center W // 2, maximum W - 1 (fully sampled:
+                          fastMRI's padding_left 0, padding_right W)
        attrs: max (recon volume max), norm (its L2 norm), acquisition 'AXT1',
               patient_id 'mni152_2009a', plus provenance (source file, z indices, crop box).
      gzip level 9, one chunk per slice, no timestamps -> byte-identical reruns.
@@ -40,13 +44,15 @@ import sys
 import tempfile
 import zipfile
 
-import h5py
-import nibabel as nib
-import numpy as np
-
-from mrisr_jax.data.fastmri import fft2c, ifft2c
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mrisr_jax.data import fastmri_files  # noqa: E402
+from mrisr_jax.data.fastmri import fft2c, ifft2c  # noqa: E402
+
 DEFAULT_OUT = REPO / 'mrisr_jax' / 'sample_data'
 NIFTI_NAME = 'mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz'
 NIFTI_IN_WHEEL = 'nilearn/datasets/data/' + NIFTI_NAME
@@ -97,39 +103,29 @@ def axial_slice(vol: np.ndarray, z: int) -> np.ndarray:
   return (img.astype(np.float64) / 255.0).astype(np.float32)
 
 
-def write_volume(path: pathlib.Path, recon: np.ndarray, zs: list[int], source_name: str) -> None:
+def write_slab(path: pathlib.Path, recon: np.ndarray, zs: list[int], source_name: str) -> None:
+  """One slab in fastMRI's single-coil layout (mrisr_jax.data.fastmri_files.write_volume)."""
   kspace = fft2c(recon.astype(np.float64)).astype(np.complex64)
   check = np.abs(ifft2c(kspace.astype(np.complex128)))
   err = float(np.max(np.abs(check - recon)))
   if err > 1e-5:
     raise SystemExit(f'{path}: kspace round trip error {err:g} > 1e-5')
-  chunks = (1,) + recon.shape[1:]
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with h5py.File(path, 'w', track_order=False) as f:
-    f.create_dataset('kspace', data=kspace, chunks=chunks, compression='gzip', compression_opts=9, track_times=False)
-    f.create_dataset(
-      'reconstruction_rss',
-      data=recon,
-      chunks=chunks,
-      compression='gzip',
-      compression_opts=9,
-      shuffle=True,
-      track_times=False,
-    )
-    f.attrs['max'] = float(recon.max())
-    f.attrs['norm'] = float(np.linalg.norm(recon.astype(np.float64)))
-    f.attrs['acquisition'] = 'AXT1'
-    f.attrs['patient_id'] = 'mni152_2009a'
-    f.attrs['source'] = f'MNI ICBM152 2009a T1 template ({source_name}), see LICENSE_MNI152.txt'
-    f.attrs['slice_z_ras'] = np.asarray(zs, dtype=np.int32)
-    f.attrs['crop_yx_ras'] = np.asarray(
-      [CENTRE_Y - CROP_H // 2, CENTRE_X - CROP_W // 2, CROP_H, CROP_W], dtype=np.int32
-    )
-    f.attrs['orientation'] = 'rows anterior->posterior, columns subject left->right'
-    f.attrs['kspace_convention'] = (
+  attrs = {
+    'acquisition': 'AXT1',
+    'patient_id': 'mni152_2009a',
+    'source': f'MNI ICBM152 2009a T1 template ({source_name}), see LICENSE_MNI152.txt',
+    'slice_z_ras': np.asarray(zs, dtype=np.int32),
+    'crop_yx_ras': np.asarray([CENTRE_Y - CROP_H // 2, CENTRE_X - CROP_W // 2, CROP_H, CROP_W], dtype=np.int32),
+    'orientation': 'rows anterior->posterior, columns subject left->right',
+    'kspace_convention': (
       "fastmri.fft2c: fftshift(fft2(ifftshift(img), norm='ortho')); img = |fastmri.ifft2c(kspace)|"
-    )
-    f.attrs['max_roundtrip_error'] = err
+    ),
+    'max_roundtrip_error': err,
+  }
+  # 1 mm voxels in every direction (rows, columns, slice thickness); max and norm of the recon.
+  fastmri_files.write_volume(
+    path, kspace=kspace, target=recon, challenge='singlecoil', attrs=attrs, voxel_mm=(1.0, 1.0, 1.0), gzip=9
+  )
 
 
 def main(argv=None) -> int:
@@ -162,7 +158,7 @@ def main(argv=None) -> int:
     zs = list(range(z0, z1 + 1, SLICE_STEP))
     recon = np.stack([axial_slice(vol, z) for z in zs])
     path = out / split / f'{stem}.h5'
-    write_volume(path, recon, zs, NIFTI_NAME)
+    write_slab(path, recon, zs, NIFTI_NAME)
     size = path.stat().st_size
     total += size
     rows.append((path.relative_to(out), recon.shape, zs, size))
@@ -173,7 +169,7 @@ def main(argv=None) -> int:
   assert not (taken['train'] & taken['val']), 'train/val slabs touch'
   for rel, shape, zs, size in rows:
     print(
-      f'{rel}: recon {shape} float32 + kspace complex64, z={zs[0]}..{zs[-1]} step {SLICE_STEP}'
+      f'{rel}: reconstruction_esc {shape} float32 + kspace complex64 + ismrmrd_header, z={zs[0]}..{zs[-1]} step {SLICE_STEP}'
       f' ({len(zs)} slices), {size} bytes'
     )
   print(f'total {total} bytes in {out}')

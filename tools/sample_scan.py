@@ -31,7 +31,7 @@ def sample_volume(scale: int = 1, degradation=('area',)) -> nib.Nifti1Image:
   columns, as the degradation reduces them: `thick:axis=1` makes thick slices along x)."""
   fy, fx = degrade.lr_factors(tuple(degradation), scale) if scale > 1 else (1, 1)
   with h5py.File(sample.SAMPLE_DIR / SLAB, 'r') as f:
-    slab = np.asarray(f['reconstruction_rss'], np.float32)  # (slices, rows, cols)
+    slab = np.asarray(f['reconstruction_esc'], np.float32)  # (slices, rows, cols), fastMRI single-coil key
     z = np.asarray(f.attrs['slice_z_ras'], np.float64)
   if scale > 1:  # each slice cropped to a multiple of the scale, then degraded as training does
     slab = np.stack(

@@ -12,11 +12,15 @@ Shape-reducing steps (each axis may be reduced by exactly one of them, by s):
 * `bicubic` (`bicubic_resize(..., antialias=True)`): Keys cubic convolution
       k(t) = (a+2)|t|^3 - (a+3)|t|^2 + 1           for |t| <= 1
              a|t|^3 - 5a|t|^2 + 8a|t| - 4a          for 1 < |t| < 2,   0 otherwise,
-  a = -0.75 (PyTorch/OpenCV; PIL and torch antialias use -0.5). Shrinking by s stretches the kernel
-  (PIL / MATLAB imresize / torch antialias=True): LR[k] = sum_i k((i + 0.5 - c_k) / s) HR[i] /
+  a = -0.75 (PyTorch/OpenCV; PIL, MATLAB and torch antialias use -0.5). Shrinking by s stretches the
+  kernel (as PIL / torch antialias=True do): LR[k] = sum_i k((i + 0.5 - c_k) / s) HR[i] /
   sum_i k(...), c_k = (k + 0.5) s, over the pixels i inside the image (renormalised at borders).
-  Without antialias (upsampling, `bicubic_upsample`) it is torch's `mode='bicubic',
-  align_corners=False`: half-pixel centres, 4 taps, border replicate. Two weight-matrix products.
+  With `a=-0.5` this is PIL's BICUBIC and torch's antialias=True. `bicubic:matlab`
+  (`bicubic_resize_matlab`) is MATLAB's imresize: a = -0.5, the same stretch, but taps outside the
+  image mirrored onto it (HR[-1 - i] = HR[i]) instead of dropped; inside (2 LR pixels from the
+  borders) it equals a=-0.5. Without antialias (upsampling, `bicubic_upsample`) it is torch's
+  `mode='bicubic', align_corners=False`: half-pixel centres, 4 taps, border replicate. Two
+  weight-matrix products. Measured differences: docs/degradations.md.
 * `kspace` (`kspace_truncate`): what a scanner does when it acquires a smaller matrix. Per reduced
   axis of length n, m = n/s: K = fftshift(fft(ifftshift(x)), norm='ortho'); keep K[n//2 - m//2 :
   n//2 - m//2 + m] (DC stays at the block's index m//2); multiply by the window w (separable) and by
@@ -143,7 +147,7 @@ def area_resize(x, out_h: int, out_w: int) -> np.ndarray:
 
 
 def _cubic(t: np.ndarray, a: float = _CUBIC_A) -> np.ndarray:
-  """Keys cubic convolution kernel; a = -0.75 as in PyTorch/OpenCV (PIL and torch antialias use -0.5)."""
+  """Keys cubic convolution kernel; a = -0.75 as in PyTorch/OpenCV (PIL, MATLAB, torch antialias: -0.5)."""
   t = np.abs(t)
   t2, t3 = t * t, t * t * t
   near = (a + 2) * t3 - (a + 3) * t2 + 1
@@ -203,6 +207,55 @@ def bicubic_resize(x, out_h: int, out_w: int, antialias: bool = False, a: float 
   mw = _bicubic_matrix(w, out_w, antialias, a).astype(dtype)
   x = x.astype(dtype, copy=False)
   return np.ascontiguousarray(np.matmul(np.matmul(mh, x), mw.T))
+
+
+@functools.lru_cache(maxsize=64)
+def _matlab_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) float64 matrix of MATLAB's imresize(x, [out_size, ...]) (bicubic) along one axis.
+
+  Same sample positions as `_bicubic_matrix` (src = (dst + 0.5) r - 0.5, r = in / out); a = -0.5; the
+  kernel stretched by r when shrinking (MATLAB's default antialiasing); taps outside the image are
+  mirrored half-sample symmetrically (-1 -> 0, n -> n - 1, periodic in 2n) onto pixels inside, and
+  the weights are normalised to sum to 1 before mirroring, as MATLAB's `contributions` does.
+  """
+  r = in_size / out_size
+  stretch = max(r, 1.0)  # antialiasing widens the kernel only when shrinking
+  src = (np.arange(out_size, dtype=np.float64) + 0.5) * r - 0.5
+  first = np.floor(src - 2.0 * stretch).astype(np.int64)
+  taps = first[:, None] + np.arange(int(math.ceil(4.0 * stretch)) + 2)
+  weights = _cubic((taps - src[:, None]) / stretch, -0.5)
+  weights /= weights.sum(axis=1, keepdims=True)
+  period = np.mod(taps, 2 * in_size)
+  inside = np.where(period < in_size, period, 2 * in_size - 1 - period)
+  mat = np.zeros((out_size, in_size), dtype=np.float64)
+  np.add.at(mat, (np.broadcast_to(np.arange(out_size)[:, None], taps.shape), inside), weights)
+  mat.setflags(write=False)
+  return mat
+
+
+def bicubic_resize_matlab(x, out_h: int, out_w: int) -> np.ndarray:
+  """MATLAB's `imresize(x, [out_h, out_w])` (bicubic, antialiasing on) of the last two axes.
+
+  The `bicubic:matlab` degradation. Keys kernel with a = -0.5, stretched by the factor when shrinking
+  (no stretch when enlarging), half-pixel centres like `bicubic_resize`, and MATLAB's border rule:
+  taps outside the image are mirrored symmetrically onto the pixels inside (x[-1] = x[0],
+  x[n] = x[n - 1]), the weights normalised to sum 1. Away from the borders it equals
+  `bicubic_resize(x, out_h, out_w, antialias=True, a=-0.5)` (PIL's BICUBIC, torch's antialias=True);
+  they differ only within the kernel's reach (2 r input pixels, r = in / out >= 1) of the borders.
+  MATLAB's `imresize(x, 1/s)` is the same when s divides the sides (otherwise MATLAB keeps the
+  scale 1/s for ceil(n/s) outputs, which an output size cannot say). Float32/float64 inputs keep
+  their dtype; others come back as float32.
+  """
+  x = _check_image(x, 'bicubic_resize_matlab')
+  out_h = operator.index(out_h)
+  out_w = operator.index(out_w)
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f'bicubic_resize_matlab: output size must be positive, got ({out_h}, {out_w})')
+  h, w = x.shape[-2:]
+  if h < 1 or w < 1:
+    raise ValueError(f'bicubic_resize_matlab: empty image of shape {tuple(x.shape)}')
+  x = x.astype(_float_dtype(x), copy=False)
+  return np.ascontiguousarray(_along(_along(x, _matlab_matrix(h, out_h), 0), _matlab_matrix(w, out_w), 1))
 
 
 def spline_resize(x, out_h: int, out_w: int) -> np.ndarray:
@@ -437,6 +490,7 @@ _KEYS = {  # step -> accepted keys; the first four reduce the image
   'blur': ('sigma',),
   'noise': ('snr', 'sigma'),
 }
+_FLAGS = {'bicubic': ('matlab',)}  # bare words accepted among the key=value pairs
 _REDUCING = ('area', 'bicubic', 'kspace', 'thick')
 _AXES = {'both': (0, 1), '0': (0,), '1': (1,)}
 
@@ -469,15 +523,23 @@ def _parse_step(spec) -> Step:
   if name not in _KEYS:
     fail(f'unknown step {name!r}; known: {", ".join(_KEYS)} (e.g. area, kspace:window=hamming, blur:1.0, noise:snr=30)')
   keys = _KEYS[name]
+  flags = _FLAGS.get(name, ())
   raw: dict[str, str] = {}
+  given: set[str] = set()  # bare flags, e.g. bicubic:matlab
   if colon:
     pieces = [p.strip() for p in args.split(',')]
-    if len(pieces) == 1 and '=' not in pieces[0]:
-      if name != 'blur':  # a bare number is kept for blur:SIGMA only
-        fail(f'{name} takes key=value arguments (keys: {", ".join(keys)}), got {args!r}')
+    if len(pieces) == 1 and '=' not in pieces[0] and name == 'blur':  # a bare number: blur:SIGMA only
       raw['sigma'] = pieces[0]
     else:
       for piece in pieces:
+        if '=' not in piece and (len(pieces) == 1 or (flags and piece)):  # a flag (or a misplaced bare word)
+          if piece not in flags:
+            also = f' or the flag {"|".join(flags)}' if flags else ''
+            fail(f'{name} takes key=value arguments (keys: {", ".join(keys)}){also}, got {piece!r}')
+          if piece in given:
+            fail(f'flag {piece!r} given twice')
+          given.add(piece)
+          continue
         key, eq, value = (part.strip() for part in piece.partition('='))
         if not eq or not key or not value:
           fail(f'expected key=value, got {piece!r}')
@@ -505,7 +567,12 @@ def _parse_step(spec) -> Step:
   axes = _AXES[choice('axes', _AXES, 'both')] if name in ('area', 'bicubic', 'kspace') else ()
   params: dict[str, Any] = {}
   if name == 'bicubic':
-    params['a'] = number('a', positive=False) if 'a' in raw else _CUBIC_A
+    if 'matlab' in given:
+      if 'a' in raw:
+        fail(f'a={raw["a"]} does not go with matlab, which fixes a = -0.5 (MATLAB imresize); drop one of them')
+      params['a'], params['matlab'] = -0.5, True
+    else:
+      params['a'] = number('a', positive=False) if 'a' in raw else _CUBIC_A
   elif name == 'kspace':
     params['window'] = choice('window', _WINDOWS, 'none')
     if 'alpha' in raw:
@@ -566,6 +633,7 @@ def parse_degradation(steps) -> tuple[Step, ...]:
   sigma). Steps and keys (defaults first):
     area[:axes=both|0|1]                  block mean by the scale
     bicubic[:axes=both|0|1,a=-0.75]       antialiased Keys cubic shrink
+    bicubic:matlab[,axes=both|0|1]        MATLAB imresize (a = -0.5, mirrored borders); no a=
     kspace[:window=none|hamming|tukey,alpha=0.5,axes=both|0|1]   central k-space crop
     thick[:axis=0|1,profile=box|gaussian,fwhm=SCALE]             slice thickening along one axis
     blur:SIGMA | blur:sigma=SIGMA         Gaussian blur (shape-preserving)
@@ -607,7 +675,10 @@ def _reduce(x: np.ndarray, step: Step, scale: int) -> np.ndarray:
   if step.name == 'bicubic':
     for axis in step.axes:
       n = _divisible(x, scale, axis, 'bicubic')
-      x = _along(x, _bicubic_matrix(n, n // scale, True, step.param('a')), axis)
+      mat = (
+        _matlab_matrix(n, n // scale) if step.param('matlab') else _bicubic_matrix(n, n // scale, True, step.param('a'))
+      )
+      x = _along(x, mat, axis)
     return np.ascontiguousarray(x)
   if step.name == 'kspace':
     factors = tuple(scale if axis in step.axes else 1 for axis in (0, 1))

@@ -438,15 +438,16 @@ class FastMRISliceSource(SliceSource):
     }
     return VolumeInfo(path=path, name=path.stem, num_slices=shape[0], shape=tuple(out_shape), metadata=metadata)
 
-  def read_slice(self, v: int, s: int) -> np.ndarray:
+  def read_target(self, v: int, s: int) -> np.ndarray:
+    """Slice s of volume v before normalisation: the stored reconstruction, or the cropped RSS."""
     vol = self.volumes[v]
-    key = vol.metadata['target']
     raw = self._read(v, s)
-    if key == KSPACE_KEY:
-      target = _target_from_kspace(raw, vol.metadata['crop_size'], raw.ndim == 3)
-    else:
-      target = raw
-    image = target / vol.metadata['max']
+    if vol.metadata['target'] == KSPACE_KEY:
+      return _target_from_kspace(raw, vol.metadata['crop_size'], raw.ndim == 3)
+    return raw
+
+  def read_slice(self, v: int, s: int) -> np.ndarray:
+    image = self.read_target(v, s) / self.volumes[v].metadata['max']
     return image.astype(np.float32, copy=False)
 
   def close(self) -> None:

@@ -4,7 +4,9 @@ Formats (data.format):
   fastmri  root/SPLIT/*.h5 (.hdf5)                  mrisr_jax.data.fastmri.FastMRISliceSource
   nifti    root/SPLIT/*.nii, *.nii.gz               mrisr_jax.data.nifti.NiftiSliceSource
   images   root/SPLIT/HR/*.png [+ LR/x{s}/*.png]    mrisr_jax.data.images.ImageFolderSource
-  auto     the first of these that SPLIT holds (an HR/ folder, then .h5, then NIfTI)
+  tfds     split SPLIT of a built `fastmri_slices` TFDS dataset (data.tfds_dir, data.tfds_name)
+                                                     mrisr_jax.data.tfds_source.TfdsSliceSource
+  auto     the first of these that SPLIT holds (an HR/ folder, then .h5, then NIfTI; never tfds)
 
 Splits are by volume, so no volume feeds both training and validation:
   * data.val_fraction == 0: train = root/train_split, validation = root/val_split; a volume name found
@@ -87,47 +89,100 @@ def _list(fmt: str, directory: pathlib.Path) -> list[pathlib.Path]:
   return images.list_files(directory)
 
 
-def split_files(data, split: str) -> tuple[str, pathlib.Path, list[pathlib.Path]]:
-  """(format, split directory, files) of the 'train' or 'val' split, after the volume filters."""
+def split_files(data, split: str) -> tuple[str, pathlib.Path, list]:
+  """(format, split directory, files) of the 'train' or 'val' split, after the volume filters.
+
+  For data.format=tfds the "files" are the volume names of the built dataset's split, in record order,
+  and the directory is the dataset's split (the metadata is read; no record is).
+  """
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
   data = data_spec(data)
+  if data.format == 'tfds':
+    return _tfds_split(data, split)
   root, _ = sample.resolve_data_root(data.root)
-  fmt, val_fraction, sample_rate = data.format, data.val_fraction, data.volume_sample_rate
+  fmt = data.format
   train_dir, val_dir = root / data.train_split, root / data.val_split
-  directory = train_dir if (split == 'train' or val_fraction > 0) else val_dir
+  directory = train_dir if (split == 'train' or data.val_fraction > 0) else val_dir
   if fmt == 'auto':
     fmt = detect_format(directory)
-  files = _list(fmt, directory)
-  if val_fraction > 0:
-    files = [p for p in files if (_name_hash(volume_name(p)) < val_fraction) == (split == 'val')]
-    if not files:
-      raise DataError(
-        f'{directory}: data.val_fraction={val_fraction} leaves the {split} split empty '
-        f'({len(_list(fmt, directory))} volumes in all)'
-      )
-  elif split == 'train' and val_dir.is_dir():
+
+  def other_split():
     try:
-      val_names = {volume_name(p) for p in _list(fmt, val_dir)}
+      return [volume_name(p) for p in _list(fmt, val_dir)] if val_dir.is_dir() else []
     except DataError:
-      val_names = set()
-    shared = sorted(val_names & {volume_name(p) for p in files})
+      return []
+
+  files = _select(_list(fmt, directory), volume_name, split, data, directory, other_split, (train_dir, val_dir))
+  return fmt, directory, files
+
+
+def _tfds_split(data, split: str) -> tuple[str, pathlib.Path, list[str]]:
+  from mrisr_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+
+  builder = tfds_source.open_builder(data.tfds_dir, data.tfds_name)
+  here = pathlib.Path(str(builder.data_dir))
+  name = data.train_split if (split == 'train' or data.val_fraction > 0) else data.val_split
+  stored = sorted(builder.info.splits.keys())
+  if name not in stored:
+    key = 'train_split' if name == data.train_split else 'val_split'
+    raise DataError(f'{here}: data.{key}={name!r} is not a split of the dataset (it has {stored})')
+
+  def other_split():
+    return tfds_source.volume_names(builder, data.val_split) if data.val_split in stored else []
+
+  names = tfds_source.volume_names(builder, name)
+  return (
+    'tfds',
+    here / name,
+    _select(names, str, split, data, here / name, other_split, (here / data.train_split, here / data.val_split)),
+  )
+
+
+def _select(items: list, name_of, split: str, data, directory: pathlib.Path, other_split, split_dirs) -> list:
+  """The items (files or volume names, in their order) of `split` after data.val_fraction, the
+  train/val overlap check and data.volume_sample_rate; `other_split()` lists the val split's names."""
+  val_fraction, sample_rate = data.val_fraction, data.volume_sample_rate
+  if val_fraction > 0:
+    kept = [p for p in items if (_name_hash(name_of(p)) < val_fraction) == (split == 'val')]
+    if not kept:
+      raise DataError(
+        f'{directory}: data.val_fraction={val_fraction} leaves the {split} split empty ({len(items)} volumes in all)'
+      )
+    items = kept
+  elif split == 'train':
+    shared = sorted(set(other_split()) & {name_of(p) for p in items})
     if shared:
+      train_dir, val_dir = split_dirs
       raise DataError(
         f'{val_dir}: volume {shared[0]!r} is in both {train_dir.name} and {val_dir.name} '
         f'({len(shared)} shared); a volume may feed only one split'
       )
   if split == 'train' and sample_rate < 1:
-    keep = max(1, round(sample_rate * len(files)))
-    ranked = sorted(files, key=lambda p: (_name_hash('sample:' + volume_name(p)), p.name))
-    files = sorted(ranked[:keep])
+    keep = max(1, round(sample_rate * len(items)))
+    ranked = sorted(items, key=lambda p: (_name_hash('sample:' + name_of(p)), name_of(p)))
+    chosen = set(ranked[:keep])
+    items = [p for p in items if p in chosen]  # in their order (the files are sorted)
     logging.info('data.volume_sample_rate=%g: training on %d volumes', sample_rate, keep)
-  return fmt, directory, files
+  return items
 
 
 def build_source(fmt: str, directory: pathlib.Path, files, data: DataSpec, scale: int | None, min_shape) -> SliceSource:
   data = data_spec(data)
   common = dict(skip_bad_files=data.skip_bad_files, min_shape=min_shape)
+  if fmt == 'tfds':
+    from mrisr_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+
+    return tfds_source.TfdsSliceSource(
+      data.tfds_dir,
+      data.tfds_name,
+      directory.name,
+      files,
+      target_key=data.target_key,
+      acquisitions=data.acquisitions,
+      crop_to_recon_size=data.crop_to_recon_size,
+      **common,
+    )
   if fmt == 'fastmri':
     from mrisr_jax.data import fastmri  # pylint: disable=g-import-not-at-top
 
