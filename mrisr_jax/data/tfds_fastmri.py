@@ -34,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 from typing import Any
@@ -165,7 +166,9 @@ def extract_split(files, cache_dir, target_key: str, num_workers: int, skip_bad_
   args = [(f, cache_dir, target_key) for f in files]
   bar = tqdm(total=len(files), desc=desc, unit='file', disable=None)
   if num_workers > 1:
-    with concurrent.futures.ProcessPoolExecutor(max_workers=num_workers) as pool:
+    # spawn, not fork: the caller may hold JAX's (or grain's) threads, which a forked child would inherit locked
+    spawn = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(max_workers=num_workers, mp_context=spawn) as pool:
       entries = []
       for entry in pool.map(extract_volume, *zip(*args)):
         entries.append(entry)
