@@ -185,6 +185,17 @@ def _bicubic_matrix(in_size: int, out_size: int, antialias: bool = False, a: flo
   return mat
 
 
+def _resize_args(x, out_h, out_w, name: str):
+  """(image, out_h, out_w) checked for a resize: an image with non-empty last two axes, positive integer sizes."""
+  x = _check_image(x, name)
+  out_h, out_w = operator.index(out_h), operator.index(out_w)
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f'{name}: output size must be positive, got ({out_h}, {out_w})')
+  if min(x.shape[-2:]) < 1:
+    raise ValueError(f'{name}: empty image of shape {tuple(x.shape)}')
+  return x, out_h, out_w
+
+
 def bicubic_resize(x, out_h: int, out_w: int, antialias: bool = False, a: float = _CUBIC_A) -> np.ndarray:
   """Bicubic resize of the last two axes to (out_h, out_w).
 
@@ -194,14 +205,8 @@ def bicubic_resize(x, out_h: int, out_w: int, antialias: bool = False, a: float 
   torch's `antialias=True` (and PIL), which use that kernel.
   Float32/float64 inputs keep their dtype; others come back as float32.
   """
-  x = _check_image(x, 'bicubic_resize')
-  out_h = operator.index(out_h)
-  out_w = operator.index(out_w)
-  if out_h < 1 or out_w < 1:
-    raise ValueError(f'bicubic_resize: output size must be positive, got ({out_h}, {out_w})')
+  x, out_h, out_w = _resize_args(x, out_h, out_w, 'bicubic_resize')
   h, w = x.shape[-2:]
-  if h < 1 or w < 1:
-    raise ValueError(f'bicubic_resize: empty image of shape {tuple(x.shape)}')
   dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
   mh = _bicubic_matrix(h, out_h, antialias, a).astype(dtype)
   mw = _bicubic_matrix(w, out_w, antialias, a).astype(dtype)
@@ -246,14 +251,8 @@ def bicubic_resize_matlab(x, out_h: int, out_w: int) -> np.ndarray:
   scale 1/s for ceil(n/s) outputs, which an output size cannot say). Float32/float64 inputs keep
   their dtype; others come back as float32.
   """
-  x = _check_image(x, 'bicubic_resize_matlab')
-  out_h = operator.index(out_h)
-  out_w = operator.index(out_w)
-  if out_h < 1 or out_w < 1:
-    raise ValueError(f'bicubic_resize_matlab: output size must be positive, got ({out_h}, {out_w})')
+  x, out_h, out_w = _resize_args(x, out_h, out_w, 'bicubic_resize_matlab')
   h, w = x.shape[-2:]
-  if h < 1 or w < 1:
-    raise ValueError(f'bicubic_resize_matlab: empty image of shape {tuple(x.shape)}')
   x = x.astype(_float_dtype(x), copy=False)
   return np.ascontiguousarray(_along(_along(x, _matlab_matrix(h, out_h), 0), _matlab_matrix(w, out_w), 1))
 
