@@ -59,7 +59,7 @@ def main() -> None:
   from mrisr_jax.data import tfds_source
   from mrisr_jax.data.errors import DataError
 
-  tfds, tfds_fastmri = tfds_source._import_tfds()  # pylint: disable=protected-access
+  tfds, tfds_fastmri = tfds_source.import_tfds()
   if a.num_workers < 1:
     raise DataError(f'--num_workers: {a.num_workers} must be >= 1')
   name = f'{tfds_fastmri.NAME}/{a.config}'

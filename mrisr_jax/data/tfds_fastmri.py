@@ -32,10 +32,10 @@ A bad file stops the build with one line naming it, or is skipped and counted wi
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import multiprocessing
-import os
 import pathlib
 from typing import Any
 
@@ -163,20 +163,18 @@ def extract_split(files, cache_dir, target_key: str, num_workers: int, skip_bad_
 
   cache_dir = pathlib.Path(cache_dir)
   cache_dir.mkdir(parents=True, exist_ok=True)
-  args = [(f, cache_dir, target_key) for f in files]
   bar = tqdm(total=len(files), desc=desc, unit='file', disable=None)
-  if num_workers > 1:
-    # spawn, not fork: the caller may hold JAX's (or grain's) threads, which a forked child would inherit locked
-    spawn = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(max_workers=num_workers, mp_context=spawn) as pool:
-      entries = []
-      for entry in pool.map(extract_volume, *zip(*args)):
-        entries.append(entry)
-        bar.update()
-  else:
-    entries = []
-    for a in args:
-      entries.append(extract_volume(*a))
+  entries = []
+  with contextlib.ExitStack() as stack:
+    if num_workers > 1:
+      # spawn, not fork: the caller may hold JAX's (or grain's) threads, which a forked child would inherit locked
+      spawn = multiprocessing.get_context('spawn')
+      pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(max_workers=num_workers, mp_context=spawn))
+      results = pool.map(extract_volume, files, [cache_dir] * len(files), [target_key] * len(files))
+    else:
+      results = (extract_volume(f, cache_dir, target_key) for f in files)
+    for entry in results:
+      entries.append(entry)
       bar.update()
   bar.close()
   volumes, skipped = [], []
@@ -244,7 +242,7 @@ class FastmriSlices(tfds.core.GeneratorBasedBuilder):
     name = self.builder_config.name
     layout = LAYOUTS[name]
     folders = split_folders(dl_manager.manual_dir, name)
-    cache_root = pathlib.Path(dl_manager.download_dir) / CACHE_FOLDER / name
+    cache_root = cache_dir(dl_manager.download_dir, name)
     tables = {}
     for split, folder in folders.items():
       tables[split] = extract_split(
@@ -290,6 +288,3 @@ def split_table(builder, split: str) -> dict[str, Any]:
   if split not in tables:
     raise DataError(f'{builder.data_dir}: split {split!r} not in the dataset (it has {sorted(tables)})')
   return tables[split]
-
-
-os.environ.setdefault('TFDS_DISABLE_GCS', '1')  # never look for the dataset on GCS: it is built locally

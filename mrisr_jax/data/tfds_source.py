@@ -24,7 +24,7 @@ from mrisr_jax.data.errors import DataError, one_line
 from mrisr_jax.data.slice_source import SliceSource, VolumeExcluded, VolumeInfo
 
 
-def _import_tfds():
+def import_tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from mrisr_jax.data import tfds_fastmri  # pylint: disable=g-import-not-at-top  (registers the builder)
@@ -37,7 +37,7 @@ def _import_tfds():
 
 def open_builder(tfds_dir: str, tfds_name: str):
   """The built dataset's builder; a DataError naming the directory when it is not built there."""
-  tfds, _ = _import_tfds()
+  tfds, _ = import_tfds()
   if not tfds_name:
     raise DataError("data.tfds_name: empty; data.format=tfds needs a dataset, e.g. 'fastmri_slices/singlecoil_knee'")
   try:
@@ -55,7 +55,7 @@ def open_builder(tfds_dir: str, tfds_name: str):
 
 def volume_names(builder, split: str) -> list[str]:
   """The split's volume names in record order (the files' sorted order when built)."""
-  _, tfds_fastmri = _import_tfds()
+  _, tfds_fastmri = import_tfds()
   return [v['name'] for v in tfds_fastmri.split_table(builder, split)['volumes']]
 
 
@@ -81,7 +81,7 @@ class TfdsSliceSource(SliceSource):
     skip_bad_files: bool = False,
     min_shape: tuple | None = None,
   ):
-    _, tfds_fastmri = _import_tfds()
+    _, tfds_fastmri = import_tfds()
     self.tfds_dir, self.tfds_name, self.split = str(tfds_dir), str(tfds_name), str(split)
     builder = open_builder(self.tfds_dir, self.tfds_name)
     self.dataset_dir = pathlib.Path(str(builder.data_dir))
